@@ -1,0 +1,54 @@
+# Tollgate: `make run` starts the whole system, `make test` checks all of it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv run test lint typecheck unit integration e2e bench test-reliability deploy-tools fmt lock clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with its pinned dependencies
+
+run: $(STAMP) ## start broker, PostgreSQL and every service (Ctrl-C stops them all)
+	$(VENV)/bin/tollgate run
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict over libs, services and tests
+	$(VENV)/bin/mypy
+
+deploy-tools: $(STAMP) ## install helm, promtool and kubernetes-validate for the deploy checks
+	bash deploy/install-tools.sh
+
+test: $(STAMP) deploy-tools lint typecheck ## lint, type check and the whole pytest suite
+	$(PY) -m pytest
+
+unit: $(STAMP) ## unit tests only (no I/O)
+	$(PY) -m pytest tests/unit
+
+bench: $(STAMP) ## benchmarks: prints a table and writes bench/results.json
+	$(PY) -m bench
+
+test-reliability: $(STAMP) ## the long fault-injection suite
+	TOLLGATE_RELIABILITY_LONG=1 $(PY) -m pytest tests/reliability -m reliability
+
+fmt: $(STAMP) ## format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+lock: $(STAMP) ## re-pin constraints.txt from the current environment
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+clean: ## remove the virtualenv and local state (embedded PostgreSQL data included)
+	rm -rf $(VENV) .tollgate .mypy_cache .ruff_cache .pytest_cache

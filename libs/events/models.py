@@ -1,0 +1,308 @@
+"""The event catalogue: one envelope model per versioned type on the usage log.
+
+Every service reads and writes these models, so the validation rules live
+here once. Models are frozen and reject unknown fields; numbers, booleans
+and times are validated strictly so a producer's type mistake is rejected
+at the front door instead of being silently coerced into somebody's bill.
+"""
+
+from abc import abstractmethod
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "EVENT_ADAPTER",
+    "MAX_INT",
+    "ActivitySession",
+    "ActivitySessionRecorded",
+    "ApiUsage",
+    "ApiUsageRecorded",
+    "ChatUsage",
+    "ChatUsageRecorded",
+    "DirectoryGroup",
+    "DirectoryProject",
+    "DirectoryTeam",
+    "DirectoryUser",
+    "Envelope",
+    "Event",
+    "EventData",
+    "GroupUpdated",
+    "ProjectUpdated",
+    "StorageSample",
+    "StorageSampled",
+    "TeamUpdated",
+    "UserScopedEnvelope",
+    "UserUpdated",
+    "WorkspaceBuild",
+    "WorkspaceBuilt",
+]
+
+# Integers stay within JSON's exactly representable range, which also keeps
+# every stored counter and money column inside PostgreSQL's bigint.
+MAX_INT = 2**53 - 1
+
+Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
+Name = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
+# Directory display names are optional upstream and often empty.
+DisplayName = Annotated[str, StringConstraints(strict=True, max_length=256)]
+Email = Annotated[str, StringConstraints(strict=True, min_length=3, max_length=320)]
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]
+PositiveCount = Annotated[int, Field(strict=True, ge=1, le=MAX_INT)]
+Micros = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]
+Flag = Annotated[bool, Field(strict=True)]
+Megabytes = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+# Membership lists are replaced whole, so one event carries every member.
+MemberIds = Annotated[tuple[Id, ...], Field(max_length=100_000)]
+
+
+def _reject_non_text_time(value: object) -> object:
+    # Lax datetime parsing would read a number, or a string of digits, as a
+    # Unix timestamp; on the wire a time is always an ISO 8601 string.
+    if isinstance(value, datetime) or (isinstance(value, str) and value[4:5] == "-"):
+        return value
+    raise PydanticCustomError(
+        "datetime_type",
+        "Input should be an ISO 8601 date-time string with a timezone, e.g. 2026-11-02T10:15:00Z",
+    )
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise PydanticCustomError(
+            "timezone_aware",
+            "Input should include a timezone, e.g. 2026-11-02T10:15:00Z",
+        )
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(_reject_non_text_time), AfterValidator(_as_utc)]
+
+
+class EventData(BaseModel):
+    """Base of every `data` payload: immutable, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ChatUsage(EventData):
+    """Tokens one chat message used; `cost_micros` is fixed when the event is priced."""
+
+    chat_id: Id
+    root_chat_id: Id | None = None
+    message_id: Id
+    model: Name
+    provider: Name | None = None
+    input_tokens: Count
+    output_tokens: Count
+    cache_read_tokens: Count = 0
+    cache_write_tokens: Count = 0
+    cost_micros: Micros | None = None
+    priced: Flag = False
+    purpose: Literal["chat", "title"] = "chat"
+
+
+class WorkspaceBuild(EventData):
+    """A workspace build; agent-managed builds are billable."""
+
+    workspace_id: Id
+    build_id: Id
+    template: Name
+    agent_managed: Flag
+    task_id: Id | None = None
+
+
+class ActivitySession(EventData):
+    """Time a user spent in one kind of session, for the Activity API."""
+
+    category: Literal["ide", "login", "app", "tunnel", "web_terminal"]
+    detail: Name | None = None
+    duration_ms: Count
+    count: PositiveCount = 1
+    workspace_id: Id | None = None
+
+
+class ApiUsage(EventData):
+    """Calls a user made through the UI or an SDK, for chargeback usage counts."""
+
+    client: Literal["ui", "sdk"]
+    count: PositiveCount = 1
+
+
+class StorageSample(EventData):
+    """A gauge of a project's storage; the latest sample in a period wins."""
+
+    project_id: Id
+    size_mb: Megabytes
+    experiment_count: Count
+
+
+class DirectoryUser(EventData):
+    """The current state of a user in the directory; the subject is the envelope's user_id."""
+
+    username: Name
+    name: DisplayName
+    email: Email
+    roles: Annotated[tuple[Name, ...], Field(max_length=256)]
+    avatar_hash: Id | None = None
+    created_at: UtcDatetime
+    suspended: Flag = False
+    licensed: Flag = True
+
+
+class DirectoryGroup(EventData):
+    """The current state of a group, with its full member list."""
+
+    group_id: Id
+    name: Name
+    member_ids: MemberIds
+
+
+class DirectoryTeam(EventData):
+    """The current state of a team (a "workspace" in chargeback reports)."""
+
+    team_id: Id
+    name: Name
+    member_ids: MemberIds
+
+
+class DirectoryProject(EventData):
+    """The current state of a project and the team it belongs to."""
+
+    project_id: Id
+    team_id: Id
+    name: Name
+
+
+class Envelope(BaseModel):
+    """Fields every event carries; `id` is the deduplication key everywhere."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: Id
+    type: str
+    occurred_at: UtcDatetime
+    org_id: Id | None = None
+    user_id: Id | None = None
+    data: EventData
+
+    @property
+    @abstractmethod
+    def partition_key(self) -> str:
+        """The Kafka key, which keeps each subject's events in order on one partition."""
+
+
+class UserScopedEnvelope(Envelope):
+    """An event about one user's own activity, so `user_id` is required."""
+
+    user_id: Id
+
+    @property
+    def partition_key(self) -> str:
+        return self.user_id
+
+
+class ChatUsageRecorded(UserScopedEnvelope):
+    """`chat.usage.v1`: a chat message's token usage and cost."""
+
+    type: Literal["chat.usage.v1"] = "chat.usage.v1"
+    data: ChatUsage
+
+
+class WorkspaceBuilt(UserScopedEnvelope):
+    """`workspace.build.v1`: a workspace build by a user."""
+
+    type: Literal["workspace.build.v1"] = "workspace.build.v1"
+    data: WorkspaceBuild
+
+
+class ActivitySessionRecorded(UserScopedEnvelope):
+    """`activity.session.v1`: time spent in an IDE, app, terminal or similar."""
+
+    type: Literal["activity.session.v1"] = "activity.session.v1"
+    data: ActivitySession
+
+
+class ApiUsageRecorded(UserScopedEnvelope):
+    """`api.usage.v1`: UI or SDK calls by a user."""
+
+    type: Literal["api.usage.v1"] = "api.usage.v1"
+    data: ApiUsage
+
+
+class StorageSampled(Envelope):
+    """`storage.sample.v1`: a project's storage size; keyed by project."""
+
+    type: Literal["storage.sample.v1"] = "storage.sample.v1"
+    data: StorageSample
+
+    @property
+    def partition_key(self) -> str:
+        return self.data.project_id
+
+
+class UserUpdated(UserScopedEnvelope):
+    """`directory.user.v1`: a user's directory entry; the envelope's user_id is the subject."""
+
+    type: Literal["directory.user.v1"] = "directory.user.v1"
+    data: DirectoryUser
+
+
+class GroupUpdated(Envelope):
+    """`directory.group.v1`: a group's name and full member list; keyed by group."""
+
+    type: Literal["directory.group.v1"] = "directory.group.v1"
+    data: DirectoryGroup
+
+    @property
+    def partition_key(self) -> str:
+        return self.data.group_id
+
+
+class TeamUpdated(Envelope):
+    """`directory.team.v1`: a team's name and full member list; keyed by team."""
+
+    type: Literal["directory.team.v1"] = "directory.team.v1"
+    data: DirectoryTeam
+
+    @property
+    def partition_key(self) -> str:
+        return self.data.team_id
+
+
+class ProjectUpdated(Envelope):
+    """`directory.project.v1`: a project and its team; keyed by project."""
+
+    type: Literal["directory.project.v1"] = "directory.project.v1"
+    data: DirectoryProject
+
+    @property
+    def partition_key(self) -> str:
+        return self.data.project_id
+
+
+Event = Annotated[
+    ChatUsageRecorded
+    | WorkspaceBuilt
+    | ActivitySessionRecorded
+    | ApiUsageRecorded
+    | StorageSampled
+    | UserUpdated
+    | GroupUpdated
+    | TeamUpdated
+    | ProjectUpdated,
+    Field(discriminator="type"),
+]
+
+# Validates any event by its `type`, and produces the JSON Schema for OpenAPI documents.
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

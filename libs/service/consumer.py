@@ -1,0 +1,418 @@
+"""The one consumer loop of limits, reports and publisher.
+
+It fetches batches, decodes them (what cannot be decoded goes to the DLQ with the
+reason), hands each batch to a `Sink` that applies it together with the positions it
+reached, and tracks lag and whether it has caught up with the log as it stood at start.
+Offsets live wherever the sink keeps its effects (PostgreSQL rows, a snapshot), never in
+Kafka, so a crash between a write and a commit cannot count anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from libs.events.codec import DecodeError, decode
+from libs.events.models import Event
+from libs.service.db import Connection
+from libs.service.kafka import BrokerUnavailableError, bounded
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    """One decoded event and where it sat in the log."""
+
+    event: Event
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """Decoded events of one fetch and the next offset of every partition they came from."""
+
+    events: list[Consumed]
+    positions: dict[int, int]
+    dead_letters: int = 0
+
+
+class Sink(Protocol):
+    """Where a consumer's effects and positions are kept, together."""
+
+    async def load_positions(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Next offset to read per partition; partitions missing start from the beginning."""
+        ...
+
+    async def apply(self, batch: Batch) -> None:
+        """Apply the events and keep `batch.positions` atomically with them."""
+        ...
+
+
+class TransactionalHandler(Protocol):
+    """Writes one batch's rows inside the transaction the sink opened."""
+
+    async def __call__(self, conn: Connection, events: Sequence[Consumed]) -> None: ...
+
+
+LOAD_OFFSETS = """
+SELECT partition, next_offset FROM consumer_offsets
+WHERE consumer = $1 AND topic = $2 AND epoch = $3
+"""
+
+SAVE_OFFSETS = """
+INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, epoch, updated_at)
+VALUES ($1, $2, $3, $4, $5, now())
+ON CONFLICT (consumer, topic, partition)
+DO UPDATE SET next_offset = EXCLUDED.next_offset, epoch = EXCLUDED.epoch, updated_at = now()
+"""
+
+
+async def load_offsets(
+    conn: Connection | asyncpg.Pool, *, consumer: str, topic: str, epoch: str
+) -> dict[int, int]:
+    """Stored positions of `consumer` that belong to this broker epoch."""
+    rows = await conn.fetch(LOAD_OFFSETS, consumer, topic, epoch)
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def save_offsets(
+    conn: Connection, *, consumer: str, topic: str, epoch: str, positions: dict[int, int]
+) -> None:
+    """Store positions in the caller's transaction."""
+    if positions:
+        await conn.executemany(
+            SAVE_OFFSETS, [(consumer, topic, p, o, epoch) for p, o in positions.items()]
+        )
+
+
+class PostgresSink:
+    """A sink whose handler writes rows and whose offsets go in the same transaction."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        consumer: str,
+        topic: str,
+        epoch: str,
+        handler: TransactionalHandler,
+    ) -> None:
+        self.pool = pool
+        self.consumer = consumer
+        self.topic = topic
+        self.epoch = epoch
+        self.handler = handler
+
+    async def load_positions(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Positions from PostgreSQL; another epoch's offsets mean the new log starts at 0."""
+        stored = await load_offsets(
+            self.pool, consumer=self.consumer, topic=self.topic, epoch=self.epoch
+        )
+        return {p: stored[p] for p in partitions if p in stored}
+
+    async def apply(self, batch: Batch) -> None:
+        """Rows and offsets in one transaction: both land or neither does."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if batch.events:
+                await self.handler(conn, batch.events)
+            await save_offsets(
+                conn,
+                consumer=self.consumer,
+                topic=self.topic,
+                epoch=self.epoch,
+                positions=batch.positions,
+            )
+
+
+@dataclass
+class _Metrics:
+    events: Counter
+    dlq: Counter
+    lag: Gauge
+    caught_up: Gauge
+    batch_seconds: Histogram
+
+    @classmethod
+    def build(cls, registry: CollectorRegistry) -> _Metrics:
+        return cls(
+            events=Counter(
+                "tollgate_consumer_events_total",
+                "Events consumed and applied, by type",
+                ["consumer", "type"],
+                registry=registry,
+            ),
+            dlq=Counter(
+                "tollgate_consumer_dlq_total",
+                "Records sent to the dead-letter topic, by reason",
+                ["consumer", "reason"],
+                registry=registry,
+            ),
+            lag=Gauge(
+                "tollgate_consumer_lag",
+                "Records between the consumer's position and the partition's end",
+                ["consumer", "partition"],
+                registry=registry,
+            ),
+            caught_up=Gauge(
+                "tollgate_consumer_caught_up",
+                "1 once the consumer has read the log as it stood at start",
+                ["consumer"],
+                registry=registry,
+            ),
+            batch_seconds=Histogram(
+                "tollgate_consumer_batch_seconds",
+                "Time to apply one batch (decode excluded)",
+                ["consumer"],
+                registry=registry,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            ),
+        )
+
+
+@dataclass
+class _State:
+    positions: dict[int, int] = field(default_factory=dict)
+    targets: dict[int, int] = field(default_factory=dict)
+
+
+class ConsumerLoop:
+    """Consume `topic` into a sink, as a group member (`group_id`) or over every partition."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap: str,
+        topic: str,
+        dlq_topic: str,
+        sink: Sink,
+        dlq_producer: AIOKafkaProducer,
+        registry: CollectorRegistry,
+        group_id: str | None = None,
+        max_records: int = 5000,
+        fetch_max_wait_ms: int = 20,
+        timeout_s: float = 10.0,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
+        retry_delay_s: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.sink = sink
+        self.dlq_producer = dlq_producer
+        self.group_id = group_id
+        self.max_records = max_records
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.timeout_s = timeout_s
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.retry_delay_s = retry_delay_s
+        self.metrics = _Metrics.build(registry)
+        self.caught_up = asyncio.Event()
+        self.last_error: str | None = None
+        self._state = _State()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._log = log.bind(consumer=name, topic=topic)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting after broker trouble."""
+        while True:
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._log.warning("consumer_restarting", error=self.last_error)
+                await asyncio.sleep(self.retry_delay_s)
+
+    def lag(self) -> dict[int, int]:
+        """Records behind the end of each assigned partition, as last measured."""
+        return {
+            p: max(0, self._state.targets.get(p, 0) - pos)
+            for p, pos in self._state.positions.items()
+        }
+
+    async def _run_once(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            request_timeout_ms=int(self.timeout_s * 1000) + 30_000,
+        )
+        await bounded(consumer.start(), self.timeout_s, "consumer start")
+        self._consumer = consumer
+        try:
+            if self.group_id is None:
+                await self._assign_all(consumer)
+            else:
+                consumer.subscribe([self.topic], listener=_Rebalance(self))
+            await self._poll_forever(consumer)
+        finally:
+            self._consumer = None
+            with suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), self.timeout_s)
+
+    async def _assign_all(self, consumer: AIOKafkaConsumer) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        partitions = consumer.partitions_for_topic(self.topic)
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailableError(f"no metadata for topic {self.topic}")
+            await bounded(consumer._client.force_metadata_update(), self.timeout_s, "metadata")  # noqa: SLF001  # aiokafka has no public metadata refresh for manual assignment
+            partitions = consumer.partitions_for_topic(self.topic)
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await self._seek_to_stored(consumer, tps)
+
+    async def _seek_to_stored(
+        self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
+    ) -> None:
+        stored = await self.sink.load_positions([tp.partition for tp in tps])
+        for tp in tps:
+            start = stored.get(tp.partition, 0)
+            consumer.seek(tp, start)
+            self._state.positions[tp.partition] = start
+        self._log.info(
+            "consumer_positions_loaded",
+            partitions=len(tps),
+            stored=len(stored),
+            total_offset=sum(stored.values()),
+        )
+
+    async def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        for tp in revoked:
+            self._state.positions.pop(tp.partition, None)
+            self._state.targets.pop(tp.partition, None)
+            with suppress(KeyError):
+                self.metrics.lag.remove(self.name, str(tp.partition))
+
+    async def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if self._consumer is not None and assigned:
+            await self._seek_to_stored(self._consumer, assigned)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _poll_forever(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+            batch = await self._decode(fetched)
+            if batch.events or batch.positions:
+                started = time.perf_counter()
+                try:
+                    await self.sink.apply(batch)
+                except Exception as exc:
+                    # Nothing of the batch counts: re-read from what the sink really kept.
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self._log.warning("batch_apply_failed", error=self.last_error)
+                    await asyncio.sleep(self.retry_delay_s)
+                    await self._seek_to_stored(consumer, list(consumer.assignment()))
+                    continue
+                self.metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
+                self.last_error = None
+                self._state.positions.update(batch.positions)
+                for item in batch.events:
+                    self.metrics.events.labels(self.name, item.event.type).inc()
+            self._measure(consumer)
+
+    async def _decode(self, fetched: dict[TopicPartition, list[object]]) -> Batch:
+        events: list[Consumed] = []
+        positions: dict[int, int] = {}
+        dead = 0
+        for tp, records in fetched.items():
+            for record in records:
+                raw: bytes = record.value  # type: ignore[attr-defined]
+                try:
+                    event = decode(raw)
+                except DecodeError as exc:
+                    await self._dead_letter(tp, record, exc.reason)
+                    dead += 1
+                else:
+                    events.append(
+                        Consumed(event, tp.partition, record.offset, record.timestamp)  # type: ignore[attr-defined]
+                    )
+            if records:
+                positions[tp.partition] = records[-1].offset + 1  # type: ignore[attr-defined]
+        return Batch(events=events, positions=positions, dead_letters=dead)
+
+    async def _dead_letter(self, tp: TopicPartition, record: object, reason: str) -> None:
+        offset: int = record.offset  # type: ignore[attr-defined]
+        self._log.warning(
+            "event_dead_lettered", partition=tp.partition, offset=offset, reason=reason
+        )
+        headers = [
+            ("reason", reason.encode()[:1024]),
+            ("source_topic", tp.topic.encode()),
+            ("source_partition", str(tp.partition).encode()),
+            ("source_offset", str(offset).encode()),
+            ("consumer", self.name.encode()),
+        ]
+        await bounded(
+            self.dlq_producer.send_and_wait(
+                self.dlq_topic,
+                value=record.value,  # type: ignore[attr-defined]
+                key=record.key,  # type: ignore[attr-defined]
+                headers=headers,
+            ),
+            self.timeout_s,
+            "dead-letter produce",
+        )
+        self.metrics.dlq.labels(self.name, _reason_label(reason)).inc()
+
+    def _measure(self, consumer: AIOKafkaConsumer) -> None:
+        state = self._state
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            # The first end seen after start is the log "as it stood" that readiness waits for.
+            state.targets.setdefault(tp.partition, highwater)
+            pos = state.positions.get(tp.partition, 0)
+            self.metrics.lag.labels(self.name, str(tp.partition)).set(max(0, highwater - pos))
+        if not self.caught_up.is_set():
+            assigned = {tp.partition for tp in consumer.assignment()}
+            if assigned and all(
+                p in state.targets and state.positions.get(p, 0) >= state.targets[p]
+                for p in assigned
+            ):
+                self.caught_up.set()
+                self.metrics.caught_up.labels(self.name).set(1)
+                self._log.info("consumer_caught_up", partitions=len(assigned))
+
+
+def _reason_label(reason: str) -> str:
+    # Low-cardinality label: the reason's leading category (`invalid json`, `unknown type`, …).
+    head = reason.split(":", 1)[0].strip().lower()
+    return head[:40] if head else "undecodable"
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.loop._on_revoked(revoked)  # noqa: SLF001
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.loop._on_assigned(assigned)  # noqa: SLF001

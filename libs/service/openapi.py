@@ -1,0 +1,139 @@
+"""A small OpenAPI 3.1 document builder fed by the pydantic models the handlers already use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["message"],
+    "properties": {"message": {"type": "string"}, "detail": {}},
+}
+
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    204: "No content",
+    400: "Malformed request",
+    401: "Missing or unknown token",
+    403: "Token lacks the role",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    422: "Invalid content",
+    503: "A dependency is unavailable; retry after `Retry-After` seconds",
+}
+
+
+class OpenApi:
+    """Collects operations; `document()` renders the OpenAPI JSON a service serves."""
+
+    def __init__(self, *, title: str, version: str = "1.0.0", description: str = "") -> None:
+        self.title = title
+        self.version = version
+        self.description = description
+        self._paths: dict[str, dict[str, Any]] = {}
+        self._schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+
+    def _ref(self, model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            self._schemas[name] = sub
+        self._schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    def add(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        request: type[BaseModel] | None = None,
+        responses: dict[int, type[BaseModel] | dict[str, Any] | None] | None = None,
+        parameters: list[dict[str, Any]] | None = None,
+        public: bool = False,
+        admin: bool = False,
+        tag: str | None = None,
+    ) -> None:
+        """Describe one operation; errors common to every authenticated route are added."""
+        op: dict[str, Any] = {"summary": summary, "responses": {}}
+        if tag:
+            op["tags"] = [tag]
+        if admin:
+            op["description"] = "Needs an admin token."
+        params = list(parameters or [])
+        for segment in path.split("/"):
+            if segment.startswith("{") and segment.endswith("}"):
+                params.insert(
+                    0,
+                    {
+                        "name": segment[1:-1],
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                    },
+                )
+        if params:
+            op["parameters"] = params
+        if request is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": self._ref(request)}},
+            }
+        all_responses: dict[int, type[BaseModel] | dict[str, Any] | None] = dict(responses or {})
+        if not public:
+            op["security"] = [{"bearer": []}]
+            all_responses.setdefault(401, None)
+            if admin:
+                all_responses.setdefault(403, None)
+        if request is not None:
+            all_responses.setdefault(400, None)
+            all_responses.setdefault(413, None)
+            all_responses.setdefault(422, None)
+        for status, body in sorted(all_responses.items()):
+            entry: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "Response")}
+            if body is None and status >= 400:
+                schema: dict[str, Any] | None = {"$ref": "#/components/schemas/Error"}
+            elif isinstance(body, type):
+                schema = self._ref(body)
+            else:
+                schema = body
+            if schema is not None:
+                entry["content"] = {"application/json": {"schema": schema}}
+            op["responses"][str(status)] = entry
+        self._paths.setdefault(path, {})[method.lower()] = op
+
+    def add_operational_routes(self) -> None:
+        """Health, readiness, metrics and this document."""
+        self.add("get", "/healthz", summary="Liveness", public=True, responses={200: None})
+        self.add(
+            "get", "/readyz", summary="Readiness", public=True, responses={200: None, 503: None}
+        )
+        self.add(
+            "get",
+            "/metrics",
+            summary="Prometheus metrics",
+            public=True,
+            responses={200: {"type": "string"}},
+        )
+        self.add(
+            "get",
+            "/openapi.json",
+            summary="This document",
+            public=True,
+            responses={200: {"type": "object"}},
+        )
+
+    def document(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document."""
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": self.title, "version": self.version, "description": self.description},
+            "paths": self._paths,
+            "components": {
+                "schemas": self._schemas,
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
+        }

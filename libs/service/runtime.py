@@ -1,0 +1,56 @@
+"""Running one service process: the event loop, logging, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from libs.service.logging import configure_logging
+from libs.service.settings import CommonSettings
+
+log = structlog.get_logger(__name__)
+
+
+def serve(
+    app: web.Application,
+    *,
+    service: str,
+    settings: CommonSettings,
+    port: int,
+) -> None:
+    """Configure logging and serve the app until SIGINT/SIGTERM, then shut down cleanly."""
+    configure_logging(settings.log_level, settings.log_format, service=service)
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: PLC0415  # optional speed-up
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    log.info("service_starting", host=settings.host, port=port)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10,
+        handle_signals=True,
+    )
+    log.info("service_stopped")
+
+
+@contextlib.asynccontextmanager
+async def background(
+    coro: Coroutine[Any, Any, None], *, name: str
+) -> AsyncIterator[asyncio.Task[None]]:
+    """A task for a `cleanup_ctx`: started on entry, cancelled and awaited on exit."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

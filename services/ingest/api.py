@@ -1,0 +1,276 @@
+"""Ingest's HTTP handlers: the event batch API and the pricing API."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from libs.events.codec import EventValidationError, encode, parse_event
+from libs.events.models import ChatUsageRecorded, Envelope
+from libs.events.registry import EVENT_TYPES
+from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
+from libs.service.kafka import BrokerUnavailableError
+from libs.service.openapi import OpenApi
+from libs.service.web import Role, json_response, read_json, read_model, requires
+from services.ingest.config import IngestSettings
+from services.ingest.domain import ModelPrice, Rejection, check_time, price_event
+from services.ingest.metrics import IngestMetrics
+from services.ingest.prices import PriceCache
+from services.ingest.producer import EventLog
+from services.ingest.storage import PriceStore
+
+log = structlog.get_logger(__name__)
+
+SETTINGS = web.AppKey("ingest_settings", IngestSettings)
+EVENT_LOG = web.AppKey("event_log", EventLog)
+PRICES = web.AppKey("prices", PriceCache)
+PRICE_STORE = web.AppKey("price_store", PriceStore)
+METRICS = web.AppKey("ingest_metrics", IngestMetrics)
+
+_KNOWN_TYPES = frozenset(EVENT_TYPES)
+
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class EventBatch(BaseModel):
+    """`POST /api/v1/events` body (documentation only: events are validated one by one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    events: list[dict[str, object]] = Field(min_length=1, max_length=1000)
+
+
+class Rejected(BaseModel):
+    """One refused event."""
+
+    id: str | None
+    index: int
+    message: str
+    permanent: bool
+
+
+class BatchResult(BaseModel):
+    """Which events the broker has, and which were refused and why."""
+
+    accepted: list[str]
+    rejected: list[Rejected]
+
+
+class PricedModel(ModelPrice):
+    """A model's price as the API lists it."""
+
+    model: str
+    updated_at: datetime
+
+
+class PriceList(BaseModel):
+    """Every priced model."""
+
+    models: list[PricedModel]
+
+
+def _type_label(obj: object) -> str:
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) and kind in _KNOWN_TYPES else "unknown"
+
+
+def _reason_of(exc: EventValidationError) -> str:
+    if exc.reason.startswith("type: unknown event type"):
+        return "unknown_type"
+    return "invalid"
+
+
+def _batch_of(body: object, max_events: int) -> list[object]:
+    if not isinstance(body, dict) or "events" not in body:
+        raise Unprocessable('body: expected an object with an "events" array')
+    extra = sorted(set(body) - {"events"})
+    if extra:
+        raise Unprocessable(f"body: unknown field(s) {', '.join(map(repr, extra))}")
+    raw_events = body["events"]
+    if not isinstance(raw_events, list):
+        raise Unprocessable("events: expected an array of events")
+    if not 1 <= len(raw_events) <= max_events:
+        raise Unprocessable(
+            f"events: send between 1 and {max_events} events, got {len(raw_events)}"
+        )
+    return raw_events
+
+
+def _validate(
+    raw_events: list[object],
+    *,
+    settings: IngestSettings,
+    prices: dict[str, ModelPrice],
+    metrics: IngestMetrics,
+) -> tuple[list[Envelope], list[Rejection]]:
+    """Split a batch into priced valid events and rejections that name the field."""
+    now = datetime.now(UTC)
+    accepted: list[Envelope] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_events):
+        try:
+            event: Envelope = parse_event(raw)
+        except EventValidationError as exc:
+            rejected.append(Rejection(index, exc.event_id, exc.message, _reason_of(exc)))
+            metrics.events.labels(_type_label(raw), "rejected", _reason_of(exc)).inc()
+            continue
+        problem = check_time(event, now, settings.max_future_skew)
+        if problem is None and event.id in seen:
+            problem = "id: appears more than once in this batch"
+        if problem is not None:
+            reason = "future" if problem.startswith("occurred_at") else "duplicate_in_batch"
+            rejected.append(Rejection(index, event.id, problem, reason))
+            metrics.events.labels(event.type, "rejected", reason).inc()
+            continue
+        seen.add(event.id)
+        if isinstance(event, ChatUsageRecorded):
+            event = price_event(event, prices)
+        accepted.append(event)
+    return accepted, rejected
+
+
+def _count_accepted(metrics: IngestMetrics, accepted: list[Envelope]) -> None:
+    for e in accepted:
+        metrics.events.labels(e.type, "accepted", "").inc()
+        if isinstance(e, ChatUsageRecorded) and e.data.purpose == "chat":
+            if e.data.cost_micros is None:
+                metrics.unpriced.labels(e.data.model).inc()
+            else:
+                metrics.cost_micros.labels(e.data.model).inc(e.data.cost_micros)
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """Validate each event, price chat usage, and answer once the broker has the valid ones."""
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    raw_events = _batch_of(await read_json(request), settings.max_batch_events)
+    metrics.batch_events.observe(len(raw_events))
+    accepted, rejected = _validate(
+        raw_events, settings=settings, prices=request.app[PRICES].prices, metrics=metrics
+    )
+    if accepted:
+        records = [(e.partition_key.encode(), encode(e)) for e in accepted]
+        started = time.perf_counter()
+        try:
+            await request.app[EVENT_LOG].append(records)
+        except BrokerUnavailableError as exc:
+            metrics.producer_errors.inc()
+            raise DependencyUnavailable(
+                "the event log is unavailable; nothing in this batch was accepted, "
+                "resend it (same ids) later",
+                detail=str(exc),
+                retry_after_s=2,
+            ) from exc
+        metrics.produce_seconds.observe(time.perf_counter() - started)
+        _count_accepted(metrics, accepted)
+    if rejected:
+        log.info("events_rejected", count=len(rejected), first=rejected[0].message)
+    return json_response(
+        {"accepted": [e.id for e in accepted], "rejected": [r.as_json() for r in rejected]}
+    )
+
+
+def _priced(model: str, price: ModelPrice, updated_at: datetime) -> dict[str, object]:
+    return {"model": model, **price.as_json(), "updated_at": updated_at}
+
+
+def _model_name(request: web.Request) -> str:
+    model = request.match_info["model"]
+    if not 1 <= len(model) <= 256:
+        raise Unprocessable("model: must be 1 to 256 characters")
+    return model
+
+
+@requires(Role.ADMIN)
+async def list_prices(request: web.Request) -> web.Response:
+    """Every model's price, by name."""
+    table = await request.app[PRICE_STORE].load()
+    return json_response({"models": [_priced(m, p, at) for m, (p, at) in sorted(table.items())]})
+
+
+@requires(Role.ADMIN)
+async def get_price(request: web.Request) -> web.Response:
+    """One model's price."""
+    model = _model_name(request)
+    table = await request.app[PRICE_STORE].load()
+    if model not in table:
+        raise NotFound(f"model {model!r} has no price")
+    price, at = table[model]
+    return json_response(_priced(model, price, at))
+
+
+@requires(Role.ADMIN)
+async def put_price(request: web.Request) -> web.Response:
+    """Set a model's price; every replica prices new events with it within a second."""
+    model = _model_name(request)
+    price = await read_model(request, ModelPrice)
+    at = await request.app[PRICE_STORE].put(model, price)
+    await request.app[PRICES].refresh()
+    log.info("price_set", model=model, **price.as_json())
+    return json_response(_priced(model, price, at))
+
+
+@requires(Role.ADMIN)
+async def delete_price(request: web.Request) -> web.Response:
+    """Remove a model's price; its new usage is unpriced from then on."""
+    model = _model_name(request)
+    if not await request.app[PRICE_STORE].delete(model):
+        raise NotFound(f"model {model!r} has no price")
+    await request.app[PRICES].refresh()
+    log.info("price_deleted", model=model)
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application, openapi: OpenApi) -> None:
+    """Register the handlers and describe them in the OpenAPI document."""
+    app.router.add_post("/api/v1/events", post_events)
+    app.router.add_get("/api/v1/pricing/models", list_prices)
+    app.router.add_get("/api/v1/pricing/models/{model}", get_price)
+    app.router.add_put("/api/v1/pricing/models/{model}", put_price)
+    app.router.add_delete("/api/v1/pricing/models/{model}", delete_price)
+    openapi.add(
+        "post",
+        "/api/v1/events",
+        summary="Submit 1-1000 events; each is accepted or rejected on its own",
+        request=EventBatch,
+        responses={200: BatchResult, 503: None},
+        tag="events",
+    )
+    openapi.add(
+        "get",
+        "/api/v1/pricing/models",
+        summary="List model prices",
+        admin=True,
+        responses={200: PriceList},
+        tag="pricing",
+    )
+    openapi.add(
+        "get",
+        "/api/v1/pricing/models/{model}",
+        summary="A model's price",
+        admin=True,
+        responses={200: PricedModel, 404: None},
+        tag="pricing",
+    )
+    openapi.add(
+        "put",
+        "/api/v1/pricing/models/{model}",
+        summary="Set a model's price",
+        admin=True,
+        request=ModelPrice,
+        responses={200: PricedModel},
+        tag="pricing",
+    )
+    openapi.add(
+        "delete",
+        "/api/v1/pricing/models/{model}",
+        summary="Remove a model's price",
+        admin=True,
+        responses={204: None, 404: None},
+        tag="pricing",
+    )

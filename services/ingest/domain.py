@@ -1,0 +1,105 @@
+"""Pricing and the rules an event must meet at the front door; no I/O here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.events.models import ChatUsageRecorded, Envelope
+
+# Dollars per million tokens as a decimal string: "3.00", "0.075". At most 6 places keeps
+# a price exact in micro-dollars per token.
+PricePerMillion = Annotated[
+    Decimal, Field(ge=0, le=1_000_000, max_digits=13, decimal_places=6, allow_inf_nan=False)
+]
+
+
+class ModelPrice(BaseModel):
+    """A model's price: dollars per million tokens of each kind (decimal strings on the wire)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_price_per_million: PricePerMillion
+    output_price_per_million: PricePerMillion
+    cache_read_price_per_million: PricePerMillion = Decimal(0)
+    cache_write_price_per_million: PricePerMillion = Decimal(0)
+
+    def as_json(self) -> dict[str, str]:
+        """Decimal strings, as the pricing API shows them."""
+        return {
+            "input_price_per_million": _fmt(self.input_price_per_million),
+            "output_price_per_million": _fmt(self.output_price_per_million),
+            "cache_read_price_per_million": _fmt(self.cache_read_price_per_million),
+            "cache_write_price_per_million": _fmt(self.cache_write_price_per_million),
+        }
+
+
+def _fmt(value: Decimal) -> str:
+    text = f"{value:f}"
+    if "." not in text:
+        return f"{text}.00"
+    whole, frac = text.split(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
+def cost_micros(
+    price: ModelPrice, *, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int
+) -> int:
+    """`ceil(Σ tokens × price)`: dollars per million tokens are micro-dollars per token."""
+    total = (
+        input_tokens * price.input_price_per_million
+        + output_tokens * price.output_price_per_million
+        + cache_read * price.cache_read_price_per_million
+        + cache_write * price.cache_write_price_per_million
+    )
+    return math.ceil(total)
+
+
+def price_event(event: ChatUsageRecorded, prices: dict[str, ModelPrice]) -> ChatUsageRecorded:
+    """Stamp `cost_micros` (and `priced`) from the price table when the emitter sent none.
+
+    A model without a price stays unpriced (`cost_micros` null); the cost an emitter sent is
+    kept as it is. A price change later is never retroactive: the cost is fixed here.
+    """
+    data = event.data
+    if data.cost_micros is not None:
+        return event
+    price = prices.get(data.model)
+    if price is None:
+        return event
+    cost = cost_micros(
+        price,
+        input_tokens=data.input_tokens,
+        output_tokens=data.output_tokens,
+        cache_read=data.cache_read_tokens,
+        cache_write=data.cache_write_tokens,
+    )
+    return event.model_copy(
+        update={"data": data.model_copy(update={"cost_micros": cost, "priced": True})}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one event of a batch was refused; rejections at the front door are permanent."""
+
+    index: int
+    id: str | None
+    message: str
+    reason: str
+
+    def as_json(self) -> dict[str, object]:
+        """The contract's shape (plus the index, for events without an id)."""
+        return {"id": self.id, "index": self.index, "message": self.message, "permanent": True}
+
+
+def check_time(event: Envelope, now: datetime, max_skew: timedelta) -> str | None:
+    """A message naming `occurred_at` when the event claims to be from too far in the future."""
+    if event.occurred_at > now + max_skew:
+        return f"occurred_at: {event.occurred_at.isoformat()} is more than {max_skew} in the future"
+    return None

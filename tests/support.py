@@ -1,0 +1,143 @@
+"""Helpers for tests that use the real infrastructure: service processes, polling, unique ids."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, port_open
+
+ROOT = Path(__file__).resolve().parents[1]
+EMITTER_TOKEN = "test-emitter-token"
+ADMIN_TOKEN = "test-admin-token"
+EMITTER = {"Authorization": f"Bearer {EMITTER_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+T = TypeVar("T")
+
+
+@dataclass
+class Infra:
+    """Addresses of the session's broker and database."""
+
+    broker: EmbeddedBroker
+    postgres: EmbeddedPostgres
+    database_url: str
+
+    @property
+    def bootstrap(self) -> str:
+        """Kafka bootstrap address."""
+        return self.broker.bootstrap
+
+    @property
+    def epoch(self) -> str:
+        """The broker epoch of this session's log."""
+        return self.broker.epoch
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment a service process needs to run against this infrastructure."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TOLLGATE_", "KAFKA_", "DATABASE_"))
+        }
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            DATABASE_URL=self.database_url,
+            TOLLGATE_BROKER_EPOCH=self.epoch,
+            TOLLGATE_EMITTER_TOKENS=EMITTER_TOKEN,
+            TOLLGATE_ADMIN_TOKENS=ADMIN_TOKEN,
+            TOLLGATE_LOG_FORMAT="json",
+            TOLLGATE_HOST="127.0.0.1",
+        )
+        env.update(extra)
+        return env
+
+
+def unique(prefix: str = "id") -> str:
+    """A unique id for test data, so tests never collide on the shared infrastructure."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class ServiceProcess:
+    """A service running as a real process (`tollgate serve NAME`), as in production."""
+
+    name: str
+    port: int
+    env: Mapping[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the service."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout_s: float = 30.0) -> None:
+        """Start the process and wait until its port accepts connections."""
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "libs.service.cli", "serve", self.name, *self.extra_args],
+                env=dict(self.env),
+                stdout=out,
+                stderr=out,
+                cwd=ROOT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text()[-4000:]
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not listen within {timeout_s}s")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks run."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait: the clean way out."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def logs(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+class StartService(Protocol):
+    """Starts a service process against the session infrastructure."""
+
+    def __call__(self, name: str, *, port: int | None = None, **env: str) -> ServiceProcess: ...
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, timeout_s: float = 10.0, interval_s: float = 0.05
+) -> T:
+    """Poll an async probe until it returns a truthy value (or raise with the last value)."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s; last value: {last!r}")
