@@ -15,6 +15,7 @@ from libs.events.codec import (
     Upcasters,
     decode,
     encode,
+    format_validation_errors,
     parse_event,
     register_upcaster,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "decode",
     "encode",
     "event_class",
+    "format_validation_errors",
     "parse_event",
     "register_upcaster",
 ]

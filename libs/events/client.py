@@ -12,7 +12,7 @@ import random
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -52,9 +52,12 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An event ingest refused; permanent rejections will fail the same way again."""
+    """An event ingest refused; permanent rejections will fail the same way again.
 
-    id: str
+    `id` is None only when the rejected element carried no string id.
+    """
+
+    id: str | None
     message: str
     permanent: bool = True
 
@@ -63,8 +66,8 @@ class Rejection:
 class EmitResult:
     """Ids ingest accepted (acknowledged by the broker) and the events it rejected."""
 
-    accepted: list[str] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+    accepted: list[str]
+    rejected: list[Rejection]
 
 
 class EmitError(Exception):
@@ -73,7 +76,7 @@ class EmitError(Exception):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.partial = EmitResult()
+        self.partial = EmitResult([], [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ _FAILOPEN_REASONS: Final[tuple[FailOpenReason, ...]] = ("timeout", "error", "sta
 _failopen_counters: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = (
     weakref.WeakKeyDictionary()
 )
+# Clients may be built from worker threads as well as the event loop.
 _failopen_lock = threading.Lock()
 
 

@@ -102,8 +102,12 @@ def encode(event: Envelope) -> bytes:
     return orjson.dumps(event.model_dump(mode="json"))
 
 
-def decode(raw: bytes, *, upcasters: Upcasters = DEFAULT_UPCASTERS) -> Event:
+def decode(raw: bytes | None, *, upcasters: Upcasters = DEFAULT_UPCASTERS) -> Event:
     """Parse one event from JSON bytes, raising `DecodeError` for anything invalid."""
+    # A record without a value (a tombstone) is as undecodable as garbage, and
+    # must reach the dead-letter topic rather than stop a consumer.
+    if raw is None:
+        raise DecodeError("record has no value")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -43,7 +43,7 @@ SERVICES = (
 TOOLS: dict[str, str] = {
     "billing-sink": "services.publisher.sink:main",
     "publisher": "services.publisher.tools:main",
-    "simulate": "bench.simulate:main",
+    "simulate": "libs.simulator.cli:main",
 }
 
 DEV_EMITTER_TOKEN = "dev-emitter-token"  # noqa: S105  # printed with a warning; dev only

@@ -47,7 +47,7 @@ SETTINGS_KEY = web.AppKey("settings", CommonSettings)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 OPENAPI_KEY = web.AppKey("openapi", OpenApi)
 READINESS_KEY = web.AppKey("readiness", list[Callable[[], Awaitable[tuple[bool, str]]]])
-ROLE_KEY = "tollgate_role"
+ROLE_KEY = web.RequestKey("tollgate_role", Role)
 
 
 def requires(role: Role) -> Callable[[H], H]:

@@ -1,0 +1,575 @@
+"""The service client against small in-process HTTP servers: retries, batching and fail-open."""
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from libs.events import (
+    ApiUsage,
+    ApiUsageRecorded,
+    EmitError,
+    EmitResult,
+    LimitDecision,
+    Rejection,
+    TollgateClient,
+)
+from libs.events.client import _parse_retry_after
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TOKEN = "emitter-secret"
+FAILOPEN = "tollgate_limit_check_failopen_total"
+
+
+@dataclass
+class Recorder:
+    """What a fake service received, and a gate that releases requests it holds open."""
+
+    bodies: list[Any] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def record(self, request: web.Request) -> Any:
+        body = orjson.loads(await request.read())
+        self.bodies.append(body)
+        self.headers.append(dict(request.headers))
+        return body
+
+    async def hang(self) -> None:
+        await self.release.wait()
+
+
+@asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/api/v1/events", handler)
+    app.router.add_post("/api/v1/limits/check", handler)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield str(server.make_url("/"))
+    finally:
+        await server.close()
+
+
+@asynccontextmanager
+async def gated(recorder: Recorder) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        recorder.release.set()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def events(count: int, prefix: str = "e") -> list[ApiUsageRecorded]:
+    occurred = datetime(2026, 11, 2, 10, 15, tzinfo=UTC)
+    return [
+        ApiUsageRecorded(
+            id=f"{prefix}-{n}",
+            occurred_at=occurred,
+            user_id=f"u-{n % 7}",
+            data=ApiUsage(client="sdk", count=1),
+        )
+        for n in range(count)
+    ]
+
+
+def accept_all(body: Any) -> web.Response:
+    return web.json_response({"accepted": [e["id"] for e in body["events"]], "rejected": []})
+
+
+class Delays:
+    """A stand-in for asyncio.sleep that records each backoff instead of waiting."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.seen.append(delay)
+
+
+def client(
+    url: str | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    limits_url: str | None = None,
+    **options: Any,
+) -> TollgateClient:
+    return TollgateClient(
+        ingest_url=url,
+        limits_url=limits_url if limits_url is not None else url,
+        token=TOKEN,
+        registry=registry or CollectorRegistry(),
+        **options,
+    )
+
+
+# Emitting
+
+
+async def test_emit_posts_events_with_the_bearer_token() -> None:
+    """Events are posted as one batch with the token, and accepted and rejected ids come back."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await recorder.record(request)
+        ids = [e["id"] for e in body["events"]]
+        return web.json_response(
+            {"accepted": ids[1:], "rejected": [{"id": ids[0], "message": "bad", "permanent": True}]}
+        )
+
+    async with serve(handler) as url, client(url) as tollgate:
+        result = await tollgate.emit(events(3))
+
+    assert result == EmitResult(
+        accepted=["e-1", "e-2"], rejected=[Rejection(id="e-0", message="bad", permanent=True)]
+    )
+    assert recorder.headers[0]["Authorization"] == f"Bearer {TOKEN}"
+    assert recorder.headers[0]["Content-Type"] == "application/json"
+    assert recorder.bodies[0]["events"][0] == {
+        "id": "e-0",
+        "type": "api.usage.v1",
+        "occurred_at": "2026-11-02T10:15:00Z",
+        "org_id": None,
+        "user_id": "u-0",
+        "data": {"client": "sdk", "count": 1},
+    }
+
+
+async def test_emit_of_nothing_sends_nothing() -> None:
+    """Emitting nothing sends no request, since ingest refuses empty batches."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        await recorder.record(request)
+        return web.json_response({"accepted": [], "rejected": []})
+
+    async with serve(handler) as url, client(url) as tollgate:
+        assert await tollgate.emit([]) == EmitResult([], [])
+    assert recorder.bodies == []
+
+
+async def test_emit_splits_into_batches_of_at_most_1000() -> None:
+    """2,500 events go out as batches of 1,000, 1,000 and 500, and every id is accepted."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        return accept_all(await recorder.record(request))
+
+    async with serve(handler) as url, client(url) as tollgate:
+        result = await tollgate.emit(events(2500))
+
+    assert [len(body["events"]) for body in recorder.bodies] == [1000, 1000, 500]
+    assert result.accepted == [f"e-{n}" for n in range(2500)]
+
+
+async def test_emit_retries_503_with_the_same_ids() -> None:
+    """A 503 is retried with exactly the same events until ingest accepts them."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await recorder.record(request)
+        if len(recorder.bodies) < 3:
+            return web.json_response({"message": "broker unavailable"}, status=503)
+        return accept_all(body)
+
+    delays = Delays()
+    async with serve(handler) as url, client(url, sleep=delays) as tollgate:
+        result = await tollgate.emit(events(4))
+
+    assert len(recorder.bodies) == 3
+    assert recorder.bodies[0] == recorder.bodies[1] == recorder.bodies[2]
+    assert result.accepted == ["e-0", "e-1", "e-2", "e-3"]
+    assert len(delays.seen) == 2
+
+
+async def test_emit_backs_off_exponentially_with_jitter() -> None:
+    """Each retry waits between half and all of a doubling, capped delay."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"message": "down"}, status=502)
+
+    delays = Delays()
+    options: dict[str, Any] = {"backoff_base": 0.1, "backoff_max": 0.4, "max_attempts": 5}
+    async with serve(handler) as url, client(url, sleep=delays, **options) as tollgate:
+        with pytest.raises(EmitError):
+            await tollgate.emit(events(1))
+
+    ceilings = [0.1, 0.2, 0.4, 0.4]
+    assert len(delays.seen) == len(ceilings)
+    for delay, ceiling in zip(delays.seen, ceilings, strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+
+
+async def test_emit_honours_retry_after() -> None:
+    """A Retry-After header sets the minimum wait before the next attempt."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await recorder.record(request)
+        if len(recorder.bodies) == 1:
+            return web.json_response({"message": "busy"}, status=503, headers={"Retry-After": "7"})
+        return accept_all(body)
+
+    delays = Delays()
+    async with serve(handler) as url, client(url, sleep=delays) as tollgate:
+        await tollgate.emit(events(1))
+
+    assert delays.seen == [7.0]
+
+
+async def test_emit_retries_a_request_that_times_out() -> None:
+    """A request that gets no answer in time is retried with the same ids."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await recorder.record(request)
+        if len(recorder.bodies) == 1:
+            await recorder.hang()
+        return accept_all(body)
+
+    async with (
+        serve(handler) as url,
+        gated(recorder),
+        client(url, emit_timeout=0.05, sleep=Delays()) as tollgate,
+    ):
+        result = await tollgate.emit(events(2))
+
+    assert result.accepted == ["e-0", "e-1"]
+    assert recorder.bodies[0] == recorder.bodies[1]
+
+
+async def test_emit_gives_up_after_the_attempt_limit() -> None:
+    """After the last attempt fails, EmitError reports the attempts and the last status."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        await recorder.record(request)
+        return web.json_response({"message": "down"}, status=503)
+
+    async with serve(handler) as url, client(url, max_attempts=3, sleep=Delays()) as tollgate:
+        with pytest.raises(EmitError) as caught:
+            await tollgate.emit(events(1))
+
+    assert len(recorder.bodies) == 3
+    assert caught.value.status == 503
+    assert str(caught.value) == "ingest failed 3 attempts, last: ingest answered 503"
+
+
+async def test_emit_retries_connection_refused_then_raises() -> None:
+    """Transport errors are retried and end in EmitError without a status."""
+    delays = Delays()
+    async with client(closed_port_url(), max_attempts=4, sleep=delays) as tollgate:
+        with pytest.raises(EmitError, match="transport error") as caught:
+            await tollgate.emit(events(1))
+    assert caught.value.status is None
+    assert len(delays.seen) == 3
+
+
+async def test_emit_does_not_retry_a_client_error() -> None:
+    """A 401 is final: one request, and EmitError carries the service's message."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        await recorder.record(request)
+        return web.json_response({"message": "invalid token"}, status=401)
+
+    async with serve(handler) as url, client(url, sleep=Delays()) as tollgate:
+        with pytest.raises(EmitError, match="ingest answered 401: invalid token") as caught:
+            await tollgate.emit(events(1))
+
+    assert caught.value.status == 401
+    assert len(recorder.bodies) == 1
+
+
+async def test_emit_reads_a_result_from_a_422() -> None:
+    """A 422 whose body has the emit result shape is returned as a result, not raised."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        rejected = [
+            {"id": e["id"], "message": "data.count: bad", "permanent": True} for e in body["events"]
+        ]
+        return web.json_response({"accepted": [], "rejected": rejected}, status=422)
+
+    async with serve(handler) as url, client(url) as tollgate:
+        result = await tollgate.emit(events(1))
+
+    assert result == EmitResult([], [Rejection("e-0", "data.count: bad")])
+
+
+async def test_emit_error_carries_the_earlier_batches() -> None:
+    """When a later batch fails, the error reports what earlier batches got accepted."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await recorder.record(request)
+        if len(recorder.bodies) == 2:
+            return web.json_response({"message": "too large"}, status=413)
+        return accept_all(body)
+
+    async with serve(handler) as url, client(url, batch_size=2) as tollgate:
+        with pytest.raises(EmitError) as caught:
+            await tollgate.emit(events(5))
+
+    assert caught.value.status == 413
+    assert caught.value.partial == EmitResult(["e-0", "e-1"], [])
+
+
+async def test_emit_rejects_a_malformed_success_body() -> None:
+    """A 200 without the result shape is an error rather than a silent loss of ids."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async with serve(handler) as url, client(url) as tollgate:
+        with pytest.raises(EmitError, match="not an emit result"):
+            await tollgate.emit(events(1))
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None),
+        ("", None),
+        ("3", 3.0),
+        ("1.5", 1.5),
+        ("-4", 0.0),
+        ("soon", None),
+        (format_datetime(datetime(2001, 1, 1, tzinfo=UTC), usegmt=True), 0.0),
+    ],
+)
+def test_retry_after_parsing(header: str | None, seconds: float | None) -> None:
+    """Retry-After is read as seconds or an HTTP date; anything else is ignored."""
+    assert _parse_retry_after(header) == seconds
+
+
+def test_retry_after_as_a_future_http_date() -> None:
+    """An HTTP date in the future becomes the seconds until then."""
+    later = datetime.now(UTC) + timedelta(seconds=120)
+    seconds = _parse_retry_after(format_datetime(later, usegmt=True))
+    assert seconds is not None
+    assert 110 < seconds <= 120
+
+
+@pytest.mark.parametrize("options", [{"max_attempts": 0}, {"batch_size": 1001}, {"batch_size": 0}])
+def test_client_rejects_bad_settings(options: dict[str, Any]) -> None:
+    """Settings that would make emit loop zero times or exceed ingest's batch limit are refused."""
+    with pytest.raises(ValueError):
+        client("http://ingest", **options)
+
+
+async def test_emit_without_ingest_url_is_a_usage_error() -> None:
+    """A client built only for limit checks refuses to emit."""
+    async with client(None, limits_url="http://limits") as tollgate:
+        with pytest.raises(RuntimeError, match="ingest_url"):
+            await tollgate.emit(events(1))
+
+
+# Limit checks
+
+LIMIT_FIELDS = {
+    "limited": True,
+    "limit_micros": 5_000_000,
+    "spent_micros": 5_120_000,
+    "remaining_micros": 0,
+    "period": "month",
+    "period_start": "2026-11-01T00:00:00Z",
+    "resets_at": "2026-12-01T00:00:00Z",
+    "source": "group",
+    "group_id": "grp-platform",
+}
+
+
+async def test_check_limit_allows_on_200() -> None:
+    """A 200 allows the message and carries the spend fields."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        await recorder.record(request)
+        return web.json_response(
+            {
+                "allowed": True,
+                "limited": False,
+                "limit_micros": None,
+                "spent_micros": 1200,
+                "remaining_micros": None,
+                "period": "day",
+                "period_start": "2026-11-02T00:00:00Z",
+                "resets_at": "2026-11-03T00:00:00Z",
+                "source": "none",
+            }
+        )
+
+    async with serve(handler) as url, client(url) as tollgate:
+        decision = await tollgate.check_limit("u-7f3a9c2e")
+
+    assert recorder.bodies == [{"user_id": "u-7f3a9c2e"}]
+    assert recorder.headers[0]["Authorization"] == f"Bearer {TOKEN}"
+    assert decision == LimitDecision(
+        allowed=True,
+        limited=False,
+        spent_micros=1200,
+        period="day",
+        period_start=datetime(2026, 11, 2, tzinfo=UTC),
+        resets_at=datetime(2026, 11, 3, tzinfo=UTC),
+        source="none",
+    )
+
+
+async def test_check_limit_blocks_on_409_with_the_contract_fields() -> None:
+    """A 409 blocks the message and exposes the limit, spend, period and source."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = {"allowed": False, "message": "Chat usage limit exceeded.", **LIMIT_FIELDS}
+        return web.json_response(body, status=409)
+
+    async with serve(handler) as url, client(url) as tollgate:
+        decision = await tollgate.check_limit("u-7f3a9c2e")
+
+    assert decision == LimitDecision(
+        allowed=False,
+        fail_open=False,
+        limited=True,
+        limit_micros=5_000_000,
+        spent_micros=5_120_000,
+        remaining_micros=0,
+        period="month",
+        period_start=datetime(2026, 11, 1, tzinfo=UTC),
+        resets_at=datetime(2026, 12, 1, tzinfo=UTC),
+        source="group",
+        group_id="grp-platform",
+        message="Chat usage limit exceeded.",
+    )
+
+
+async def test_check_limit_trusts_the_status_over_a_broken_body() -> None:
+    """A 409 with an unreadable body still blocks, with the standard message."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=409, text="over")
+
+    async with serve(handler) as url, client(url) as tollgate:
+        decision = await tollgate.check_limit("u-1")
+
+    assert decision == LimitDecision(allowed=False, message="Chat usage limit exceeded.")
+
+
+async def test_check_limit_fails_open_on_500() -> None:
+    """An unexpected status allows the message and counts a `status` fail-open."""
+    registry = CollectorRegistry()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"message": "boom"}, status=500)
+
+    async with serve(handler) as url, client(url, registry=registry) as tollgate:
+        with capture_logs() as logs:
+            decision = await tollgate.check_limit("u-1")
+
+    assert decision == LimitDecision(allowed=True, fail_open=True)
+    assert registry.get_sample_value(FAILOPEN, {"reason": "status"}) == 1
+    assert registry.get_sample_value(FAILOPEN, {"reason": "timeout"}) == 0
+    assert logs[0]["event"] == "limit_check_failed_open"
+    assert logs[0]["status"] == 500
+
+
+async def test_check_limit_fails_open_on_timeout() -> None:
+    """A limits service that does not answer within the timeout lets the message through."""
+    registry = CollectorRegistry()
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        await recorder.hang()
+        return web.json_response({"allowed": False}, status=409)
+
+    async with (
+        serve(handler) as url,
+        gated(recorder),
+        client(url, registry=registry, check_timeout=0.05) as tollgate,
+    ):
+        started = asyncio.get_running_loop().time()
+        decision = await tollgate.check_limit("u-1")
+        elapsed = asyncio.get_running_loop().time() - started
+
+    assert decision == LimitDecision(allowed=True, fail_open=True)
+    assert elapsed < 1
+    assert registry.get_sample_value(FAILOPEN, {"reason": "timeout"}) == 1
+
+
+async def test_check_limit_fails_open_when_refused() -> None:
+    """A connection that cannot be made allows the message and counts an `error` fail-open."""
+    registry = CollectorRegistry()
+    async with client(closed_port_url(), registry=registry) as tollgate:
+        decision = await tollgate.check_limit("u-1")
+    assert decision == LimitDecision(allowed=True, fail_open=True)
+    assert registry.get_sample_value(FAILOPEN, {"reason": "error"}) == 1
+
+
+async def test_clients_share_one_counter_per_registry() -> None:
+    """Several clients on one registry register the counter once and add to the same series."""
+    registry = CollectorRegistry()
+    url = closed_port_url()
+    async with client(url, registry=registry) as first, client(url, registry=registry) as second:
+        await first.check_limit("u-1")
+        await second.check_limit("u-2")
+    assert registry.get_sample_value(FAILOPEN, {"reason": "error"}) == 2
+
+
+def test_default_registry_tolerates_many_clients() -> None:
+    """Clients built without a registry use the global one without duplicate registration."""
+    for _ in range(3):
+        TollgateClient(ingest_url=None, limits_url="http://limits", token=TOKEN)
+
+
+async def test_check_limit_without_limits_url_is_a_usage_error() -> None:
+    """A client built only for emitting refuses to check limits."""
+    async with TollgateClient(ingest_url="http://ingest", limits_url=None, token=TOKEN) as tollgate:
+        with pytest.raises(RuntimeError, match="limits_url"):
+            await tollgate.check_limit("u-1")
+
+
+# Sessions
+
+
+async def test_a_given_session_stays_open() -> None:
+    """A session passed in belongs to the caller and is not closed with the client."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"allowed": True})
+
+    async with aiohttp.ClientSession() as session, serve(handler) as url:
+        async with client(url, session=session) as tollgate:
+            assert (await tollgate.check_limit("u-1")).allowed
+        assert not session.closed
+
+
+async def test_an_owned_session_is_closed_and_reopened_on_demand() -> None:
+    """The client closes the session it opened, and opens a fresh one if used again."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"allowed": True})
+
+    async with serve(handler) as url:
+        tollgate = client(url)
+        assert not (await tollgate.check_limit("u-1")).fail_open
+        await tollgate.close()
+        assert not (await tollgate.check_limit("u-1")).fail_open
+        await tollgate.close()

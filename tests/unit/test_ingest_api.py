@@ -1,0 +1,263 @@
+"""Ingest's HTTP contract against an in-memory log and price table."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from services.ingest.app import build_app
+from services.ingest.config import IngestSettings
+from services.ingest.producer import InMemoryEventLog
+from services.ingest.storage import InMemoryPriceStore
+
+EMITTER = {"Authorization": "Bearer emit"}
+ADMIN = {"Authorization": "Bearer admin"}
+PRICE = {
+    "input_price_per_million": "3.00",
+    "output_price_per_million": "15.00",
+    "cache_read_price_per_million": "0.30",
+    "cache_write_price_per_million": "3.75",
+}
+
+
+class Harness:
+    """The app with its fakes, so tests can look at what reached the log."""
+
+    def __init__(
+        self,
+        client: TestClient[web.Request, web.Application],
+        log: InMemoryEventLog,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.client = client
+        self.log = log
+        self.registry = registry
+
+
+@pytest.fixture
+async def ingest() -> AsyncIterator[Harness]:
+    """An ingest app on fakes."""
+    settings = IngestSettings(
+        DATABASE_URL="postgresql://unused",
+        TOLLGATE_EMITTER_TOKENS="emit",
+        TOLLGATE_ADMIN_TOKENS="admin",
+        TOLLGATE_MAX_BODY_BYTES=64 * 1024,
+    )
+    log = InMemoryEventLog()
+    registry = CollectorRegistry()
+    app = build_app(settings, event_log=log, price_store=InMemoryPriceStore(), registry=registry)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield Harness(client, log, registry)
+    finally:
+        await client.close()
+
+
+def chat(event_id: str, **data: object) -> dict[str, object]:
+    """A valid chat usage envelope; `data` overrides fields."""
+    body: dict[str, object] = {
+        "chat_id": "c1",
+        "message_id": f"m-{event_id}",
+        "model": "sonnet",
+        "input_tokens": 1000,
+        "output_tokens": 100,
+    }
+    body.update(data)
+    return {
+        "id": event_id,
+        "type": "chat.usage.v1",
+        "occurred_at": "2026-11-02T10:15:00Z",
+        "org_id": "org-1",
+        "user_id": "alice",
+        "data": body,
+    }
+
+
+async def test_valid_events_are_accepted_and_keyed_by_user(ingest: Harness) -> None:
+    """Accepted events reach the log keyed by their user, in the batch's order."""
+    resp = await ingest.client.post(
+        "/api/v1/events", json={"events": [chat("e1"), chat("e2")]}, headers=EMITTER
+    )
+    assert resp.status == 200
+    assert await resp.json() == {"accepted": ["e1", "e2"], "rejected": []}
+    assert [k for k, _ in ingest.log.records] == [b"alice", b"alice"]
+    assert [orjson.loads(v)["id"] for _, v in ingest.log.records] == ["e1", "e2"]
+
+
+async def test_chat_usage_is_priced_from_the_table(ingest: Harness) -> None:
+    """A chat event without a cost gets `ceil` of its priced tokens and is marked priced."""
+    resp = await ingest.client.put("/api/v1/pricing/models/sonnet", json=PRICE, headers=ADMIN)
+    assert resp.status == 200
+    await ingest.client.post(
+        "/api/v1/events",
+        json={"events": [chat("e1", cache_read_tokens=10, cache_write_tokens=3)]},
+        headers=EMITTER,
+    )
+    data = orjson.loads(ingest.log.records[-1][1])["data"]
+    # 1000×3 + 100×15 + 10×0.30 + 3×3.75 = 4514.25 → 4515
+    assert data["cost_micros"] == 4515
+    assert data["priced"] is True
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({**chat("x"), "type": "chat.usage.v9"}, "type"),
+        ({k: v for k, v in chat("x").items() if k != "user_id"}, "user_id"),
+        (chat("x", input_tokens=-5), "data.input_tokens"),
+        (chat("x", output_tokens="12"), "data.output_tokens"),
+        (chat("x", surprise=1), "data.surprise"),
+        ({**chat("x"), "extra": True}, "extra"),
+        ({**chat("x"), "id": "i" * 129}, "id"),
+        (
+            {**chat("x"), "occurred_at": (datetime.now(UTC) + timedelta(days=2)).isoformat()},
+            "occurred_at",
+        ),
+        ({**chat("x"), "occurred_at": "2026-11-02T10:15:00"}, "occurred_at"),
+        ("not an object", "object"),
+    ],
+)
+async def test_invalid_events_are_rejected_one_by_one_naming_the_field(
+    ingest: Harness, event: object, field: str
+) -> None:
+    """Each invalid event is rejected with a message naming its field while the valid one is accepted."""
+    resp = await ingest.client.post(
+        "/api/v1/events", json={"events": [chat("good"), event]}, headers=EMITTER
+    )
+    body = await resp.json()
+    assert resp.status == 200
+    assert body["accepted"] == ["good"]
+    [rejected] = body["rejected"]
+    assert field in rejected["message"]
+    assert rejected["permanent"] is True
+    assert rejected["index"] == 1
+
+
+async def test_a_repeated_id_in_one_batch_is_accepted_once(ingest: Harness) -> None:
+    """The second copy of an id in one batch is refused, so one request never logs an id twice."""
+    resp = await ingest.client.post(
+        "/api/v1/events", json={"events": [chat("e1"), chat("e1")]}, headers=EMITTER
+    )
+    body = await resp.json()
+    assert body["accepted"] == ["e1"]
+    assert "more than once" in body["rejected"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"", 400, "empty"),
+        (b'{"events": []}', 422, "between 1 and 1000"),
+        (b'{"events": {}}', 422, "array"),
+        (b'{"evnts": []}', 422, "events"),
+        (orjson.dumps({"events": [chat(f"e{i}") for i in range(1001)]}), 413, "too large"),
+    ],
+)
+async def test_malformed_requests_get_a_clear_status(
+    ingest: Harness, payload: bytes, status: int, needle: str
+) -> None:
+    """Bodies that are not JSON, empty, the wrong shape or too large get 400/413/422 with a message."""
+    resp = await ingest.client.post(
+        "/api/v1/events",
+        data=payload,
+        headers={**EMITTER, "Content-Type": "application/json"},
+    )
+    assert resp.status == status
+    body = await resp.json()
+    assert needle in body["message"]
+    assert ingest.log.records == []
+
+
+async def test_more_than_the_batch_limit_is_refused(ingest: Harness) -> None:
+    """A batch over 1000 events is refused whole (422) when it fits the body limit."""
+    events = [{"id": str(i)} for i in range(1001)]
+    resp = await ingest.client.post("/api/v1/events", json={"events": events}, headers=EMITTER)
+    assert resp.status == 422
+    assert "between 1 and 1000" in (await resp.json())["message"]
+
+
+async def test_tokens_and_roles_are_enforced(ingest: Harness) -> None:
+    """No token or a wrong one is 401; an emitter token on the pricing API is 403."""
+    body = {"events": [chat("e1")]}
+    assert (await ingest.client.post("/api/v1/events", json=body)).status == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert (await ingest.client.post("/api/v1/events", json=body, headers=wrong)).status == 401
+    resp = await ingest.client.get("/api/v1/pricing/models", headers=EMITTER)
+    assert resp.status == 403
+    assert (await ingest.client.get("/api/v1/pricing/models", headers=ADMIN)).status == 200
+    assert ingest.log.records == []
+
+
+async def test_broker_down_means_503_with_retry_after_and_nothing_accepted(
+    ingest: Harness,
+) -> None:
+    """When the log does not acknowledge, the whole batch is refused with 503 and Retry-After."""
+    ingest.log.down = True
+    resp = await ingest.client.post(
+        "/api/v1/events", json={"events": [chat("e1")]}, headers=EMITTER
+    )
+    assert resp.status == 503
+    assert resp.headers["Retry-After"]
+    assert "nothing in this batch was accepted" in (await resp.json())["message"]
+    ingest.log.down = False
+    resp = await ingest.client.post(
+        "/api/v1/events", json={"events": [chat("e1")]}, headers=EMITTER
+    )
+    assert (await resp.json())["accepted"] == ["e1"]
+
+
+async def test_pricing_api_round_trip(ingest: Harness) -> None:
+    """Prices can be set, read, listed and deleted; a missing model is 404 naming it."""
+    c = ingest.client
+    assert (await c.get("/api/v1/pricing/models/sonnet", headers=ADMIN)).status == 404
+    await c.put("/api/v1/pricing/models/sonnet", json=PRICE, headers=ADMIN)
+    got = await (await c.get("/api/v1/pricing/models/sonnet", headers=ADMIN)).json()
+    assert {k: got[k] for k in PRICE} == PRICE
+    listed = await (await c.get("/api/v1/pricing/models", headers=ADMIN)).json()
+    assert [m["model"] for m in listed["models"]] == ["sonnet"]
+    assert (await c.delete("/api/v1/pricing/models/sonnet", headers=ADMIN)).status == 204
+    resp = await c.delete("/api/v1/pricing/models/sonnet", headers=ADMIN)
+    assert resp.status == 404
+    assert "sonnet" in (await resp.json())["message"]
+
+
+async def test_invalid_price_is_422_naming_the_field(ingest: Harness) -> None:
+    """A negative or non-numeric price is refused with the field's name."""
+    resp = await ingest.client.put(
+        "/api/v1/pricing/models/sonnet",
+        json={**PRICE, "output_price_per_million": "cheap"},
+        headers=ADMIN,
+    )
+    assert resp.status == 422
+    assert "output_price_per_million" in (await resp.json())["message"]
+
+
+async def test_metrics_count_accepted_and_rejected_by_type(ingest: Harness) -> None:
+    """The events counter tells accepted from rejected per type and reason."""
+    await ingest.client.post(
+        "/api/v1/events",
+        json={"events": [chat("e1"), chat("e2", input_tokens=-1)]},
+        headers=EMITTER,
+    )
+    value = ingest.registry.get_sample_value
+    labels = {"type": "chat.usage.v1", "result": "accepted", "reason": ""}
+    assert value("tollgate_ingest_events_total", labels) == 1
+    labels = {"type": "chat.usage.v1", "result": "rejected", "reason": "invalid"}
+    assert value("tollgate_ingest_events_total", labels) == 1
+
+
+async def test_operational_routes_need_no_token(ingest: Harness) -> None:
+    """Health, metrics and the OpenAPI document are public; the document lists the event route."""
+    assert (await ingest.client.get("/healthz")).status == 200
+    assert (await ingest.client.get("/metrics")).status == 200
+    doc = await (await ingest.client.get("/openapi.json")).json()
+    assert "/api/v1/events" in doc["paths"]
+    assert "/api/v1/pricing/models/{model}" in doc["paths"]
