@@ -1,0 +1,160 @@
+"""The shared service skeleton: settings, auth roles, error mapping and the OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, Field
+
+from libs.service.errors import Conflict, DependencyUnavailable
+from libs.service.openapi import OpenApi
+from libs.service.settings import CommonSettings
+from libs.service.web import READINESS_KEY, Role, create_app, json_response, read_model, requires
+
+
+class Body(BaseModel):
+    """A request body with one constrained field."""
+
+    amount: int = Field(gt=0)
+
+
+@requires(Role.ADMIN)
+async def admin_only(_: web.Request) -> web.Response:
+    """Only admins get here."""
+    return json_response({"ok": True})
+
+
+async def emitter_route(request: web.Request) -> web.Response:
+    """Any valid token gets here; the body is validated."""
+    body = await read_model(request, Body)
+    return json_response({"amount": body.amount})
+
+
+async def conflict(_: web.Request) -> web.Response:
+    """Raises a domain error."""
+    raise Conflict("budget spent", detail={"spent": 5})
+
+
+async def down(_: web.Request) -> web.Response:
+    """Raises a dependency error."""
+    raise DependencyUnavailable("database unavailable", retry_after_s=7)
+
+
+async def boom(_: web.Request) -> web.Response:
+    """Fails unexpectedly."""
+    raise RuntimeError("secret internals")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """An app built on the skeleton with a route per case."""
+    settings = CommonSettings(
+        DATABASE_URL="postgresql://unused",
+        TOLLGATE_EMITTER_TOKENS="e1, e2",
+        TOLLGATE_ADMIN_TOKENS="a1",
+        TOLLGATE_MAX_BODY_BYTES=2048,
+    )
+    openapi = OpenApi(title="t")
+    app = create_app(service="t", settings=settings, registry=CollectorRegistry(), openapi=openapi)
+    ready = {"value": False}
+
+    async def check() -> tuple[bool, str]:
+        return ready["value"], "thing"
+
+    app[READINESS_KEY].append(check)
+    app.router.add_get("/admin", admin_only)
+    app.router.add_post("/emit", emitter_route)
+    app.router.add_get("/conflict", conflict)
+    app.router.add_get("/down", down)
+    app.router.add_get("/boom", boom)
+    openapi.add("post", "/emit", summary="emit", request=Body, responses={200: Body})
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def test_token_lists_are_split_on_commas() -> None:
+    """Comma-separated token variables become trimmed tuples without empty entries."""
+    settings = CommonSettings(
+        DATABASE_URL="x", TOLLGATE_EMITTER_TOKENS=" a, b,,c ", TOLLGATE_ADMIN_TOKENS=""
+    )
+    assert settings.emitter_tokens == ("a", "b", "c")
+    assert settings.admin_tokens == ()
+
+
+async def test_roles(client: TestClient[web.Request, web.Application]) -> None:
+    """Admin routes need an admin token; emitter routes take either; unknown tokens are 401."""
+    assert (await client.get("/admin")).status == 401
+    assert (await client.get("/admin", headers={"Authorization": "Bearer e2"})).status == 403
+    assert (await client.get("/admin", headers={"Authorization": "Bearer a1"})).status == 200
+    assert (await client.get("/admin", headers={"Authorization": "Basic a1"})).status == 401
+    resp = await client.post("/emit", json={"amount": 1}, headers={"Authorization": "Bearer a1"})
+    assert resp.status == 200
+    resp = await client.post("/emit", json={"amount": 1}, headers={"Authorization": "Bearer e1x"})
+    assert resp.status == 401
+
+
+async def test_errors_have_one_shape(client: TestClient[web.Request, web.Application]) -> None:
+    """Domain errors, dependency errors and crashes all answer `{message, detail}` without internals."""
+    auth = {"Authorization": "Bearer e1"}
+    resp = await client.get("/conflict", headers=auth)
+    assert resp.status == 409
+    assert await resp.json() == {"message": "budget spent", "detail": {"spent": 5}}
+    resp = await client.get("/down", headers=auth)
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "7"
+    resp = await client.get("/boom", headers=auth)
+    assert resp.status == 500
+    assert "secret" not in await resp.text()
+    resp = await client.get("/nowhere", headers=auth)
+    assert resp.status == 404
+    assert "message" in await resp.json()
+
+
+async def test_bodies_are_validated(client: TestClient[web.Request, web.Application]) -> None:
+    """Invalid JSON is 400, a failing field is 422 naming it, an oversize body is 413."""
+    auth = {"Authorization": "Bearer e1", "Content-Type": "application/json"}
+    assert (await client.post("/emit", data=b"{", headers=auth)).status == 400
+    resp = await client.post("/emit", data=b'{"amount": 0}', headers=auth)
+    assert resp.status == 422
+    assert (await resp.json())["message"].startswith("amount:")
+    resp = await client.post(
+        "/emit", data=b'{"amount": 1, "pad": "' + b"x" * 4096 + b'"}', headers=auth
+    )
+    assert resp.status == 413
+    resp = await client.post(
+        "/emit", data=b"amount=1", headers={**auth, "Content-Type": "text/plain"}
+    )
+    assert resp.status == 400
+    assert "content type" in (await resp.json())["message"]
+
+
+async def test_readiness_reflects_checks(client: TestClient[web.Request, web.Application]) -> None:
+    """`/readyz` is 503 naming the failing check; health and metrics need no token."""
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"] == {"thing": "failing"}
+    assert (await client.get("/healthz")).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert "tollgate_http_requests_total" in metrics
+    assert "e1" not in metrics.split("tollgate_http")[0]
+
+
+async def test_openapi_document_describes_routes(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """The document lists operational and added routes, with request schemas and security."""
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    emit = doc["paths"]["/emit"]["post"]
+    assert emit["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/Body")
+    assert {"401", "422", "200"} <= set(emit["responses"])
+    assert "Body" in doc["components"]["schemas"]
+    assert "/healthz" in doc["paths"]
