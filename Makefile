@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run test lint typecheck unit integration e2e bench test-reliability deploy-tools fmt lock clean
+.PHONY: help venv run test lint typecheck unit bench test-reliability deploy-tools deploy-check image fmt lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ typecheck: $(STAMP) ## mypy --strict over libs, services and tests
 deploy-tools: $(STAMP) ## install helm, promtool and kubernetes-validate for the deploy checks
 	bash deploy/install-tools.sh
 
+deploy-check: $(STAMP) deploy-tools ## render, lint and validate the chart; test the Prometheus rules and dashboards
+	$(PY) -m pytest tests/deploy
+
+image: ## build the container image (needs a Docker engine)
+	docker build -f deploy/Dockerfile -t tollgate:$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) .
+
 test: $(STAMP) deploy-tools lint typecheck ## lint, type check and the whole pytest suite
 	$(PY) -m pytest
 
@@ -51,4 +57,4 @@ lock: $(STAMP) ## re-pin constraints.txt from the current environment
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
 
 clean: ## remove the virtualenv and local state (embedded PostgreSQL data included)
-	rm -rf $(VENV) .tollgate .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tollgate .tools .mypy_cache .ruff_cache .pytest_cache

@@ -69,13 +69,18 @@ PY
     || die "the layer did not carry helm $HELM_VERSION: $("$BIN/helm" version --short)"
 }
 
+promtool_ok() {
+  [[ -x $BIN/promtool && -x $BIN/prometheus ]] || return 1
+  local version
+  version=$("$BIN/promtool" --version 2>&1) || return 1
+  [[ $version == "promtool, version $PROMETHEUS_MAJOR."* ]]
+}
+
 install_promtool() {
-  if [[ -x $BIN/promtool && -x $BIN/prometheus ]] \
-    && "$BIN/promtool" --version 2>&1 | grep -q "^promtool, version $PROMETHEUS_MAJOR\."; then
-    return
+  promtool_ok && return
+  if ! command -v apt-get >/dev/null || ! command -v dpkg >/dev/null; then
+    die "promtool comes from Debian's prometheus package: apt-get and dpkg are needed"
   fi
-  command -v apt-get >/dev/null && command -v dpkg >/dev/null \
-    || die "promtool comes from Debian's prometheus package: apt-get and dpkg are needed"
   log "installing promtool and prometheus from Debian's prometheus package"
   new_scratch
   # A fresh machine may have no package lists yet; fetch them only when the download needs them.
@@ -85,8 +90,7 @@ install_promtool() {
   fi
   dpkg -x "$scratch"/prometheus_*.deb "$scratch/root"
   install -m 0755 "$scratch/root/usr/bin/promtool" "$scratch/root/usr/bin/prometheus" "$BIN/"
-  "$BIN/promtool" --version 2>&1 | grep -q "^promtool, version $PROMETHEUS_MAJOR\." \
-    || die "unexpected promtool: $("$BIN/promtool" --version 2>&1 | head -1)"
+  promtool_ok || die "unexpected promtool: $("$BIN/promtool" --version 2>&1)"
 }
 
 install_python_tools() {

@@ -75,6 +75,7 @@ def _create_topics(_: argparse.Namespace) -> int:
             os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             events_topic=os.environ.get("TOLLGATE_EVENTS_TOPIC", USAGE_EVENTS),
             dlq_topic=os.environ.get("TOLLGATE_DLQ_TOPIC", USAGE_EVENTS_DLQ),
+            replication_factor=int(os.environ.get("TOLLGATE_TOPIC_REPLICATION", "1")),
         )
     )
     print(f"created topics: {', '.join(created) or 'none (all present)'}")

@@ -37,6 +37,7 @@ async def ensure_topics(
     events_topic: str,
     dlq_topic: str,
     partitions: int = USAGE_EVENTS_PARTITIONS,
+    replication_factor: int = 1,
     timeout_s: float = 15.0,
 ) -> list[str]:
     """Create the event topic and its DLQ when missing, with the partition counts we mean.
@@ -49,8 +50,12 @@ async def ensure_topics(
     try:
         existing = set(await bounded(admin.list_topics(), timeout_s, "list topics"))
         wanted = [
-            NewTopic(events_topic, num_partitions=partitions, replication_factor=1),
-            NewTopic(dlq_topic, num_partitions=DLQ_PARTITIONS, replication_factor=1),
+            NewTopic(
+                events_topic, num_partitions=partitions, replication_factor=replication_factor
+            ),
+            NewTopic(
+                dlq_topic, num_partitions=DLQ_PARTITIONS, replication_factor=replication_factor
+            ),
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:

@@ -1,0 +1,1 @@
+"""The publisher: billable usage into a durable queue, and a sender to the billing server."""

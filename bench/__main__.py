@@ -1,0 +1,276 @@
+"""`python -m bench` (`make bench`): start the system, run every benchmark, print and save.
+
+The embedded broker and PostgreSQL start in a temporary directory unless
+`KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` point elsewhere; every service whose
+`services/<name>/__main__.py` exists starts as its own process. Each benchmark module is
+imported only when its turn comes, so a part that does not exist yet shows as a
+"not available yet" row instead of stopping the run. The table goes to the terminal and
+every figure, with its target and baseline, to `bench/results.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from bench import (
+    ROOT,
+    BenchContext,
+    Figure,
+    ServiceHandle,
+    bench_seconds,
+    not_available,
+    wait_ready,
+)
+from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
+from libs.service.cli import available_services
+from libs.service.db import migrate
+from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from libs.service.kafka import ensure_topics
+from libs.service.settings import EXTERNAL_EPOCH
+
+#: Benchmark modules in the order they run, with the service each one is about.
+BENCHMARKS: Final[tuple[tuple[str, str | None, tuple[str, ...]], ...]] = (
+    ("ingest", "ingest", ("accepted events/s", "request latency p50/p99")),
+    ("freshness", None, ("ack → limits p50/p99", "ack → reports p50/p99")),
+    (
+        "limits",
+        "limits",
+        (
+            "HTTP check at 2,000/s p50/p99/p999",
+            "HTTP check at max rate",
+            "in-process decision time",
+            "memory per tracked user",
+        ),
+    ),
+    ("reports", "reports", ("projection rate", "API latency")),
+    ("publisher", "publisher", ("backlog drain rate",)),
+)
+RESULTS: Final = Path(os.environ.get("TOLLGATE_BENCH_RESULTS", ROOT / "bench" / "results.json"))
+# Wide enough for the table when the output is a file or a pipe (`make bench | tee`).
+console = Console(width=None if sys.stdout.isatty() else 180)
+
+
+class System:
+    """The broker, PostgreSQL and every service that exists, for the length of a run."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.broker: EmbeddedBroker | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.services: dict[str, ServiceHandle] = {}
+        self.env: dict[str, str] = {}
+
+    def start(self) -> BenchContext:
+        """Start the infrastructure and the services, and wait until each is ready."""
+        admin, emitter = f"bench-admin-{secrets.token_hex(8)}", f"bench-emit-{secrets.token_hex(8)}"
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TOLLGATE_", "KAFKA_", "DATABASE_", "BILLING_", "LICENSE_"))
+        }
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        epoch = os.environ.get("TOLLGATE_BROKER_EPOCH", EXTERNAL_EPOCH)
+        if not bootstrap:
+            self.broker = EmbeddedBroker(port=free_port())
+            self.broker.start(log_path=self.workdir / "tansu.log")
+            bootstrap, epoch = self.broker.bootstrap, self.broker.epoch
+        database_url = os.environ.get("DATABASE_URL", "")
+        if not database_url:
+            self.postgres = EmbeddedPostgres(self.workdir / "pgdata")
+            database_url = self.postgres.start()
+        events_topic = os.environ.get("TOLLGATE_EVENTS_TOPIC", USAGE_EVENTS)
+        dlq_topic = os.environ.get("TOLLGATE_DLQ_TOPIC", USAGE_EVENTS_DLQ)
+        asyncio.run(migrate(database_url))
+        asyncio.run(ensure_topics(bootstrap, events_topic=events_topic, dlq_topic=dlq_topic))
+        self.env = {
+            **base,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": database_url,
+            "TOLLGATE_BROKER_EPOCH": epoch,
+            "TOLLGATE_EVENTS_TOPIC": events_topic,
+            "TOLLGATE_DLQ_TOPIC": dlq_topic,
+            "TOLLGATE_EMITTER_TOKENS": emitter,
+            "TOLLGATE_ADMIN_TOKENS": admin,
+            "TOLLGATE_LOG_FORMAT": "json",
+            "TOLLGATE_LOG_LEVEL": os.environ.get("TOLLGATE_LOG_LEVEL", "info"),
+            "TOLLGATE_HOST": "127.0.0.1",
+        }
+        specs = available_services()
+        ports = {s.name: free_port() for s in specs}
+        for spec in specs:
+            self.env[spec.port_env] = str(ports[spec.name])
+        if "limits" in ports:
+            self.env["TOLLGATE_LIMITS_URL"] = f"http://127.0.0.1:{ports['limits']}"
+        if importlib.util.find_spec("services.publisher.sink") is not None:
+            sink_port = free_port()
+            self.env["BILLING_URL"] = f"http://127.0.0.1:{sink_port}"
+            self.env["LICENSE_KEY"] = "bench-license-key"
+            self._start("billing-sink", ["billing-sink", "--port", str(sink_port)], sink_port)
+        for spec in specs:
+            self._start(spec.name, ["serve", spec.name], ports[spec.name])
+        for name, handle in self.services.items():
+            if name != "billing-sink":
+                asyncio.run(wait_ready(handle.url))
+        return BenchContext(
+            bootstrap=bootstrap,
+            database_url=database_url,
+            events_topic=events_topic,
+            dlq_topic=dlq_topic,
+            admin_token=admin,
+            emitter_token=emitter,
+            seconds=bench_seconds(),
+            workdir=self.workdir,
+            env=self.env,
+            services=dict(self.services),
+        )
+
+    def _start(self, name: str, argv: list[str], port: int) -> None:
+        handle = ServiceHandle(
+            name=name, port=port, argv=argv, env=self.env, log_path=self.workdir / f"{name}.log"
+        )
+        handle.start()
+        self.services[name] = handle
+
+    def stop(self, ctx: BenchContext | None) -> None:
+        """Stop every process this run started, then the infrastructure."""
+        extra: list[ServiceHandle] = ctx.extra.get("processes", []) if ctx else []
+        for handle in [*extra, *self.services.values()]:
+            handle.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+async def _run_module(ctx: BenchContext, module_name: str) -> list[Figure]:
+    module = importlib.import_module(f"bench.{module_name}")
+    run: Callable[[BenchContext], Awaitable[list[Figure]]] | None = getattr(module, "run", None)
+    if run is None:
+        return [not_available(module_name, "all", f"bench/{module_name}.py has no run(ctx) yet")]
+    return await run(ctx)
+
+
+def run_benchmark(
+    ctx: BenchContext, module_name: str, service: str | None, names: tuple[str, ...]
+) -> list[Figure]:
+    """One benchmark module's figures, or rows that say why there are none."""
+    if importlib.util.find_spec(f"bench.{module_name}") is None:
+        return [
+            not_available(module_name, n, f"bench/{module_name}.py not available yet")
+            for n in names
+        ]
+    if service is not None and service not in ctx.services:
+        why = f"the {service} service is not available yet"
+        return [not_available(module_name, n, why) for n in names]
+    started = time.monotonic()
+    console.print(f"[bold]» {module_name}[/] …")
+    try:
+        figures = asyncio.run(_run_module(ctx, module_name))
+    except Exception as exc:
+        console.print(f"[red]{module_name} failed:[/] {exc!r}")
+        traceback.print_exc()
+        figures = [
+            Figure(module_name, "all", None, "", note=f"failed: {exc!r}"[:300], status="error")
+        ]
+    console.print(f"  done in {time.monotonic() - started:.1f}s")
+    return figures
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.3g}" if abs(value) < 1 else f"{value:,.2f}"
+
+
+def render(figures: list[Figure]) -> Table:
+    """The results as a rich table."""
+    table = Table(title="Tollgate benchmarks", show_lines=False)
+    for column in ("area", "figure", "value", "target", "baseline", "ratio", "note"):
+        table.add_column(column, overflow="fold")
+    style = {"ok": "green", "miss": "red", "error": "red", "not available": "dim", "info": ""}
+    for f in figures:
+        value = "not available" if f.status == "not available" else f"{_fmt(f.value)} {f.unit}"
+        mark = {"ok": " ✓", "miss": " ✗"}.get(f.status, "")
+        baseline = f"{_fmt(f.baseline)} ({f.baseline_name})" if f.baseline is not None else ""
+        table.add_row(
+            f.area,
+            f.name,
+            value + mark,
+            f.target or "",
+            baseline,
+            f"{f.ratio:.2f}×" if f.ratio is not None else "",
+            f.note,
+            style=style[f.status],
+        )
+    return table
+
+
+def main() -> int:
+    """Run the whole benchmark and return 0 (a missed target is a figure, not a failure)."""
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: PLC0415
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
+    system = System(workdir)
+    ctx: BenchContext | None = None
+    figures: list[Figure] = []
+    try:
+        console.print(f"starting the system in {workdir} …")
+        ctx = system.start()
+        running = ", ".join(n for n in ctx.services if n != "billing-sink") or "none"
+        console.print(f"services: {running}; {ctx.seconds:.0f}s per throughput run")
+        for module_name, service, names in BENCHMARKS:
+            figures += run_benchmark(ctx, module_name, service, names)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted")
+    finally:
+        system.stop(ctx)
+        failed = [h for h in system.services.values() if h.process and h.process.returncode]
+        for handle in failed:
+            console.print(f"[yellow]{handle.name} log tail:[/]\n{handle.tail(1500)}")
+        shutil.rmtree(workdir, ignore_errors=True)
+    document: dict[str, Any] = {
+        "started_at": started_at,
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {"seconds": ctx.seconds if ctx else None},
+        "services": sorted(ctx.services) if ctx else [],
+        "figures": [f.as_json() for f in figures],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z))
+    console.print(render(figures))
+    console.print(f"results: {RESULTS} ({document['duration_s']:.0f}s in all)")
+    return 0 if ctx is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

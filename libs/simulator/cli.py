@@ -1,0 +1,273 @@
+"""`tollgate simulate`: generate seeded usage, send it, and write the figures it must produce."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from libs.events.models import Envelope
+from libs.events.topics import USAGE_EVENTS
+from libs.simulator.expected import INTERVALS, Tally
+from libs.simulator.generate import Simulation, SimulationConfig
+from libs.simulator.send import (
+    DEFAULT_BATCH,
+    IngestSender,
+    KafkaSender,
+    SendReport,
+    register_prices,
+)
+
+__all__ = ["main", "write_expected"]
+
+# The development tokens `tollgate run` prints when none are configured.
+_DEV_EMITTER: Final = "dev-emitter-token"
+_DEV_ADMIN: Final = "dev-admin-token"
+
+
+def _first_token(env: str, default: str) -> str:
+    tokens = [t.strip() for t in os.environ.get(env, "").split(",") if t.strip()]
+    return tokens[0] if tokens else default
+
+
+def _end(value: str) -> datetime:
+    at = datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError("--end needs a timezone, e.g. 2026-11-02T10:15:00Z")
+    return at.astimezone(UTC)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tollgate simulate",
+        description=(
+            "Generate realistic usage for N users over D days (deterministic from --seed), send "
+            "it through ingest (or straight to Kafka with --direct), and write the totals the "
+            "services must then show."
+        ),
+    )
+    size = p.add_argument_group("what to generate")
+    size.add_argument("--seed", type=int, default=1, help="the seed (default 1)")
+    size.add_argument("--users", type=int, default=50, help="simulated users (default 50)")
+    size.add_argument("--days", type=int, default=30, help="days of usage (default 30)")
+    size.add_argument(
+        "--end", type=_end, default=None, help="when the usage ends (ISO 8601; default now)"
+    )
+    size.add_argument(
+        "--intensity", type=float, default=1.0, help="scale of chat usage per user (default 1)"
+    )
+    size.add_argument(
+        "--interval",
+        choices=INTERVALS,
+        default="1 day",
+        help="bucket size of the expected activity (default '1 day')",
+    )
+    where = p.add_argument_group("where to send it")
+    where.add_argument(
+        "--ingest-url",
+        default=os.environ.get("TOLLGATE_INGEST_URL", "http://127.0.0.1:8081"),
+        help="ingest's base URL (default $TOLLGATE_INGEST_URL or http://127.0.0.1:8081)",
+    )
+    where.add_argument(
+        "--token",
+        default=_first_token("TOLLGATE_EMITTER_TOKENS", _DEV_EMITTER),
+        help="emitter token (default: the first of $TOLLGATE_EMITTER_TOKENS, or the dev token)",
+    )
+    where.add_argument(
+        "--admin-token",
+        default=_first_token("TOLLGATE_ADMIN_TOKENS", _DEV_ADMIN),
+        help="admin token, to register the model prices (default: $TOLLGATE_ADMIN_TOKENS)",
+    )
+    where.add_argument(
+        "--direct", action="store_true", help="produce straight to Kafka instead of via ingest"
+    )
+    where.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        help="Kafka bootstrap servers for --direct",
+    )
+    where.add_argument(
+        "--topic",
+        default=os.environ.get("TOLLGATE_EVENTS_TOPIC", USAGE_EVENTS),
+        help=f"topic for --direct (default {USAGE_EVENTS})",
+    )
+    how = p.add_argument_group("how")
+    how.add_argument("--rate", type=float, default=None, help="events per second at most")
+    how.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="events per request")
+    how.add_argument("--concurrency", type=int, default=2, help="requests in flight")
+    how.add_argument(
+        "--skip-prices",
+        action="store_true",
+        help="do not register the simulated models' prices with ingest",
+    )
+    how.add_argument(
+        "--dry-run", action="store_true", help="generate and write the totals, send nothing"
+    )
+    how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    how.add_argument(
+        "--expected",
+        type=Path,
+        default=None,
+        help="where to write the expected totals (default .tollgate/simulations/sim-SEED.json)",
+    )
+    return p
+
+
+def write_expected(path: Path, document: object) -> None:
+    """Write a JSON document (times in UTC with `Z`), creating the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        orjson.dumps(
+            document,
+            option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS,
+        )
+        + b"\n"
+    )
+
+
+def _stream(
+    sim: Simulation, tally: Tally, progress: Progress, days_task: TaskID
+) -> Iterator[Envelope]:
+    for event in sim.directory_events():
+        tally.observe(event)
+        yield event
+    for day in range(sim.config.days):
+        for event in sim.day_events(day):
+            tally.observe(event)
+            yield event
+        progress.update(days_task, advance=1)
+
+
+async def _run(args: argparse.Namespace, console: Console) -> int:
+    config = SimulationConfig(
+        seed=args.seed,
+        users=args.users,
+        days=args.days,
+        intensity=args.intensity,
+        **({"end": args.end} if args.end is not None else {}),
+    )
+    sim = Simulation(config)
+    tally = Tally(sim.prices)
+    expected_path = args.expected or Path(".tollgate") / "simulations" / f"sim-{args.seed}.json"
+    mode = "dry run" if args.dry_run else ("Kafka " + args.bootstrap if args.direct else "ingest")
+    console.print(
+        f"simulating {config.users} users over {config.days} days up to "
+        f"{config.end.isoformat()} (seed {config.seed}) → {mode}"
+    )
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("days · {task.fields[sent]:,} events sent"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.no_progress,
+    )
+    report = SendReport()
+    with progress:
+        days_task = progress.add_task("simulating", total=config.days, sent=0)
+        sent = 0
+
+        def on_sent(n: int) -> None:
+            nonlocal sent
+            sent += n
+            progress.update(days_task, sent=sent)
+
+        events = _stream(sim, tally, progress, days_task)
+        if args.dry_run:
+            for _ in events:
+                pass
+        elif args.direct:
+            report = await KafkaSender(
+                bootstrap=args.bootstrap,
+                topic=args.topic,
+                prices=sim.prices,
+                batch_size=args.batch_size,
+                rate=args.rate,
+                on_sent=on_sent,
+            ).send(events)
+        else:
+            if not args.skip_prices:
+                changed = await register_prices(args.ingest_url, args.admin_token, sim.prices)
+                if changed:
+                    console.print(f"registered prices for {', '.join(changed)}")
+            report = await IngestSender(
+                ingest_url=args.ingest_url,
+                token=args.token,
+                batch_size=args.batch_size,
+                rate=args.rate,
+                concurrency=args.concurrency,
+                on_sent=on_sent,
+            ).send(events)
+    start, end = sim.start, sim.end
+    document = {
+        "simulation": {
+            "seed": config.seed,
+            "users": config.users,
+            "days": config.days,
+            "intensity": config.intensity,
+            "start": start,
+            "end": end,
+            "org_id": config.org_id,
+            "user_ids": [u.id for u in sim.users],
+        },
+        "send": {
+            "mode": "dry-run" if args.dry_run else ("direct" if args.direct else "ingest"),
+            "offered": report.offered,
+            "accepted": report.accepted,
+            "rejected": [r.id for r in report.rejected],
+            "resent_batches": report.resent_batches,
+            "elapsed_s": round(report.elapsed_s, 3),
+        },
+        **tally.snapshot(now=end, start=start, end=end, interval=args.interval),
+    }
+    write_expected(expected_path, document)
+    generated = tally.events
+    if not args.dry_run:
+        console.print(
+            f"sent {report.accepted:,} of {generated:,} events in {report.elapsed_s:.1f}s "
+            f"({report.rate:,.0f}/s), {len(report.rejected)} rejected, "
+            f"{report.resent_batches} batches resent"
+        )
+    console.print(f"expected totals: {expected_path}")
+    for rejection in report.rejected[:5]:
+        console.print(f"[red]rejected {rejection.id}: {rejection.message}")
+    return 1 if report.rejected else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the simulator with command-line arguments; the exit code says whether all went in."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.users < 1 or args.days < 1 or not 1 <= args.batch_size <= 1000:
+        sys.stderr.write(
+            "tollgate simulate: --users and --days must be ≥ 1, --batch-size 1..1000\n"
+        )
+        return 2
+    console = Console(stderr=True)
+    try:
+        return asyncio.run(_run(args, console))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        console.print(f"[red]tollgate simulate: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Limits' HTTP handlers: checks and status from memory, and the admin configuration API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+import asyncpg
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from libs.events.models import MAX_INT
+from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
+from libs.service.openapi import OpenApi
+from libs.service.web import Role, json_response, read_json, requires, validation_message
+from services.limits.admin_config import ConfigCache
+from services.limits.domain import LIMIT_EXCEEDED_MESSAGE, Decision, Limiter, Period, Source
+from services.limits.metrics import LimitsMetrics
+from services.limits.storage import ConfigStore, Override, StoredConfig, Subject
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+MAX_ID_LENGTH = 128
+LimitMicros = Annotated[int, Field(strict=True, gt=0, le=MAX_INT)]
+
+# Fields GET adds to the configuration; a PUT of what GET returned ignores them.
+READ_ONLY_CONFIG_FIELDS = frozenset(
+    {"updated_at", "unpriced_model_count", "unpriced_models", "user_overrides", "group_overrides"}
+)
+
+
+@dataclass
+class LimitsRuntime:
+    """What the handlers read: the limiter, the configuration, the clock and readiness."""
+
+    limiter: Limiter
+    configs: ConfigCache
+    store: ConfigStore
+    metrics: LimitsMetrics
+    clock: Callable[[], float]
+    caught_up: Callable[[], bool]
+
+    def ready(self) -> bool:
+        """Caught up with the log and holding a configuration: answers are right."""
+        return self.configs.loaded and self.caught_up()
+
+
+RUNTIME = web.AppKey("limits_runtime", LimitsRuntime)
+
+
+# -- request and response models (validation and the OpenAPI document) -----------------------
+
+
+class CheckRequest(BaseModel):
+    """`POST /api/v1/limits/check` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+
+
+class CheckResult(BaseModel):
+    """A check's answer; 200 when allowed."""
+
+    allowed: bool
+    limited: bool
+    limit_micros: int | None
+    spent_micros: int
+    remaining_micros: int | None
+    period: Period
+    period_start: datetime
+    resets_at: datetime
+    source: Source
+    group_id: str | None
+
+
+class LimitExceeded(CheckResult):
+    """409: the user's spend reached their limit."""
+
+    message: str
+    detail: None = None
+
+
+class LimitStatus(BaseModel):
+    """A user's spend status in the current period."""
+
+    is_limited: bool
+    period: Period
+    limit_micros: int | None
+    spent_micros: int
+    period_start: datetime
+    period_end: datetime
+
+
+class ConfigUpdate(BaseModel):
+    """`PUT /api/v1/limits/config`: every field is required; `null` means no default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    enabled: bool
+    period: Period
+    default_limit_micros: LimitMicros | None
+
+
+class UserOverrideView(BaseModel):
+    """A user's override."""
+
+    user_id: str
+    limit_micros: int
+    updated_at: datetime
+
+
+class GroupOverrideView(BaseModel):
+    """A group's override."""
+
+    group_id: str
+    limit_micros: int
+    updated_at: datetime
+
+
+class ConfigView(BaseModel):
+    """The configuration as GET returns it."""
+
+    enabled: bool
+    period: Period
+    default_limit_micros: int | None
+    updated_at: datetime
+    unpriced_model_count: int
+    unpriced_models: list[str]
+    user_overrides: list[UserOverrideView]
+    group_overrides: list[GroupOverrideView]
+
+
+class OverrideUpdate(BaseModel):
+    """`PUT` of a user or group override."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    limit_micros: LimitMicros
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+def decision_body(decision: Decision) -> dict[str, object]:
+    """The contract's check fields (the 200 and 409 bodies share them)."""
+    current = decision.current
+    return {
+        "allowed": decision.allowed,
+        "limited": decision.limited,
+        "limit_micros": decision.limit_micros,
+        "spent_micros": decision.spent_micros,
+        "remaining_micros": decision.remaining_micros,
+        "period": current.period,
+        "period_start": current.start_iso,
+        "resets_at": current.end_iso,
+        "source": decision.source,
+        "group_id": decision.group_id,
+    }
+
+
+def _user_id_of(body: object) -> str:
+    # By hand rather than through pydantic: this is the hot path.
+    if not isinstance(body, dict):
+        raise Unprocessable('body: expected an object like {"user_id": "..."}')
+    if len(body) != 1 or "user_id" not in body:
+        extra = sorted(set(body) - {"user_id"})
+        if extra:
+            raise Unprocessable(f"body: unknown field(s) {', '.join(map(repr, extra))}")
+        raise Unprocessable("user_id: Field required")
+    return _subject_id(body["user_id"], "user_id")
+
+
+def _subject_id(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise Unprocessable(f"{name}: Input should be a valid string")
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        raise Unprocessable(f"{name}: must be 1 to {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _ready_runtime(request: web.Request) -> LimitsRuntime:
+    runtime = request.app[RUNTIME]
+    if not runtime.ready():
+        raise DependencyUnavailable(
+            "limits is still catching up with the event log; retry shortly",
+            detail={"caught_up": runtime.caught_up(), "config_loaded": runtime.configs.loaded},
+            retry_after_s=1,
+        )
+    return runtime
+
+
+async def check(request: web.Request) -> web.Response:
+    """Whether a user may send a chat message: 200 when allowed, 409 over the limit."""
+    started = time.perf_counter()
+    user_id = _user_id_of(await read_json(request))
+    runtime = _ready_runtime(request)
+    decision = runtime.limiter.decide(user_id, runtime.clock())
+    body = decision_body(decision)
+    metrics = runtime.metrics
+    if decision.allowed:
+        response = json_response(body)
+        metrics.checks.labels("allowed" if decision.limited else "unlimited").inc()
+    else:
+        body["message"] = LIMIT_EXCEEDED_MESSAGE
+        body["detail"] = None
+        response = json_response(body, status=409)
+        metrics.checks.labels("blocked").inc()
+    metrics.check_seconds.observe(time.perf_counter() - started)
+    return response
+
+
+async def status(request: web.Request) -> web.Response:
+    """A user's limit, spend and period, for showing to the user."""
+    user_id = _subject_id(request.match_info["user_id"], "user_id")
+    runtime = _ready_runtime(request)
+    decision = runtime.limiter.decide(user_id, runtime.clock())
+    current = decision.current
+    return json_response(
+        {
+            "is_limited": decision.limited,
+            "period": current.period,
+            "limit_micros": decision.limit_micros,
+            "spent_micros": decision.spent_micros,
+            "period_start": current.start_iso,
+            "period_end": current.end_iso,
+        }
+    )
+
+
+# -- admin configuration ---------------------------------------------------------------------
+
+
+async def _database(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DependencyUnavailable(
+            "the limits database is unavailable; checks still answer from memory",
+            detail=f"{type(exc).__name__}: {exc}",
+        ) from exc
+
+
+async def _read_body(request: web.Request, model: type[M], *, ignore: frozenset[str]) -> M:
+    body = await read_json(request)
+    if isinstance(body, dict) and ignore:
+        body = {k: v for k, v in body.items() if k not in ignore}
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise Unprocessable(
+            validation_message(exc), detail=exc.errors(include_url=False, include_context=False)
+        ) from exc
+
+
+def _config_view(stored: StoredConfig, unpriced: list[str]) -> dict[str, object]:
+    return {
+        "enabled": stored.enabled,
+        "period": stored.period,
+        "default_limit_micros": stored.default_limit_micros,
+        "updated_at": stored.updated_at,
+        "unpriced_model_count": len(unpriced),
+        "unpriced_models": unpriced,
+        "user_overrides": [_override_view("user", o) for o in stored.user_overrides],
+        "group_overrides": [_override_view("group", o) for o in stored.group_overrides],
+    }
+
+
+def _override_view(subject: Subject, override: Override) -> dict[str, object]:
+    return {
+        f"{subject}_id": override.subject_id,
+        "limit_micros": override.limit_micros,
+        "updated_at": override.updated_at,
+    }
+
+
+async def _refresh(runtime: LimitsRuntime) -> None:
+    # This replica applies its own change at once; the others within one poll.
+    try:
+        await runtime.configs.refresh()
+    except Exception as exc:
+        log.warning("limits_config_refresh_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+@requires(Role.ADMIN)
+async def get_config(request: web.Request) -> web.Response:
+    """The configuration, every override, and the models seen without a price."""
+    runtime = request.app[RUNTIME]
+    stored = await _database(runtime.store.load())
+    return json_response(_config_view(stored, runtime.limiter.ledger.unpriced_models()))
+
+
+@requires(Role.ADMIN)
+async def put_config(request: web.Request) -> web.Response:
+    """Replace the switch, the period and the default limit."""
+    runtime = request.app[RUNTIME]
+    update = await _read_body(request, ConfigUpdate, ignore=READ_ONLY_CONFIG_FIELDS)
+    await _database(
+        runtime.store.put_config(
+            enabled=update.enabled,
+            period=update.period,
+            default_limit_micros=update.default_limit_micros,
+        )
+    )
+    await _refresh(runtime)
+    stored = await _database(runtime.store.load())
+    log.info("limits_config_set", **update.model_dump())
+    return json_response(_config_view(stored, runtime.limiter.ledger.unpriced_models()))
+
+
+def _override_handlers(
+    subject: Subject,
+) -> tuple[Callable[[web.Request], Awaitable[web.Response]], ...]:
+    name = f"{subject}_id"
+
+    @requires(Role.ADMIN)
+    async def put_override(request: web.Request) -> web.Response:
+        runtime = request.app[RUNTIME]
+        subject_id = _subject_id(request.match_info[name], name)
+        update = await _read_body(request, OverrideUpdate, ignore=frozenset({"updated_at", name}))
+        override = await _database(
+            runtime.store.put_override(subject, subject_id, update.limit_micros)
+        )
+        await _refresh(runtime)
+        log.info("limits_override_set", subject=subject, id=subject_id, limit=update.limit_micros)
+        return json_response(_override_view(subject, override))
+
+    @requires(Role.ADMIN)
+    async def delete_override(request: web.Request) -> web.Response:
+        runtime = request.app[RUNTIME]
+        subject_id = _subject_id(request.match_info[name], name)
+        if not await _database(runtime.store.delete_override(subject, subject_id)):
+            raise NotFound(f"{subject} {subject_id!r} has no limit override")
+        await _refresh(runtime)
+        log.info("limits_override_deleted", subject=subject, id=subject_id)
+        return web.Response(status=204)
+
+    put_override.__doc__ = f"Set a {subject}'s limit; it applies on every replica within a second."
+    delete_override.__doc__ = f"Remove a {subject}'s limit override."
+    return put_override, delete_override
+
+
+def add_routes(app: web.Application, openapi: OpenApi) -> None:
+    """Register the handlers and describe them in the OpenAPI document."""
+    app.router.add_post("/api/v1/limits/check", check)
+    app.router.add_get("/api/v1/limits/status/{user_id}", status)
+    app.router.add_get("/api/v1/limits/config", get_config)
+    app.router.add_put("/api/v1/limits/config", put_config)
+    openapi.add(
+        "post",
+        "/api/v1/limits/check",
+        summary="Whether a user may send a chat message (409 when over the limit)",
+        request=CheckRequest,
+        responses={200: CheckResult, 409: LimitExceeded, 503: None},
+        tag="limits",
+    )
+    openapi.add(
+        "get",
+        "/api/v1/limits/status/{user_id}",
+        summary="A user's limit, spend and period",
+        responses={200: LimitStatus, 503: None},
+        tag="limits",
+    )
+    openapi.add(
+        "get",
+        "/api/v1/limits/config",
+        summary="The limits configuration with every override",
+        admin=True,
+        responses={200: ConfigView, 503: None},
+        tag="limits-admin",
+    )
+    openapi.add(
+        "put",
+        "/api/v1/limits/config",
+        summary="Set the switch, the period and the default limit",
+        admin=True,
+        request=ConfigUpdate,
+        responses={200: ConfigView, 503: None},
+        tag="limits-admin",
+    )
+    views: dict[Subject, type[BaseModel]] = {"user": UserOverrideView, "group": GroupOverrideView}
+    subjects: tuple[Subject, ...] = ("user", "group")
+    for subject in subjects:
+        path = f"/api/v1/limits/overrides/{subject}s/{{{subject}_id}}"
+        put_override, delete_override = _override_handlers(subject)
+        app.router.add_put(path, put_override)
+        app.router.add_delete(path, delete_override)
+        openapi.add(
+            "put",
+            path,
+            summary=f"Set a {subject}'s limit",
+            admin=True,
+            request=OverrideUpdate,
+            responses={200: views[subject], 503: None},
+            tag="limits-admin",
+        )
+        openapi.add(
+            "delete",
+            path,
+            summary=f"Remove a {subject}'s limit override",
+            admin=True,
+            responses={204: None, 404: None, 503: None},
+            tag="limits-admin",
+        )

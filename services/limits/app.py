@@ -1,0 +1,263 @@
+"""Limits' composition root: wires the ledger, the log consumer, snapshots, config and API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from libs.service.consumer import ConsumerLoop
+from libs.service.db import create_pool
+from libs.service.kafka import bounded, make_producer
+from libs.service.openapi import OpenApi
+from libs.service.runtime import background
+from libs.service.web import READINESS_KEY, create_app
+from services.limits.admin_config import ConfigCache
+from services.limits.api import RUNTIME, LimitsRuntime, add_routes
+from services.limits.config import LimitsSettings
+from services.limits.consumer import Feed, LimitsSink, SnapshotStatus, Snapshotter
+from services.limits.domain import Ledger, Limiter
+from services.limits.metrics import LimitsMetrics, TopUsers
+from services.limits.storage import (
+    ConfigStore,
+    PostgresConfigStore,
+    PostgresSnapshotStore,
+    SnapshotStore,
+)
+
+log = structlog.get_logger(__name__)
+
+#: The name the consumer loop's metrics and logs carry.
+CONSUMER_NAME = "limits"
+
+SINK = web.AppKey("limits_sink", LimitsSink)
+SNAPSHOTTER = web.AppKey("limits_snapshotter", Snapshotter)
+
+FeedFactory = Callable[[LimitsSink], Feed]
+
+
+def build_app(
+    settings: LimitsSettings,
+    *,
+    config_store: ConfigStore | None = None,
+    snapshot_store: SnapshotStore | None = None,
+    feed: FeedFactory | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The limits application; real dependencies are built when none are given.
+
+    `feed` builds what reads the log into the sink; without it, a `ConsumerLoop` over
+    every partition of the events topic.
+    """
+    registry = registry or CollectorRegistry()
+    openapi = OpenApi(
+        title="Tollgate limits",
+        description="Per-user spend for the current day, week and month, checked in memory.",
+    )
+    app = create_app(service="limits", settings=settings, registry=registry, openapi=openapi)
+    metrics = LimitsMetrics.build(registry)
+    dedup_window_ms = int(settings.dedup_window.total_seconds() * 1000)
+    limiter = Limiter(Ledger(dedup_window_ms=dedup_window_ms))
+    status = SnapshotStatus(started_at=clock())
+
+    def ready() -> bool:
+        runtime = app.get(RUNTIME)
+        return runtime is not None and runtime.ready()
+
+    _export_state(
+        metrics,
+        registry=registry,
+        settings=settings,
+        limiter=limiter,
+        status=status,
+        ready=ready,
+        clock=clock,
+    )
+
+    wiring = _Wiring(
+        settings=settings,
+        limiter=limiter,
+        metrics=metrics,
+        status=status,
+        registry=registry,
+        feed=feed,
+        ready=ready,
+        clock=clock,
+    )
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with (
+            _stores(settings, config_store, snapshot_store) as (store, snapshots),
+            wiring.running(app, store, snapshots),
+        ):
+            yield
+
+    async def log_ready() -> tuple[bool, str]:
+        runtime = app.get(RUNTIME)
+        return runtime is not None and runtime.caught_up(), "log"
+
+    async def config_ready() -> tuple[bool, str]:
+        runtime = app.get(RUNTIME)
+        return runtime is not None and runtime.configs.loaded, "config"
+
+    app.cleanup_ctx.append(resources)
+    app[READINESS_KEY].extend([log_ready, config_ready])
+    add_routes(app, openapi)
+    return app
+
+
+@dataclass(frozen=True)
+class _Wiring:
+    """The long-lived parts, and how they start and stop around the stores."""
+
+    settings: LimitsSettings
+    limiter: Limiter
+    metrics: LimitsMetrics
+    status: SnapshotStatus
+    registry: CollectorRegistry
+    feed: FeedFactory | None
+    ready: Callable[[], bool]
+    clock: Callable[[], float]
+
+    @asynccontextmanager
+    async def running(
+        self, app: web.Application, store: ConfigStore, snapshots: SnapshotStore
+    ) -> AsyncIterator[None]:
+        """Load the configuration, start the consumer, refresher and snapshots; stop them."""
+        settings, limiter, metrics = self.settings, self.limiter, self.metrics
+        status, clock = self.status, self.clock
+        producer: AIOKafkaProducer | None = None
+        configs = ConfigCache(store, limiter, interval_s=settings.config_refresh_s)
+        common = {"topic": settings.events_topic, "epoch": settings.broker_epoch}
+        sink = LimitsSink(
+            limiter,
+            snapshots,
+            **common,
+            dedup_window_ms=limiter.ledger.dedup_window_ms,
+            metrics=metrics,
+            status=status,
+            clock=clock,
+        )
+        snapshotter = Snapshotter(
+            limiter,
+            snapshots,
+            **common,
+            keep=settings.snapshots_kept,
+            metrics=metrics,
+            status=status,
+            clock=clock,
+        )
+        app[SINK] = sink
+        app[SNAPSHOTTER] = snapshotter
+        try:
+            await configs.refresh()
+        except Exception as exc:
+            # Not ready until it loads; the refresher keeps trying.
+            log.warning("limits_config_unavailable", error=f"{type(exc).__name__}: {exc}")
+        try:
+            reader: Feed
+            if self.feed is None:
+                producer = make_producer(
+                    settings.kafka_bootstrap_servers, idempotent=settings.kafka_idempotent
+                )
+                await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
+                reader = _consumer_loop(settings, sink, producer, self.registry)
+            else:
+                reader = self.feed(sink)
+            app[RUNTIME] = LimitsRuntime(
+                limiter=limiter,
+                configs=configs,
+                store=store,
+                metrics=metrics,
+                clock=clock,
+                caught_up=reader.caught_up.is_set,
+            )
+            async with (
+                background(reader.run(), name="limits-consumer"),
+                background(configs.refresh_forever(), name="limits-config"),
+                background(
+                    snapshotter.run_forever(settings.snapshot_interval_s, self.ready),
+                    name="limits-snapshots",
+                ),
+            ):
+                yield
+            # The consumer has stopped: the ledger is final for this process.
+            try:
+                await asyncio.wait_for(snapshotter.take(), 20)
+            except Exception as exc:
+                log.warning("limits_final_snapshot_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if producer is not None:
+                await asyncio.wait_for(producer.stop(), settings.kafka_timeout_s)
+
+
+@asynccontextmanager
+async def _stores(
+    settings: LimitsSettings,
+    config_store: ConfigStore | None,
+    snapshot_store: SnapshotStore | None,
+) -> AsyncIterator[tuple[ConfigStore, SnapshotStore]]:
+    """The stores given, or PostgreSQL ones on a pool that closes with them."""
+    if config_store is not None and snapshot_store is not None:
+        yield config_store, snapshot_store
+        return
+    pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+    try:
+        yield (
+            config_store or PostgresConfigStore(pool),
+            snapshot_store or PostgresSnapshotStore(pool),
+        )
+    finally:
+        await pool.close()
+
+
+def _consumer_loop(
+    settings: LimitsSettings,
+    sink: LimitsSink,
+    producer: AIOKafkaProducer,
+    registry: CollectorRegistry,
+) -> ConsumerLoop:
+    """Every partition, no consumer group: each replica holds the whole ledger."""
+    return ConsumerLoop(
+        name=CONSUMER_NAME,
+        bootstrap=settings.kafka_bootstrap_servers,
+        topic=settings.events_topic,
+        dlq_topic=settings.dlq_topic,
+        sink=sink,
+        dlq_producer=producer,
+        registry=registry,
+        group_id=None,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        timeout_s=max(10.0, settings.kafka_timeout_s * 2),
+    )
+
+
+def _export_state(
+    metrics: LimitsMetrics,
+    *,
+    registry: CollectorRegistry,
+    settings: LimitsSettings,
+    limiter: Limiter,
+    status: SnapshotStatus,
+    ready: Callable[[], bool],
+    clock: Callable[[], float],
+) -> None:
+    """Gauges computed at scrape time from the live state (the ledger object can be replaced)."""
+
+    def dedup_ids() -> float:
+        return limiter.ledger.dedup_ids()
+
+    metrics.ready.set_function(lambda: 1.0 if ready() else 0.0)
+    metrics.snapshot_age.set_function(lambda: status.age(clock()))
+    metrics.users_tracked.set_function(lambda: limiter.users_tracked(clock()))
+    metrics.dedup_ids.set_function(dedup_ids)
+    if settings.top_users:
+        registry.register(TopUsers(lambda: limiter.top_users(settings.top_users, clock())))

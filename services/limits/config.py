@@ -1,0 +1,29 @@
+"""Limits settings, read once from the environment."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+
+from libs.service.settings import CommonSettings
+
+
+class LimitsSettings(CommonSettings):
+    """What the limits service needs beyond the shared settings."""
+
+    port: int = Field(8082, alias="TOLLGATE_LIMITS_PORT", ge=1, le=65535)
+    snapshot_interval_s: float = Field(30.0, alias="TOLLGATE_LIMITS_SNAPSHOT_INTERVAL", gt=0)
+    snapshots_kept: int = Field(3, alias="TOLLGATE_LIMITS_SNAPSHOTS_KEPT", ge=1, le=100)
+    config_refresh_s: float = Field(0.25, alias="TOLLGATE_LIMITS_CONFIG_REFRESH", gt=0, le=1)
+    # The contract promises duplicates are caught for at least a day of log time.
+    dedup_window: timedelta = Field(
+        timedelta(hours=48), alias="TOLLGATE_LIMITS_DEDUP_WINDOW", ge=timedelta(hours=24)
+    )
+    fetch_max_wait_ms: int = Field(20, alias="TOLLGATE_LIMITS_FETCH_WAIT_MS", ge=1, le=500)
+    top_users: int = Field(20, alias="TOLLGATE_LIMITS_TOP_USERS", ge=0, le=1000)
+
+    @classmethod
+    def from_env(cls) -> LimitsSettings:
+        """Read the settings from the process environment."""
+        return cls()

@@ -1,0 +1,222 @@
+"""The log side of limits: folding batches into the ledger, and snapshotting it.
+
+The consumer loop reads every partition (no consumer group) into `LimitsSink`. The sink
+keeps its positions in the ledger itself: a new replica restores the newest snapshot of
+this log and the loop resumes from the positions stored with it, so only the tail is
+replayed. Snapshots go to PostgreSQL periodically and at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from libs.events.models import ChatUsageRecorded
+from libs.service.consumer import Batch
+from services.limits.domain import SNAPSHOT_FORMAT, Ledger, Limiter
+from services.limits.metrics import LimitsMetrics
+from services.limits.storage import Snapshot, SnapshotStore
+
+log = structlog.get_logger(__name__)
+
+# Level 3 compresses the spend maps about as well as 6 at a third of the time.
+_ZLIB_LEVEL = 3
+
+
+class Feed(Protocol):
+    """What reads the log into the sink: the real `ConsumerLoop`, or a test's fake."""
+
+    caught_up: asyncio.Event
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        ...
+
+
+@dataclass
+class SnapshotStatus:
+    """When the newest snapshot this replica knows of (wrote or loaded) was taken."""
+
+    started_at: float = field(default_factory=time.time)
+    newest_at: float | None = None
+    newest_positions: dict[int, int] | None = None
+
+    def age(self, now_s: float) -> float:
+        """Seconds since the newest snapshot, or since start when there is none."""
+        return max(0.0, now_s - (self.newest_at if self.newest_at is not None else self.started_at))
+
+
+class LimitsSink:
+    """Applies batches to the in-memory ledger; its positions live in the ledger and snapshots."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        snapshots: SnapshotStore,
+        *,
+        topic: str,
+        epoch: str,
+        dedup_window_ms: int,
+        metrics: LimitsMetrics,
+        status: SnapshotStatus,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limiter = limiter
+        self.snapshots = snapshots
+        self.topic = topic
+        self.epoch = epoch
+        self.dedup_window_ms = dedup_window_ms
+        self.metrics = metrics
+        self.status = status
+        self.clock = clock
+        self.restored = False
+        self._log = log.bind(topic=topic, epoch=epoch)
+
+    async def load_positions(self, partitions: Sequence[int]) -> dict[int, int]:
+        """On the first call, restore the newest snapshot; then resume where memory stands.
+
+        Later calls (the loop reconnecting, or re-reading after a failed batch) keep the
+        ledger: events it already holds are skipped by id on the way past again.
+        """
+        if not self.restored:
+            await self._restore()
+            self.restored = True
+        positions = self.limiter.ledger.positions
+        return {p: positions[p] for p in partitions if p in positions}
+
+    async def _restore(self) -> None:
+        snapshot = await self.snapshots.latest(
+            topic=self.topic, epoch=self.epoch, format=SNAPSHOT_FORMAT
+        )
+        if snapshot is None:
+            self._log.info("limits_snapshot_none", action="replaying the log from the start")
+            return
+        try:
+            raw = await asyncio.to_thread(zlib.decompress, snapshot.state)
+            ledger = Ledger.load(raw, dedup_window_ms=self.dedup_window_ms)
+        except (zlib.error, ValueError, KeyError, TypeError) as exc:
+            self._log.warning(
+                "limits_snapshot_unreadable",
+                snapshot_id=snapshot.id,
+                error=f"{type(exc).__name__}: {exc}",
+                action="replaying the log from the start",
+            )
+            return
+        ledger.prune(self.limiter.current_periods(self.clock()))
+        self.limiter.ledger = ledger
+        created = snapshot.created_at.timestamp() if snapshot.created_at else self.clock()
+        self.status.newest_at = created
+        self.status.newest_positions = dict(ledger.positions)
+        self._log.info(
+            "limits_snapshot_loaded",
+            snapshot_id=snapshot.id,
+            age_s=round(self.clock() - created, 3),
+            compressed_bytes=len(snapshot.state),
+            events_applied=ledger.applied,
+            next_offsets_total=sum(ledger.positions.values()),
+        )
+
+    async def apply(self, batch: Batch) -> None:
+        """Fold the batch in and move the positions; nothing here waits, so it is atomic."""
+        ledger = self.limiter.ledger
+        metrics = self.metrics
+        applied = 0
+        for item in batch.events:
+            event = item.event
+            outcome = ledger.apply(
+                event, partition=item.partition, offset=item.offset, log_ms=item.timestamp_ms
+            )
+            if outcome == "spend":
+                applied += 1
+                assert isinstance(event, ChatUsageRecorded)
+                metrics.spend_micros.labels(event.data.model).inc(event.data.cost_micros or 0)
+            elif outcome in ("unpriced", "free", "group"):
+                applied += 1
+            elif outcome == "duplicate":
+                metrics.duplicates.inc()
+        if applied:
+            metrics.events_applied.inc(applied)
+        ledger.positions.update(batch.positions)
+        ledger.prune(self.limiter.current_periods(self.clock()))
+
+
+class Snapshotter:
+    """Writes the ledger with its positions to the snapshot store."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        store: SnapshotStore,
+        *,
+        topic: str,
+        epoch: str,
+        keep: int,
+        metrics: LimitsMetrics,
+        status: SnapshotStatus,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limiter = limiter
+        self.store = store
+        self.topic = topic
+        self.epoch = epoch
+        self.keep = keep
+        self.metrics = metrics
+        self.status = status
+        self.clock = clock
+        self._log = log.bind(topic=topic, epoch=epoch)
+
+    async def take(self) -> Snapshot | None:
+        """Store a snapshot unless nothing moved since the newest one; returns what was stored."""
+        ledger = self.limiter.ledger
+        if not ledger.positions or ledger.positions == self.status.newest_positions:
+            return None
+        started = time.perf_counter()
+        ledger.prune(self.limiter.current_periods(self.clock()))
+        # Serialised without awaiting, so the state and its positions are one instant.
+        positions = dict(ledger.positions)
+        raw = ledger.dump()
+        applied = ledger.applied
+        taken_at = self.clock()
+        state = await asyncio.to_thread(zlib.compress, raw, _ZLIB_LEVEL)
+        saved = await self.store.save(
+            Snapshot(
+                topic=self.topic,
+                epoch=self.epoch,
+                format=SNAPSHOT_FORMAT,
+                positions=positions,
+                events_applied=applied,
+                state=state,
+            ),
+            keep=self.keep,
+        )
+        elapsed = time.perf_counter() - started
+        self.status.newest_at = taken_at
+        self.status.newest_positions = positions
+        self.metrics.snapshot_seconds.observe(elapsed)
+        self.metrics.snapshot_bytes.set(len(state))
+        self._log.info(
+            "limits_snapshot_written",
+            snapshot_id=saved.id,
+            raw_bytes=len(raw),
+            compressed_bytes=len(state),
+            next_offsets_total=sum(positions.values()),
+            seconds=round(elapsed, 3),
+        )
+        return saved
+
+    async def run_forever(self, interval_s: float, ready: Callable[[], bool]) -> None:
+        """Snapshot every `interval_s` once caught up; failures are logged and retried."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if not ready():
+                continue
+            try:
+                await self.take()
+            except Exception as exc:
+                self._log.warning("limits_snapshot_failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,538 @@
+"""Spend limits as pure logic: UTC periods, which limit applies, and the ledger the log builds.
+
+Every replica folds the whole log into a `Ledger` and answers checks from it through a
+`Limiter`. Nothing here does I/O, so the rules can be read, tested and benchmarked alone:
+
+- Spend is kept per user in buckets keyed by the start of the UTC day, Monday week and
+  calendar month an event *occurred* in. A late event lands in its own period, midnight
+  needs no job (the next check simply reads the next bucket), and buckets older than the
+  current periods are dropped because no check can read them again.
+- Duplicate event ids are recognised per partition (an id always travels with the same
+  key, so with the same partition) within a window of *log* time: the newest record
+  timestamp the partition has shown. Decisions depend only on the partition's own order,
+  which is why replaying the log from any snapshot gives exactly the same totals.
+- A group's members are the list of its newest `directory.group.v1` (by `occurred_at`,
+  then log position), whatever order the partitions are read in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+from array import array
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from operator import itemgetter
+from typing import Any, Final, Literal, NamedTuple
+
+import orjson
+
+from libs.events.models import ChatUsageRecorded, Event, GroupUpdated
+
+Period = Literal["day", "week", "month"]
+Source = Literal["user", "group", "default", "none"]
+Outcome = Literal["spend", "unpriced", "free", "title", "duplicate", "group", "stale", "ignored"]
+
+PERIODS: Final[tuple[Period, ...]] = ("day", "week", "month")
+DAY: Final = 0
+WEEK: Final = 1
+MONTH: Final = 2
+PERIOD_INDEX: Final[Mapping[Period, int]] = {"day": DAY, "week": WEEK, "month": MONTH}
+
+LIMIT_EXCEEDED_MESSAGE: Final = "Chat usage limit exceeded."
+
+_ORDINAL_1970: Final = date(1970, 1, 1).toordinal()
+# Below any real period key: nothing has been pruned yet.
+_NO_FLOOR: Final = -(2**62)
+_HOUR_MS: Final = 3_600_000
+
+SNAPSHOT_FORMAT: Final = 1
+
+
+# -- periods ---------------------------------------------------------------------------------
+
+
+def day_number(at: datetime) -> int:
+    """Days since 1970-01-01 of `at`'s UTC date (exact: no floating point)."""
+    if at.utcoffset():
+        at = at.astimezone(UTC)
+    return at.toordinal() - _ORDINAL_1970
+
+
+def period_key(period: Period, at: datetime) -> int:
+    """The key of the period `at` falls in: its first day number, or months since 1970-01."""
+    if at.utcoffset():
+        at = at.astimezone(UTC)
+    return _key(PERIOD_INDEX[period], at)
+
+
+def _key(index: int, at: datetime) -> int:
+    if index == MONTH:
+        return (at.year - 1970) * 12 + at.month - 1
+    day = at.toordinal() - _ORDINAL_1970
+    # 1970-01-01 was a Thursday: day + 3 counts from the Monday before it.
+    return day if index == DAY else day - (day + 3) % 7
+
+
+def period_start(period: Period, key: int) -> datetime:
+    """Midnight UTC that opens the period with this key."""
+    if period == "month":
+        return datetime(1970 + key // 12, key % 12 + 1, 1, tzinfo=UTC)
+    return datetime.fromordinal(key + _ORDINAL_1970).replace(tzinfo=UTC)
+
+
+def next_key(period: Period, key: int) -> int:
+    """The key of the period right after `key`."""
+    if period == "month":
+        return key + 1
+    return key + (7 if period == "week" else 1)
+
+
+def period_bounds(period: Period, at: datetime) -> tuple[datetime, datetime]:
+    """Start of `at`'s period and start of the next one (when a limit resets)."""
+    key = period_key(period, at)
+    return period_start(period, key), period_start(period, next_key(period, key))
+
+
+def _iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentPeriod:
+    """One period as checks report it, with its times already rendered for the hot path."""
+
+    period: Period
+    key: int
+    start: datetime
+    end: datetime
+    start_iso: str
+    end_iso: str
+
+    @classmethod
+    def of(cls, period: Period, at: datetime) -> CurrentPeriod:
+        """The period of this kind that contains `at`."""
+        key = period_key(period, at)
+        start = period_start(period, key)
+        end = period_start(period, next_key(period, key))
+        return cls(period, key, start, end, _iso(start), _iso(end))
+
+
+class Calendar:
+    """The current day, week and month, recomputed only when the clock leaves today."""
+
+    __slots__ = ("_current", "_from", "_until")
+
+    def __init__(self) -> None:
+        self._from = 0.0
+        self._until = 0.0
+        self._current: tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod] | None = None
+
+    def at(self, now_s: float) -> tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod]:
+        """Current periods at Unix time `now_s`, indexed by `DAY`, `WEEK`, `MONTH`."""
+        current = self._current
+        if current is None or not self._from <= now_s < self._until:
+            now = datetime.fromtimestamp(now_s, UTC)
+            current = (
+                CurrentPeriod.of("day", now),
+                CurrentPeriod.of("week", now),
+                CurrentPeriod.of("month", now),
+            )
+            # Every kind of period turns over only at a midnight, so today bounds them all.
+            self._from = current[DAY].start.timestamp()
+            self._until = current[DAY].end.timestamp()
+            self._current = current
+        return current
+
+
+# -- configuration and priority --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What admins set: the switch, the period, the default and the overrides."""
+
+    enabled: bool = False
+    period: Period = "month"
+    default_limit_micros: int | None = None
+    user_overrides: Mapping[str, int] = field(default_factory=dict)
+    group_overrides: Mapping[str, int] = field(default_factory=dict)
+
+
+def resolve_limit(
+    config: LimitsConfig, user_id: str, groups: Iterable[str] | None
+) -> tuple[int | None, Source, str | None]:
+    """The limit that applies to a user, where it comes from, and the group when a group's.
+
+    User override first, then the lowest limit among the user's groups (ties go to the
+    smallest group id, so every replica names the same one), then the default, then none.
+    """
+    if not config.enabled:
+        return None, "none", None
+    limit = config.user_overrides.get(user_id)
+    if limit is not None:
+        return limit, "user", None
+    if groups and config.group_overrides:
+        best: int | None = None
+        best_group: str | None = None
+        overrides = config.group_overrides
+        for group in groups:
+            value = overrides.get(group)
+            if value is None:
+                continue
+            if (
+                best is None
+                or value < best
+                or (value == best and best_group is not None and group < best_group)
+            ):
+                best, best_group = value, group
+        if best is not None:
+            return best, "group", best_group
+    if config.default_limit_micros is not None:
+        return config.default_limit_micros, "default", None
+    return None, "none", None
+
+
+class Decision(NamedTuple):
+    """The answer to one check (a tuple: cheap to build on the hot path)."""
+
+    allowed: bool
+    limited: bool
+    limit_micros: int | None
+    spent_micros: int
+    remaining_micros: int | None
+    current: CurrentPeriod
+    source: Source
+    group_id: str | None
+
+
+# -- deduplication ---------------------------------------------------------------------------
+
+
+def id_digest(event_id: str) -> int:
+    """A stable 60-bit digest of an event id (Python's `hash` changes between processes)."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    # 60 bits keep each stored int in CPython's smallest two-digit form.
+    return int.from_bytes(digest, "little") >> 4
+
+
+class RecentIds:
+    """Ids one partition has shown within `window_ms` of its log time, in hourly buckets.
+
+    The log time is the newest record timestamp seen on the partition. An id is
+    remembered in the bucket of the log time at which it arrived, and buckets fall out
+    once the log time moves `window_ms` past them, so a resend is recognised for at least
+    `window_ms` of log time after the first copy. Eviction happens as the watermark moves,
+    never on a timer, so the same records in the same order always give the same answers.
+    """
+
+    __slots__ = ("buckets", "watermark_ms", "window_hours")
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_hours = max(1, -(-window_ms // _HOUR_MS))
+        self.watermark_ms = 0
+        self.buckets: dict[int, set[int]] = {}
+
+    def add(self, event_id: str, log_ms: int) -> bool:
+        """Remember `event_id`; False when it was already seen within the window."""
+        if log_ms > self.watermark_ms:
+            self._advance(log_ms)
+        digest = id_digest(event_id)
+        hour = self.watermark_ms // _HOUR_MS
+        current = self.buckets.get(hour)
+        if current is not None and digest in current:
+            return False
+        for bucket in self.buckets.values():
+            if digest in bucket:
+                return False
+        if current is None:
+            current = self.buckets[hour] = set()
+        current.add(digest)
+        return True
+
+    def _advance(self, log_ms: int) -> None:
+        old_hour = self.watermark_ms // _HOUR_MS
+        self.watermark_ms = log_ms
+        if log_ms // _HOUR_MS != old_hour:
+            self._evict()
+
+    def _evict(self) -> None:
+        oldest = self.watermark_ms // _HOUR_MS - self.window_hours
+        for hour in [h for h in self.buckets if h < oldest]:
+            del self.buckets[hour]
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.buckets.values())
+
+    def dump(self) -> dict[str, Any]:
+        """A compact JSON-able form: digests as base64 of little-endian uint64 arrays."""
+        return {
+            "watermark_ms": self.watermark_ms,
+            "buckets": {
+                hour: base64.b64encode(array("Q", ids).tobytes()).decode()
+                for hour, ids in self.buckets.items()
+            },
+        }
+
+    @classmethod
+    def load(cls, doc: Mapping[str, Any], window_ms: int) -> RecentIds:
+        """Rebuild from `dump()`; a shorter window than the snapshot's evicts at once."""
+        recent = cls(window_ms)
+        recent.watermark_ms = int(doc["watermark_ms"])
+        for hour, encoded in doc["buckets"].items():
+            ids = array("Q")
+            ids.frombytes(base64.b64decode(encoded))
+            recent.buckets[int(hour)] = set(ids)
+        recent._evict()
+        return recent
+
+
+# -- the ledger ------------------------------------------------------------------------------
+
+GroupOrder = tuple[int, int, int]
+
+
+class Ledger:
+    """Everything limits keep from the log: spend buckets, groups, unpriced models, ids seen.
+
+    `positions` (the next offset per partition) always matches the events folded in, so a
+    snapshot of the ledger is a consistent point to resume the log from.
+    """
+
+    __slots__ = (
+        "applied",
+        "dedup_window_ms",
+        "floors",
+        "groups",
+        "models",
+        "positions",
+        "recent",
+        "spend",
+        "user_groups",
+    )
+
+    def __init__(self, *, dedup_window_ms: int = 48 * _HOUR_MS) -> None:
+        self.dedup_window_ms = dedup_window_ms
+        # spend[DAY|WEEK|MONTH][period key][user id] -> micro-dollars
+        self.spend: tuple[dict[int, dict[str, int]], ...] = ({}, {}, {})
+        self.floors = [_NO_FLOOR, _NO_FLOOR, _NO_FLOOR]
+        self.groups: dict[str, tuple[GroupOrder, frozenset[str]]] = {}
+        self.user_groups: dict[str, tuple[str, ...]] = {}
+        # model -> [occurred_at ms of the newest unpriced use, of the newest priced use]
+        self.models: dict[str, list[int]] = {}
+        self.recent: dict[int, RecentIds] = {}
+        self.positions: dict[int, int] = {}
+        self.applied = 0
+
+    # -- folding events in -------------------------------------------------------------------
+
+    def apply(self, event: Event, *, partition: int, offset: int, log_ms: int) -> Outcome:
+        """Fold one event in; the outcome says what it did (for metrics and tests)."""
+        if isinstance(event, ChatUsageRecorded):
+            return self._usage(event, partition, log_ms)
+        if isinstance(event, GroupUpdated):
+            return self._group(event, partition, offset)
+        return "ignored"
+
+    def _usage(self, event: ChatUsageRecorded, partition: int, log_ms: int) -> Outcome:
+        data = event.data
+        if data.purpose == "title":
+            return "title"
+        occurred_ms = int(event.occurred_at.timestamp() * 1000)
+        recent = self.recent.get(partition)
+        if recent is None:
+            recent = self.recent[partition] = RecentIds(self.dedup_window_ms)
+        # A producer without timestamps (-1) still advances the window, by event time.
+        if not recent.add(event.id, log_ms if log_ms > 0 else occurred_ms):
+            return "duplicate"
+        self.applied += 1
+        seen = self.models.get(data.model)
+        if seen is None:
+            seen = self.models[data.model] = [-1, -1]
+        cost = data.cost_micros
+        if cost is None:
+            seen[0] = max(seen[0], occurred_ms)
+            return "unpriced"
+        seen[1] = max(seen[1], occurred_ms)
+        if cost == 0:
+            return "free"
+        self.add_spend(event.user_id, cost, event.occurred_at)
+        return "spend"
+
+    def add_spend(self, user_id: str, cost_micros: int, occurred_at: datetime) -> None:
+        """Add spend to the day, week and month `occurred_at` falls in (past ones excepted)."""
+        if occurred_at.utcoffset():
+            occurred_at = occurred_at.astimezone(UTC)
+        day = occurred_at.toordinal() - _ORDINAL_1970
+        keys = (day, day - (day + 3) % 7, (occurred_at.year - 1970) * 12 + occurred_at.month - 1)
+        floors = self.floors
+        for index in (DAY, WEEK, MONTH):
+            key = keys[index]
+            if key < floors[index]:
+                # That period is over: no check can read it again.
+                continue
+            buckets = self.spend[index]
+            bucket = buckets.get(key)
+            if bucket is None:
+                bucket = buckets[key] = {}
+            bucket[user_id] = bucket.get(user_id, 0) + cost_micros
+
+    def _group(self, event: GroupUpdated, partition: int, offset: int) -> Outcome:
+        data = event.data
+        order: GroupOrder = (int(event.occurred_at.timestamp() * 1000), partition, offset)
+        known = self.groups.get(data.group_id)
+        if known is not None and known[0] > order:
+            return "stale"
+        self.applied += 1
+        old = known[1] if known is not None else frozenset()
+        new = frozenset(data.member_ids)
+        self.groups[data.group_id] = (order, new)
+        self._set_memberships(data.group_id, old, new)
+        return "group"
+
+    def _set_memberships(self, group_id: str, old: frozenset[str], new: frozenset[str]) -> None:
+        user_groups = self.user_groups
+        for user in old - new:
+            remaining = tuple(g for g in user_groups.get(user, ()) if g != group_id)
+            if remaining:
+                user_groups[user] = remaining
+            else:
+                user_groups.pop(user, None)
+        for user in new - old:
+            user_groups[user] = (*user_groups.get(user, ()), group_id)
+
+    def prune(self, current: tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod]) -> int:
+        """Drop buckets of periods before the current ones; returns how many went."""
+        dropped = 0
+        for index in (DAY, WEEK, MONTH):
+            floor = current[index].key
+            self.floors[index] = max(self.floors[index], floor)
+            buckets = self.spend[index]
+            for key in [k for k in buckets if k < self.floors[index]]:
+                del buckets[key]
+                dropped += 1
+        return dropped
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def spent(self, index: int, key: int, user_id: str) -> int:
+        """A user's spend in one period."""
+        bucket = self.spend[index].get(key)
+        return bucket.get(user_id, 0) if bucket is not None else 0
+
+    def totals(self, index: int, key: int) -> dict[str, int]:
+        """Every user's spend in one period (a copy)."""
+        return dict(self.spend[index].get(key, {}))
+
+    def unpriced_models(self) -> list[str]:
+        """Models whose newest chat usage arrived without a price, by name."""
+        return sorted(m for m, (unpriced, priced) in self.models.items() if unpriced > priced)
+
+    def dedup_ids(self) -> int:
+        """How many event ids the dedup window holds."""
+        return sum(len(r) for r in self.recent.values())
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def dump(self) -> bytes:
+        """The whole ledger as compact JSON (see `load`)."""
+        doc = {
+            "format": SNAPSHOT_FORMAT,
+            "positions": self.positions,
+            "applied": self.applied,
+            "floors": self.floors,
+            "spend": list(self.spend),
+            "groups": {
+                group: [order[0], order[1], order[2], sorted(members)]
+                for group, (order, members) in self.groups.items()
+            },
+            "models": self.models,
+            "recent": {p: r.dump() for p, r in self.recent.items()},
+        }
+        return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+
+    @classmethod
+    def load(cls, raw: bytes, *, dedup_window_ms: int = 48 * _HOUR_MS) -> Ledger:
+        """Rebuild a ledger from `dump()`; raises `ValueError` for another format."""
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict) or doc.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError("unknown snapshot format")
+        ledger = cls(dedup_window_ms=dedup_window_ms)
+        ledger.positions = {int(p): int(o) for p, o in doc["positions"].items()}
+        ledger.applied = int(doc["applied"])
+        ledger.floors = [int(f) for f in doc["floors"]]
+        ledger.spend = tuple(
+            {int(key): dict(bucket) for key, bucket in kind.items()} for kind in doc["spend"]
+        )
+        for group, (occurred_ms, partition, offset, members) in doc["groups"].items():
+            new = frozenset(members)
+            ledger.groups[group] = ((occurred_ms, partition, offset), new)
+            ledger._set_memberships(group, frozenset(), new)
+        ledger.models = {m: [int(u), int(p)] for m, (u, p) in doc["models"].items()}
+        ledger.recent = {
+            int(p): RecentIds.load(r, dedup_window_ms) for p, r in doc["recent"].items()
+        }
+        return ledger
+
+
+# -- answering checks ------------------------------------------------------------------------
+
+
+class Limiter:
+    """Answers checks from a ledger and the configuration in force, in a few microseconds."""
+
+    __slots__ = ("calendar", "config", "ledger")
+
+    def __init__(self, ledger: Ledger | None = None, config: LimitsConfig | None = None) -> None:
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.config = config if config is not None else LimitsConfig()
+        self.calendar = Calendar()
+
+    def decide(self, user_id: str, now_s: float) -> Decision:
+        """Whether `user_id` may send a chat message at Unix time `now_s`, and why."""
+        config = self.config
+        index = PERIOD_INDEX[config.period]
+        current = self.calendar.at(now_s)[index]
+        bucket = self.ledger.spend[index].get(current.key)
+        spent = bucket.get(user_id, 0) if bucket is not None else 0
+        limit, source, group_id = resolve_limit(
+            config, user_id, self.ledger.user_groups.get(user_id)
+        )
+        if limit is None:
+            return Decision(
+                allowed=True,
+                limited=False,
+                limit_micros=None,
+                spent_micros=spent,
+                remaining_micros=None,
+                current=current,
+                source="none",
+                group_id=None,
+            )
+        return Decision(
+            allowed=spent < limit,
+            limited=True,
+            limit_micros=limit,
+            spent_micros=spent,
+            remaining_micros=max(0, limit - spent),
+            current=current,
+            source=source,
+            group_id=group_id,
+        )
+
+    def current_periods(self, now_s: float) -> tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod]:
+        """The current day, week and month."""
+        return self.calendar.at(now_s)
+
+    def users_tracked(self, now_s: float) -> int:
+        """Users with spend in the configured period."""
+        index = PERIOD_INDEX[self.config.period]
+        return len(self.ledger.spend[index].get(self.calendar.at(now_s)[index].key, ()))
+
+    def top_users(self, count: int, now_s: float) -> list[tuple[str, int]]:
+        """The `count` highest spenders of the configured period, highest first."""
+        index = PERIOD_INDEX[self.config.period]
+        bucket = self.ledger.spend[index].get(self.calendar.at(now_s)[index].key, {})
+        return heapq.nlargest(count, bucket.items(), key=itemgetter(1))

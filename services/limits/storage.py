@@ -1,0 +1,362 @@
+"""Where limits keep what must outlive a process: the admin configuration and the snapshots.
+
+Each store is a Protocol with a PostgreSQL implementation and an in-memory one for tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import asyncpg
+import orjson
+
+from services.limits.domain import LimitsConfig, Period
+
+Subject = Literal["user", "group"]
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A limit set for one user or one group."""
+
+    subject_id: str
+    limit_micros: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConfig:
+    """The configuration as stored, with when it last changed and its change counter."""
+
+    enabled: bool = False
+    period: Period = "month"
+    default_limit_micros: int | None = None
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    version: int = 0
+    user_overrides: Sequence[Override] = ()
+    group_overrides: Sequence[Override] = ()
+
+    def to_config(self) -> LimitsConfig:
+        """The configuration the limiter reads on every check."""
+        return LimitsConfig(
+            enabled=self.enabled,
+            period=self.period,
+            default_limit_micros=self.default_limit_micros,
+            user_overrides={o.subject_id: o.limit_micros for o in self.user_overrides},
+            group_overrides={o.subject_id: o.limit_micros for o in self.group_overrides},
+        )
+
+
+class ConfigStore(Protocol):
+    """Reads and changes the limits configuration and its overrides."""
+
+    async def version(self) -> int:
+        """A number that changes whenever anything in the configuration changes."""
+        ...
+
+    async def load(self) -> StoredConfig:
+        """The configuration and every override, consistent with the version it reports."""
+        ...
+
+    async def put_config(
+        self, *, enabled: bool, period: Period, default_limit_micros: int | None
+    ) -> None:
+        """Replace the switch, the period and the default."""
+        ...
+
+    async def put_override(self, subject: Subject, subject_id: str, limit_micros: int) -> Override:
+        """Set a user's or group's limit."""
+        ...
+
+    async def delete_override(self, subject: Subject, subject_id: str) -> bool:
+        """Remove a user's or group's limit; False when there was none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The ledger at one consistent point of one log, compressed."""
+
+    topic: str
+    epoch: str
+    format: int
+    positions: dict[int, int]
+    events_applied: int
+    state: bytes
+    created_at: datetime | None = None
+    id: int | None = None
+
+
+class SnapshotStore(Protocol):
+    """Keeps the newest few snapshots per topic."""
+
+    async def latest(self, *, topic: str, epoch: str, format: int) -> Snapshot | None:  # noqa: A002  # the column's name
+        """The snapshot of this log that got furthest, if any."""
+        ...
+
+    async def save(self, snapshot: Snapshot, *, keep: int) -> Snapshot:
+        """Store a snapshot and drop all but the `keep` furthest of its log (and other logs')."""
+        ...
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+SELECT_VERSION = "SELECT version FROM limits_config"
+SELECT_CONFIG = """
+SELECT enabled, period, default_limit_micros, updated_at, version FROM limits_config
+"""
+SELECT_USER_OVERRIDES = """
+SELECT user_id AS subject_id, limit_micros, updated_at FROM limits_user_overrides ORDER BY user_id
+"""
+SELECT_GROUP_OVERRIDES = """
+SELECT group_id AS subject_id, limit_micros, updated_at FROM limits_group_overrides
+ORDER BY group_id
+"""
+UPDATE_CONFIG = """
+UPDATE limits_config
+SET enabled = $1, period = $2, default_limit_micros = $3, version = version + 1, updated_at = now()
+"""
+UPSERT_USER_OVERRIDE = """
+INSERT INTO limits_user_overrides (user_id, limit_micros, updated_at) VALUES ($1, $2, now())
+ON CONFLICT (user_id) DO UPDATE SET limit_micros = EXCLUDED.limit_micros, updated_at = now()
+RETURNING updated_at
+"""
+UPSERT_GROUP_OVERRIDE = """
+INSERT INTO limits_group_overrides (group_id, limit_micros, updated_at) VALUES ($1, $2, now())
+ON CONFLICT (group_id) DO UPDATE SET limit_micros = EXCLUDED.limit_micros, updated_at = now()
+RETURNING updated_at
+"""
+DELETE_USER_OVERRIDE = "DELETE FROM limits_user_overrides WHERE user_id = $1"
+DELETE_GROUP_OVERRIDE = "DELETE FROM limits_group_overrides WHERE group_id = $1"
+BUMP_VERSION = "UPDATE limits_config SET version = version + 1, updated_at = now()"
+
+_UPSERT = {"user": UPSERT_USER_OVERRIDE, "group": UPSERT_GROUP_OVERRIDE}
+_DELETE = {"user": DELETE_USER_OVERRIDE, "group": DELETE_GROUP_OVERRIDE}
+
+SELECT_LATEST_SNAPSHOT = """
+SELECT id, positions, events_applied, state, created_at FROM limits_snapshots
+WHERE topic = $1 AND epoch = $2 AND format = $3
+ORDER BY next_offsets_total DESC, id DESC
+LIMIT 1
+"""
+INSERT_SNAPSHOT = """
+INSERT INTO limits_snapshots
+    (topic, epoch, format, positions, next_offsets_total, events_applied, state)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+RETURNING id, created_at
+"""
+# Snapshots of other epochs point into logs that no longer exist: they go too.
+PRUNE_SNAPSHOTS = """
+DELETE FROM limits_snapshots
+WHERE topic = $1 AND id NOT IN (
+    SELECT id FROM limits_snapshots
+    WHERE topic = $1 AND epoch = $2 AND format = $3
+    ORDER BY next_offsets_total DESC, id DESC
+    LIMIT $4
+)
+"""
+
+
+def _override(row: asyncpg.Record) -> Override:
+    return Override(row["subject_id"], row["limit_micros"], row["updated_at"])
+
+
+class PostgresConfigStore:
+    """The configuration tables in PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def version(self) -> int:
+        """The change counter."""
+        value: int = await self.pool.fetchval(SELECT_VERSION, timeout=2)
+        return value
+
+    async def load(self) -> StoredConfig:
+        """Everything in one snapshot-isolated read, so the version matches the contents."""
+        async with (
+            self.pool.acquire(timeout=5) as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(SELECT_CONFIG, timeout=5)
+            users = await conn.fetch(SELECT_USER_OVERRIDES, timeout=5)
+            groups = await conn.fetch(SELECT_GROUP_OVERRIDES, timeout=5)
+        assert row is not None, "migration 0200 inserts the configuration row"
+        return StoredConfig(
+            enabled=row["enabled"],
+            period=row["period"],
+            default_limit_micros=row["default_limit_micros"],
+            updated_at=row["updated_at"],
+            version=row["version"],
+            user_overrides=tuple(_override(r) for r in users),
+            group_overrides=tuple(_override(r) for r in groups),
+        )
+
+    async def put_config(
+        self, *, enabled: bool, period: Period, default_limit_micros: int | None
+    ) -> None:
+        """Replace the row's settings and move the version."""
+        await self.pool.execute(UPDATE_CONFIG, enabled, period, default_limit_micros, timeout=5)
+
+    async def put_override(self, subject: Subject, subject_id: str, limit_micros: int) -> Override:
+        """Upsert and move the version in one transaction."""
+        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+            updated: datetime = await conn.fetchval(
+                _UPSERT[subject], subject_id, limit_micros, timeout=5
+            )
+            await conn.execute(BUMP_VERSION, timeout=5)
+        return Override(subject_id, limit_micros, updated)
+
+    async def delete_override(self, subject: Subject, subject_id: str) -> bool:
+        """Delete and, when something went, move the version in the same transaction."""
+        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+            status = await conn.execute(_DELETE[subject], subject_id, timeout=5)
+            deleted = status.endswith(" 1")
+            if deleted:
+                await conn.execute(BUMP_VERSION, timeout=5)
+        return deleted
+
+
+class PostgresSnapshotStore:
+    """Snapshots in PostgreSQL, the newest few per topic."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = 30.0) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+
+    async def latest(self, *, topic: str, epoch: str, format: int) -> Snapshot | None:  # noqa: A002
+        """The snapshot of this log that got furthest."""
+        row = await self.pool.fetchrow(
+            SELECT_LATEST_SNAPSHOT, topic, epoch, format, timeout=self.timeout_s
+        )
+        if row is None:
+            return None
+        return Snapshot(
+            topic=topic,
+            epoch=epoch,
+            format=format,
+            positions={int(p): int(o) for p, o in orjson.loads(row["positions"]).items()},
+            events_applied=row["events_applied"],
+            state=bytes(row["state"]),
+            created_at=row["created_at"],
+            id=row["id"],
+        )
+
+    async def save(self, snapshot: Snapshot, *, keep: int) -> Snapshot:
+        """Insert and prune in one transaction."""
+        positions = orjson.dumps(snapshot.positions, option=orjson.OPT_NON_STR_KEYS).decode()
+        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+            row = await conn.fetchrow(
+                INSERT_SNAPSHOT,
+                snapshot.topic,
+                snapshot.epoch,
+                snapshot.format,
+                positions,
+                sum(snapshot.positions.values()),
+                snapshot.events_applied,
+                snapshot.state,
+                timeout=self.timeout_s,
+            )
+            assert row is not None
+            await conn.execute(
+                PRUNE_SNAPSHOTS,
+                snapshot.topic,
+                snapshot.epoch,
+                snapshot.format,
+                keep,
+                timeout=self.timeout_s,
+            )
+        return replace(snapshot, id=row["id"], created_at=row["created_at"])
+
+
+# -- in memory -------------------------------------------------------------------------------
+
+
+class InMemoryConfigStore:
+    """The configuration in a dataclass, for unit tests; can be told to fail."""
+
+    def __init__(self, initial: StoredConfig | None = None) -> None:
+        self.stored = initial or StoredConfig()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise OSError("the database does not answer")
+
+    def _bump(self, **changes: object) -> None:
+        self.stored = replace(
+            self.stored,
+            version=self.stored.version + 1,
+            updated_at=datetime.now(UTC),
+            **changes,  # type: ignore[arg-type]
+        )
+
+    async def version(self) -> int:
+        """The change counter."""
+        self._check()
+        return self.stored.version
+
+    async def load(self) -> StoredConfig:
+        """The configuration."""
+        self._check()
+        return self.stored
+
+    async def put_config(
+        self, *, enabled: bool, period: Period, default_limit_micros: int | None
+    ) -> None:
+        """Replace the settings."""
+        self._check()
+        self._bump(enabled=enabled, period=period, default_limit_micros=default_limit_micros)
+
+    async def put_override(self, subject: Subject, subject_id: str, limit_micros: int) -> Override:
+        """Set an override."""
+        self._check()
+        override = Override(subject_id, limit_micros, datetime.now(UTC))
+        key = f"{subject}_overrides"
+        kept = [o for o in getattr(self.stored, key) if o.subject_id != subject_id]
+        self._bump(**{key: tuple(sorted([*kept, override], key=lambda o: o.subject_id))})
+        return override
+
+    async def delete_override(self, subject: Subject, subject_id: str) -> bool:
+        """Remove an override."""
+        self._check()
+        key = f"{subject}_overrides"
+        current = getattr(self.stored, key)
+        kept = tuple(o for o in current if o.subject_id != subject_id)
+        if len(kept) == len(current):
+            return False
+        self._bump(**{key: kept})
+        return True
+
+
+class InMemorySnapshotStore:
+    """Snapshots in a list, for unit tests."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+        self._next_id = 1
+
+    async def latest(self, *, topic: str, epoch: str, format: int) -> Snapshot | None:  # noqa: A002
+        """The furthest snapshot of this log."""
+        mine = [s for s in self.snapshots if (s.topic, s.epoch, s.format) == (topic, epoch, format)]
+        return max(mine, key=lambda s: (sum(s.positions.values()), s.id or 0), default=None)
+
+    async def save(self, snapshot: Snapshot, *, keep: int) -> Snapshot:
+        """Store and keep the furthest `keep` of this log."""
+        saved = replace(snapshot, id=self._next_id, created_at=datetime.now(UTC))
+        self._next_id += 1
+        self.snapshots.append(saved)
+        mine = sorted(
+            (
+                s
+                for s in self.snapshots
+                if (s.topic, s.epoch, s.format) == (saved.topic, saved.epoch, saved.format)
+            ),
+            key=lambda s: (sum(s.positions.values()), s.id or 0),
+            reverse=True,
+        )[:keep]
+        self.snapshots = [s for s in self.snapshots if s.topic != saved.topic] + mine
+        return saved

@@ -1,0 +1,119 @@
+"""The publisher's HTTP API: its status, for operators and alerts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel
+
+from libs.service.errors import DependencyUnavailable
+from libs.service.openapi import OpenApi
+from libs.service.web import Role, json_response, requires
+from services.publisher.config import PublisherSettings
+from services.publisher.domain import format_duration
+from services.publisher.metrics import PublisherMetrics
+from services.publisher.storage import BillingQueue, QueueStatus
+
+SETTINGS = web.AppKey("publisher_settings", PublisherSettings)
+QUEUE = web.AppKey("publisher_queue", BillingQueue)
+METRICS = web.AppKey("publisher_metrics", PublisherMetrics)
+
+
+class PublisherStatus(BaseModel):
+    """`GET /api/v1/publisher/status`: the queue and the sender's durable health."""
+
+    configured: bool
+    message: str
+    queue: str
+    deployment_id: str
+    billing_url: str | None
+    interval: str
+    max_age: str
+    pending: int
+    due: int
+    oldest_pending_created_at: datetime | None
+    oldest_pending_age_seconds: float | None
+    last_success_at: datetime | None
+    last_attempt_at: datetime | None
+    consecutive_failures: int
+    failing_since: datetime | None
+    last_error: str | None
+    last_error_cause: str | None
+    last_error_at: datetime | None
+    published: int
+    rejected: int
+    expired: int
+
+
+def _message(settings: PublisherSettings, status: QueueStatus) -> str:
+    if not settings.configured:
+        return (
+            f"queue only: {' and '.join(settings.missing)} not set; billing events are kept "
+            "until the publisher is configured or exported with `tollgate publisher export`"
+        )
+    health = status.health
+    if health.consecutive_failures:
+        return (
+            f"failing: {health.consecutive_failures} consecutive failed requests "
+            f"({health.last_error_cause}); events are kept and retried"
+        )
+    if health.last_success_at is None:
+        return "configured; nothing sent yet"
+    return "ok"
+
+
+def status_body(settings: PublisherSettings, status: QueueStatus) -> PublisherStatus:
+    """The status document from the settings and what the queue says."""
+    health = status.health
+    return PublisherStatus(
+        configured=settings.configured,
+        message=_message(settings, status),
+        queue=settings.queue,
+        deployment_id=settings.deployment_id or health.deployment_id,
+        billing_url=settings.public_billing_url,
+        interval=format_duration(settings.interval),
+        max_age=format_duration(settings.max_age),
+        pending=status.pending,
+        due=status.due,
+        oldest_pending_created_at=status.oldest_pending_created_at,
+        oldest_pending_age_seconds=status.oldest_pending_age_s,
+        last_success_at=health.last_success_at,
+        last_attempt_at=health.last_attempt_at,
+        consecutive_failures=health.consecutive_failures,
+        failing_since=health.failing_since,
+        last_error=health.last_error,
+        last_error_cause=health.last_error_cause,
+        last_error_at=health.last_error_at,
+        published=health.published_total,
+        rejected=health.rejected_total,
+        expired=health.expired_total,
+    )
+
+
+@requires(Role.ADMIN)
+async def get_status(request: web.Request) -> web.Response:
+    """Pending events, their age, and the sender's health (durable across restarts)."""
+    try:
+        status = await request.app[QUEUE].status()
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DependencyUnavailable(
+            "the publisher's database is unavailable", detail=str(exc)
+        ) from exc
+    request.app[METRICS].observe_status(status)
+    body = status_body(request.app[SETTINGS], status)
+    return json_response(body.model_dump())
+
+
+def add_routes(app: web.Application, openapi: OpenApi) -> None:
+    """Register the handlers and describe them in the OpenAPI document."""
+    app.router.add_get("/api/v1/publisher/status", get_status)
+    openapi.add(
+        "get",
+        "/api/v1/publisher/status",
+        summary="Pending billing events and the sender's health",
+        admin=True,
+        responses={200: PublisherStatus, 503: None},
+        tag="publisher",
+    )

@@ -1,0 +1,171 @@
+"""The publisher's composition root: queue, consumer, sender, heartbeat and the status API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+
+import aiohttp
+import asyncpg
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from libs.service.db import create_pool
+from libs.service.kafka import bounded, make_producer
+from libs.service.openapi import OpenApi
+from libs.service.runtime import background
+from libs.service.web import READINESS_KEY, create_app
+from services.publisher.api import METRICS, QUEUE, SETTINGS, add_routes
+from services.publisher.config import PublisherSettings
+from services.publisher.consumer import make_consumer
+from services.publisher.heartbeat import SeatHeartbeat
+from services.publisher.metrics import PublisherMetrics
+from services.publisher.sender import BillingClient, HttpBillingClient, Sender, SenderOptions
+from services.publisher.storage import BillingQueue, PostgresQueue
+
+log = structlog.get_logger(__name__)
+
+
+def sender_options(settings: PublisherSettings) -> SenderOptions:
+    """The sender's knobs from the settings."""
+    return SenderOptions(
+        interval=settings.interval,
+        first_delay=settings.first_delay,
+        max_age=settings.max_age,
+        batch_size=settings.batch_size,
+        claim_timeout=settings.claim_timeout,
+        backoff_base=settings.backoff_base,
+        backoff_max=settings.backoff_max,
+        retention=settings.retention,
+    )
+
+
+async def _http_client(
+    settings: PublisherSettings, stack: AsyncExitStack, deployment_id: str
+) -> BillingClient | None:
+    """The HTTP client to the billing server, or None (queue only) when not configured."""
+    if settings.billing_url is None or settings.license_key is None:
+        log.warning(
+            "publisher not configured: billing events are queued, not sent",
+            missing=settings.missing,
+            queue=settings.queue,
+        )
+        return None
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+    log.info(
+        "publisher configured",
+        billing_url=settings.public_billing_url,
+        deployment_id=deployment_id,
+        queue=settings.queue,
+    )
+    return HttpBillingClient(
+        session,
+        base_url=settings.billing_url,
+        license_key=settings.license_key.get_secret_value(),
+        deployment_id=deployment_id,
+        timeout=settings.request_timeout,
+    )
+
+
+async def _start_consumer(
+    settings: PublisherSettings,
+    pool: asyncpg.Pool,
+    stack: AsyncExitStack,
+    registry: CollectorRegistry,
+) -> Callable[[], bool]:
+    """Join the consumer group; returns whether it has caught up with the log."""
+    producer = make_producer(settings.kafka_bootstrap_servers, idempotent=settings.kafka_idempotent)
+    await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
+    stack.push_async_callback(lambda: asyncio.wait_for(producer.stop(), settings.kafka_timeout_s))
+    loop = make_consumer(settings, pool, dlq_producer=producer, registry=registry)
+    await stack.enter_async_context(background(loop.run(), name="publisher-consumer"))
+    return loop.caught_up.is_set
+
+
+class Health:
+    """Whether the database answered the last probe."""
+
+    def __init__(self) -> None:
+        self.database = False
+
+
+def build_app(
+    settings: PublisherSettings,
+    *,
+    queue: BillingQueue | None = None,
+    client: BillingClient | None = None,
+    registry: CollectorRegistry | None = None,
+    consume: bool = True,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> web.Application:
+    """The publisher application; real dependencies are built when none are given.
+
+    `consume=False` leaves out the consumer group (a sender-only replica, or a test that
+    fills the queue itself). A `client` replaces the HTTP client to the billing server.
+    """
+    registry = registry or CollectorRegistry()
+    openapi = OpenApi(
+        title="Tollgate publisher",
+        description="Queues billable usage and reports it to the billing server.",
+    )
+    app = create_app(service="publisher", settings=settings, registry=registry, openapi=openapi)
+    metrics = PublisherMetrics.build(registry)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    metrics.configured.set(1 if settings.configured else 0)
+    health = Health()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            pool = None
+            if queue is None:
+                pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+                stack.push_async_callback(pool.close)
+                store: BillingQueue = PostgresQueue(pool, settings.queue)
+            else:
+                store = queue
+            app[QUEUE] = store
+            state = await store.open()
+            health.database = True
+            deployment_id = settings.deployment_id or state.deployment_id
+            billing = client or await _http_client(settings, stack, deployment_id)
+            ready: Callable[[], bool] = lambda: True  # noqa: E731  # no consumer: always
+            if consume and pool is not None:
+                ready = await _start_consumer(settings, pool, stack, registry)
+
+            sender = Sender(
+                store,
+                billing,
+                sender_options(settings),
+                metrics,
+                not_configured=f"{' and '.join(settings.missing)} not set",
+            )
+            heartbeat = SeatHeartbeat(
+                store, metrics, ready=ready, check_every=settings.heartbeat_check, clock=clock
+            )
+
+            async def refresh_gauges() -> None:
+                while True:
+                    try:
+                        metrics.observe_status(await asyncio.wait_for(store.status(), 5))
+                    except Exception:
+                        health.database = False
+                    else:
+                        health.database = True
+                    await asyncio.sleep(settings.gauge_refresh.total_seconds())
+
+            await stack.enter_async_context(background(refresh_gauges(), name="gauges"))
+            await stack.enter_async_context(background(heartbeat.run_forever(), name="heartbeat"))
+            await stack.enter_async_context(background(sender.run_forever(), name="sender"))
+            yield
+
+    async def database_ready() -> tuple[bool, str]:
+        return health.database, "database"
+
+    app.cleanup_ctx.append(resources)
+    app[READINESS_KEY].append(database_ready)
+    add_routes(app, openapi)
+    return app

@@ -1,0 +1,63 @@
+"""The publisher's consumer group: billable events into the queue, with the offsets.
+
+The group (`TOLLGATE_PUBLISHER_GROUP`, default `publisher`) shares the partitions among the
+replicas. Each batch's billing rows and seat facts are written in the transaction that also
+stores the batch's offsets, so a crash can neither lose a build nor queue it twice, and a
+replay of the log derives the same billing ids (`ON CONFLICT DO NOTHING`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from libs.service.consumer import Consumed, ConsumerLoop, PostgresSink, TransactionalHandler
+from libs.service.db import Connection
+from services.publisher.config import PublisherSettings
+from services.publisher.domain import project
+from services.publisher.storage import write_projection
+
+
+def make_handler(queue: str) -> TransactionalHandler:
+    """The sink's handler: project the batch and write it on the sink's connection."""
+
+    async def handle(conn: Connection, events: Sequence[Consumed]) -> None:
+        projection = project(c.event for c in events)
+        if projection:
+            await write_projection(conn, queue, projection)
+
+    return handle
+
+
+def make_consumer(
+    settings: PublisherSettings,
+    pool: asyncpg.Pool,
+    *,
+    dlq_producer: AIOKafkaProducer,
+    registry: CollectorRegistry,
+) -> ConsumerLoop:
+    """The group member of this replica; offsets are kept per group and topic."""
+    sink = PostgresSink(
+        pool,
+        consumer=settings.group,
+        topic=settings.events_topic,
+        epoch=settings.broker_epoch,
+        handler=make_handler(settings.queue),
+    )
+    session_ms = int(settings.session_timeout.total_seconds() * 1000)
+    return ConsumerLoop(
+        name=settings.group,
+        bootstrap=settings.kafka_bootstrap_servers,
+        topic=settings.events_topic,
+        dlq_topic=settings.dlq_topic,
+        sink=sink,
+        dlq_producer=dlq_producer,
+        registry=registry,
+        group_id=settings.group,
+        timeout_s=settings.kafka_timeout_s,
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(100, session_ms // 5),
+    )

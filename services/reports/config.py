@@ -1,0 +1,39 @@
+"""Reports settings, read once from the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from libs.service.settings import CommonSettings
+
+
+class ReportsSettings(CommonSettings):
+    """What reports needs beyond the shared settings."""
+
+    port: int = Field(8083, alias="TOLLGATE_REPORTS_PORT", ge=1, le=65535)
+    consumer_group: str = Field("reports", alias="TOLLGATE_REPORTS_GROUP", min_length=1)
+    batch_max_events: int = Field(5000, alias="TOLLGATE_REPORTS_BATCH", ge=1, le=100_000)
+    session_timeout_ms: int = Field(
+        10_000, alias="TOLLGATE_REPORTS_SESSION_TIMEOUT_MS", ge=1000, le=300_000
+    )
+    heartbeat_interval_ms: int = Field(
+        3_000, alias="TOLLGATE_REPORTS_HEARTBEAT_MS", ge=100, le=100_000
+    )
+    # A session longer than this is counted as this long: one bad duration must not turn into
+    # millions of hourly rollup rows.
+    max_session_hours: int = Field(744, alias="TOLLGATE_REPORTS_MAX_SESSION_HOURS", ge=1, le=8784)
+    limits_url: str | None = Field(None, alias="TOLLGATE_LIMITS_URL")
+    limits_timeout_s: float = Field(0.2, alias="TOLLGATE_LIMITS_TIMEOUT", gt=0, le=30)
+    limits_token_override: str | None = Field(None, alias="TOLLGATE_LIMITS_TOKEN")
+
+    @property
+    def limits_token(self) -> str | None:
+        """The token sent to the limits service: the setting, else the first admin token."""
+        if self.limits_token_override:
+            return self.limits_token_override
+        return self.admin_tokens[0] if self.admin_tokens else None
+
+    @classmethod
+    def from_env(cls) -> ReportsSettings:
+        """Read the settings from the process environment."""
+        return cls()

@@ -1,0 +1,393 @@
+"""The write side: one batch of events into the archive and the rollups, in the caller's transaction.
+
+A batch is copied into a temporary staging table, inserted into the archive with
+`ON CONFLICT (id) DO NOTHING`, and every staged row whose id was already archived is dropped
+from the stage. The rollups are then computed from what is left, set-wise, one statement per
+event type. So an id seen before (a replay, a retried batch, a zombie consumer after a
+rebalance) changes nothing, and a batch costs a fixed handful of round trips whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from libs.events.models import ActivitySessionRecorded, ChatUsageRecorded
+from libs.service.consumer import Consumed
+from libs.service.db import Connection
+
+__all__ = ["ProjectionOutcome", "Projector"]
+
+STAGE_TABLE: Final = "reports_stage"
+STAGE_COLUMNS: Final = (
+    "id",
+    "type",
+    "occurred_at",
+    "org_id",
+    "user_id",
+    "log_partition",
+    "log_offset",
+    "data",
+)
+
+# Periods are computed with date_trunc and interval arithmetic, which follow the session's
+# time zone: pin it to UTC for this transaction whatever the server's default is.
+PREPARE_STAGE: Final = """
+SET LOCAL timezone = 'UTC';
+CREATE TEMP TABLE IF NOT EXISTS reports_stage (
+    id             text COLLATE "C" NOT NULL,
+    type           text        NOT NULL,
+    occurred_at    timestamptz NOT NULL,
+    org_id         text,
+    user_id        text,
+    log_partition  integer     NOT NULL,
+    log_offset     bigint      NOT NULL,
+    data           jsonb       NOT NULL
+) ON COMMIT DELETE ROWS;
+"""
+
+# Archive what is new (in id order, so concurrent writers lock in the same order) and keep
+# only the new rows in the stage; the ids that were already archived come back.
+TAKE_FRESH: Final = """
+WITH fresh AS (
+    INSERT INTO reports_events
+        (id, type, occurred_at, org_id, user_id, log_partition, log_offset, data)
+    SELECT id, type, occurred_at, org_id, user_id, log_partition, log_offset, data
+    FROM reports_stage
+    ORDER BY id
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)
+DELETE FROM reports_stage s
+WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.id = s.id)
+RETURNING s.id
+"""
+
+_CHAT_MEASURES = """
+    cost_micros = t.cost_micros + EXCLUDED.cost_micros,
+    messages = t.messages + EXCLUDED.messages,
+    priced_messages = t.priced_messages + EXCLUDED.priced_messages,
+    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+    cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
+    cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens"""
+
+_CHAT_SUMS = """
+    COALESCE(sum(c.cost), 0), count(*), count(c.cost), sum(c.input_tokens), sum(c.output_tokens),
+    sum(c.cache_read_tokens), sum(c.cache_write_tokens)"""
+
+# Title generation is left out here, so it is out of every cost view.
+ROLLUP_CHAT: Final = f"""
+WITH chat AS MATERIALIZED (
+    SELECT user_id, occurred_at,
+           data->>'model' AS model,
+           COALESCE(data->>'provider', '') AS provider,
+           COALESCE(data->>'root_chat_id', data->>'chat_id') AS root_chat_id,
+           (data->>'cost_micros')::bigint AS cost,
+           (data->>'input_tokens')::bigint AS input_tokens,
+           (data->>'output_tokens')::bigint AS output_tokens,
+           (data->>'cache_read_tokens')::bigint AS cache_read_tokens,
+           (data->>'cache_write_tokens')::bigint AS cache_write_tokens
+    FROM reports_stage
+    WHERE type = 'chat.usage.v1' AND data->>'purpose' = 'chat'
+), totals AS (
+    INSERT INTO reports_chat_totals AS t
+        (grain, period, user_id, cost_micros, messages, priced_messages, input_tokens,
+         output_tokens, cache_read_tokens, cache_write_tokens)
+    SELECT g.grain, date_trunc(g.unit, c.occurred_at), c.user_id, {_CHAT_SUMS}
+    FROM chat c
+    CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day'), ('m', 'month')) AS g (grain, unit)
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (grain, period, user_id) DO UPDATE SET {_CHAT_MEASURES}
+)
+INSERT INTO reports_chat_detail AS t
+    (user_id, grain, period, model, provider, root_chat_id, cost_micros, messages,
+     priced_messages, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+SELECT c.user_id, g.grain, date_trunc(g.unit, c.occurred_at), c.model, c.provider,
+       c.root_chat_id, {_CHAT_SUMS}
+FROM chat c
+CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day')) AS g (grain, unit)
+GROUP BY 1, 2, 3, 4, 5, 6
+ORDER BY 1, 2, 3, 4, 5, 6
+ON CONFLICT (user_id, grain, period, model, provider, root_chat_id) DO UPDATE SET {_CHAT_MEASURES}
+"""
+
+# A session is [occurred_at, occurred_at + duration_ms). It is cut at every hour, day, ISO week
+# and month boundary; each piece adds its overlap (µs) to its period, and the period holding the
+# start adds the session's count. Every piece is added under its category and under '*'.
+ROLLUP_ACTIVITY_TEMPLATE: Final = """
+WITH s AS MATERIALIZED (
+    SELECT user_id, COALESCE(org_id, '') AS org_id, data->>'category' AS category,
+           occurred_at AS started_at,
+           occurred_at + LEAST((data->>'duration_ms')::bigint, {max_ms})
+               * interval '1 millisecond' AS ended_at,
+           (data->>'count')::bigint AS sessions
+    FROM reports_stage
+    WHERE type = 'activity.session.v1'
+), pieces AS (
+    SELECT g.grain, p.period, s.user_id, s.org_id, s.category,
+           (extract(epoch FROM LEAST(s.ended_at, p.period + g.step)
+                               - GREATEST(s.started_at, p.period)) * 1000000)::bigint
+               AS duration_us,
+           CASE WHEN p.period = date_trunc(g.unit, s.started_at) THEN s.sessions ELSE 0 END
+               AS sessions
+    FROM s
+    CROSS JOIN (VALUES ('h'::"char", 'hour', interval '1 hour'),
+                       ('d', 'day', interval '1 day'),
+                       ('w', 'week', interval '1 week'),
+                       ('m', 'month', interval '1 month')) AS g (grain, unit, step)
+    CROSS JOIN LATERAL generate_series(
+        date_trunc(g.unit, s.started_at),
+        date_trunc(g.unit, GREATEST(s.started_at, s.ended_at - interval '1 microsecond')),
+        g.step) AS p (period)
+)
+INSERT INTO reports_activity AS a
+    (grain, category, period, org_id, user_id, duration_us, sessions)
+SELECT pieces.grain, c.category, pieces.period, pieces.org_id, pieces.user_id,
+       sum(pieces.duration_us), sum(pieces.sessions)
+FROM pieces
+CROSS JOIN LATERAL (VALUES (pieces.category), ('*')) AS c (category)
+GROUP BY 1, 2, 3, 4, 5
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (grain, category, period, org_id, user_id) DO UPDATE SET
+    duration_us = a.duration_us + EXCLUDED.duration_us,
+    sessions = a.sessions + EXCLUDED.sessions
+"""
+
+ROLLUP_API_USAGE: Final = """
+INSERT INTO reports_api_usage AS u (month, user_id, client, calls, last_at)
+SELECT date_trunc('month', occurred_at), user_id, data->>'client',
+       sum((data->>'count')::bigint), max(occurred_at)
+FROM reports_stage
+WHERE type = 'api.usage.v1'
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+ON CONFLICT (month, user_id, client) DO UPDATE SET
+    calls = u.calls + EXCLUDED.calls,
+    last_at = GREATEST(u.last_at, EXCLUDED.last_at)
+"""
+
+ROLLUP_BUILDS: Final = """
+INSERT INTO reports_builds AS b (month, user_id, builds, agent_builds)
+SELECT date_trunc('month', occurred_at), user_id, count(*),
+       count(*) FILTER (WHERE (data->>'agent_managed')::boolean)
+FROM reports_stage
+WHERE type = 'workspace.build.v1'
+GROUP BY 1, 2
+ORDER BY 1, 2
+ON CONFLICT (month, user_id) DO UPDATE SET
+    builds = b.builds + EXCLUDED.builds,
+    agent_builds = b.agent_builds + EXCLUDED.agent_builds
+"""
+
+# Gauges and directory state: the newest event (occurred_at, then log position) wins, both
+# within the batch (DISTINCT ON) and against what is stored (the WHERE of the upsert).
+ROLLUP_STORAGE: Final = """
+INSERT INTO reports_storage AS s
+    (month, project_id, size_mb, experiment_count, user_id, occurred_at, log_partition,
+     log_offset)
+SELECT DISTINCT ON (1, 2)
+       date_trunc('month', occurred_at), data->>'project_id', (data->>'size_mb')::float8,
+       (data->>'experiment_count')::bigint, user_id, occurred_at, log_partition, log_offset
+FROM reports_stage
+WHERE type = 'storage.sample.v1'
+ORDER BY 1, 2, occurred_at DESC, log_partition DESC, log_offset DESC
+ON CONFLICT (month, project_id) DO UPDATE SET
+    size_mb = EXCLUDED.size_mb,
+    experiment_count = EXCLUDED.experiment_count,
+    user_id = EXCLUDED.user_id,
+    occurred_at = EXCLUDED.occurred_at,
+    log_partition = EXCLUDED.log_partition,
+    log_offset = EXCLUDED.log_offset
+WHERE (s.occurred_at, s.log_partition, s.log_offset)
+    < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)
+"""
+
+_NEWER = """
+WHERE (d.occurred_at, d.log_partition, d.log_offset)
+    < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)"""
+
+_VERSION_SET = """
+    occurred_at = EXCLUDED.occurred_at,
+    log_partition = EXCLUDED.log_partition,
+    log_offset = EXCLUDED.log_offset"""
+
+ROLLUP_USERS: Final = f"""
+INSERT INTO reports_users AS d
+    (user_id, org_id, username, name, email, roles, avatar_hash, created_at, suspended,
+     licensed, occurred_at, log_partition, log_offset)
+SELECT DISTINCT ON (user_id)
+       user_id, org_id, data->>'username', data->>'name', data->>'email',
+       ARRAY(SELECT jsonb_array_elements_text(data->'roles')), data->>'avatar_hash',
+       (data->>'created_at')::timestamptz, (data->>'suspended')::boolean,
+       (data->>'licensed')::boolean, occurred_at, log_partition, log_offset
+FROM reports_stage
+WHERE type = 'directory.user.v1'
+ORDER BY user_id, occurred_at DESC, log_partition DESC, log_offset DESC
+ON CONFLICT (user_id) DO UPDATE SET
+    org_id = EXCLUDED.org_id,
+    username = EXCLUDED.username,
+    name = EXCLUDED.name,
+    email = EXCLUDED.email,
+    roles = EXCLUDED.roles,
+    avatar_hash = EXCLUDED.avatar_hash,
+    created_at = EXCLUDED.created_at,
+    suspended = EXCLUDED.suspended,
+    licensed = EXCLUDED.licensed,{_VERSION_SET}
+{_NEWER}
+"""
+
+ROLLUP_GROUPS: Final = f"""
+INSERT INTO reports_groups AS d
+    (group_id, org_id, name, member_ids, occurred_at, log_partition, log_offset)
+SELECT DISTINCT ON (data->>'group_id')
+       data->>'group_id', org_id, data->>'name',
+       ARRAY(SELECT jsonb_array_elements_text(data->'member_ids')),
+       occurred_at, log_partition, log_offset
+FROM reports_stage
+WHERE type = 'directory.group.v1'
+ORDER BY data->>'group_id', occurred_at DESC, log_partition DESC, log_offset DESC
+ON CONFLICT (group_id) DO UPDATE SET
+    org_id = EXCLUDED.org_id,
+    name = EXCLUDED.name,
+    member_ids = EXCLUDED.member_ids,{_VERSION_SET}
+{_NEWER}
+"""
+
+ROLLUP_TEAMS: Final = f"""
+INSERT INTO reports_teams AS d
+    (team_id, org_id, name, member_ids, occurred_at, log_partition, log_offset)
+SELECT DISTINCT ON (data->>'team_id')
+       data->>'team_id', org_id, data->>'name',
+       ARRAY(SELECT jsonb_array_elements_text(data->'member_ids')),
+       occurred_at, log_partition, log_offset
+FROM reports_stage
+WHERE type = 'directory.team.v1'
+ORDER BY data->>'team_id', occurred_at DESC, log_partition DESC, log_offset DESC
+ON CONFLICT (team_id) DO UPDATE SET
+    org_id = EXCLUDED.org_id,
+    name = EXCLUDED.name,
+    member_ids = EXCLUDED.member_ids,{_VERSION_SET}
+{_NEWER}
+"""
+
+ROLLUP_PROJECTS: Final = f"""
+INSERT INTO reports_projects AS d
+    (project_id, org_id, team_id, name, occurred_at, log_partition, log_offset)
+SELECT DISTINCT ON (data->>'project_id')
+       data->>'project_id', org_id, data->>'team_id', data->>'name',
+       occurred_at, log_partition, log_offset
+FROM reports_stage
+WHERE type = 'directory.project.v1'
+ORDER BY data->>'project_id', occurred_at DESC, log_partition DESC, log_offset DESC
+ON CONFLICT (project_id) DO UPDATE SET
+    org_id = EXCLUDED.org_id,
+    team_id = EXCLUDED.team_id,
+    name = EXCLUDED.name,{_VERSION_SET}
+{_NEWER}
+"""
+
+_NUL = "\x00"
+_REPLACEMENT = "\ufffd"
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; an id with one must not wedge the projection.
+    return text.replace(_NUL, _REPLACEMENT) if _NUL in text else text
+
+
+def _clean_json(text: str) -> str:
+    # jsonb rejects the \u0000 escape for the same reason.
+    return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
+
+
+@dataclass(slots=True)
+class ProjectionOutcome:
+    """What one batch did: new events by type, ids seen before, chat cost added, lag input."""
+
+    fresh: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    cost_by_model: Counter[str] = field(default_factory=Counter)
+    clamped_sessions: int = 0
+    newest_log_ms: int | None = None
+
+    @property
+    def fresh_total(self) -> int:
+        """New events in the batch."""
+        return sum(self.fresh.values())
+
+
+class Projector:
+    """Projects batches of consumed events inside a transaction the caller owns."""
+
+    def __init__(self, *, max_session_hours: int = 744) -> None:
+        self.max_session_ms = int(max_session_hours) * 3_600_000
+        # Statement per type, in one fixed order so that concurrent writers lock alike.
+        self._rollups: tuple[tuple[str, str], ...] = (
+            ("directory.user.v1", ROLLUP_USERS),
+            ("directory.group.v1", ROLLUP_GROUPS),
+            ("directory.team.v1", ROLLUP_TEAMS),
+            ("directory.project.v1", ROLLUP_PROJECTS),
+            ("chat.usage.v1", ROLLUP_CHAT),
+            (
+                "activity.session.v1",
+                ROLLUP_ACTIVITY_TEMPLATE.format(max_ms=self.max_session_ms),
+            ),
+            ("api.usage.v1", ROLLUP_API_USAGE),
+            ("workspace.build.v1", ROLLUP_BUILDS),
+            ("storage.sample.v1", ROLLUP_STORAGE),
+        )
+
+    async def project(self, conn: Connection, events: Sequence[Consumed]) -> ProjectionOutcome:
+        """Archive new events and add them to the rollups; ids seen before change nothing."""
+        outcome = ProjectionOutcome()
+        if not events:
+            return outcome
+        records: list[tuple[object, ...]] = []
+        staged: dict[str, Consumed] = {}
+        for item in events:
+            event = item.event
+            if outcome.newest_log_ms is None or item.timestamp_ms > outcome.newest_log_ms:
+                outcome.newest_log_ms = item.timestamp_ms
+            event_id = _clean(event.id)
+            if event_id in staged:
+                outcome.duplicates[event.type] += 1
+                continue
+            staged[event_id] = item
+            records.append(
+                (
+                    event_id,
+                    event.type,
+                    event.occurred_at,
+                    None if event.org_id is None else _clean(event.org_id),
+                    None if event.user_id is None else _clean(event.user_id),
+                    item.partition,
+                    item.offset,
+                    _clean_json(event.data.model_dump_json()),
+                )
+            )
+        await conn.execute(PREPARE_STAGE)
+        await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=STAGE_COLUMNS)
+        seen_before = {row[0] for row in await conn.fetch(TAKE_FRESH)}
+        types: set[str] = set()
+        for event_id, item in staged.items():
+            event = item.event
+            if event_id in seen_before:
+                outcome.duplicates[event.type] += 1
+                continue
+            outcome.fresh[event.type] += 1
+            types.add(event.type)
+            if isinstance(event, ChatUsageRecorded):
+                data = event.data
+                if data.purpose == "chat" and data.cost_micros:
+                    outcome.cost_by_model[data.model] += data.cost_micros
+            elif isinstance(event, ActivitySessionRecorded):
+                if event.data.duration_ms > self.max_session_ms:
+                    outcome.clamped_sessions += 1
+        script = ";\n".join(sql for kind, sql in self._rollups if kind in types)
+        if script:
+            await conn.execute(script)
+        return outcome

@@ -1,0 +1,629 @@
+"""The read side: a Protocol, its PostgreSQL implementation over the rollups, and an in-memory one.
+
+The PostgreSQL store never scans raw events: a query range is covered by rollup periods
+(`domain.cover`) and only those rows are read. The in-memory store keeps the events themselves
+and computes every figure from them directly; it backs the unit tests and states, in plain
+Python, what each figure means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+from typing import Final, Protocol
+
+import asyncpg
+
+from libs.events.models import (
+    ActivitySessionRecorded,
+    ApiUsageRecorded,
+    ChatUsageRecorded,
+    Envelope,
+    ProjectUpdated,
+    StorageSampled,
+    TeamUpdated,
+    UserUpdated,
+    WorkspaceBuilt,
+)
+from libs.service.consumer import Consumed
+from services.reports.domain import (
+    ACTIVITY_GRAINS,
+    ALL_CATEGORIES_KEY,
+    COST_DETAIL_GRAINS,
+    COST_TOTAL_GRAINS,
+    ActivityFigures,
+    Bucket,
+    ChargebackData,
+    ChatCost,
+    ChatFigures,
+    CostSummary,
+    CostUserRow,
+    CostUsersPage,
+    ModelCost,
+    ProjectState,
+    Span,
+    TeamState,
+    UsageMonth,
+    UserProfile,
+    Window,
+    cost_order_key,
+    cover,
+    sort_chats,
+    sort_models,
+)
+
+__all__ = ["InMemoryReportStore", "PostgresReportStore", "ReportStore", "like_pattern"]
+
+
+class ReportStore(Protocol):
+    """Answers the reports' questions."""
+
+    async def ping(self) -> bool:
+        """Whether the store answers."""
+        ...
+
+    async def activity(
+        self, buckets: Sequence[Bucket], *, category: str, org: str | None
+    ) -> list[dict[str, ActivityFigures]]:
+        """Per bucket, each active user's overlap and session count (`category` '*' = any)."""
+        ...
+
+    async def profiles(self, user_ids: Collection[str]) -> dict[str, UserProfile]:
+        """Directory entries of the users that have one."""
+        ...
+
+    async def cost_users(
+        self, window: Window, *, search: str | None, limit: int | None, offset: int
+    ) -> CostUsersPage:
+        """Per-user chat spend in the window, cost descending, filtered by name or username."""
+        ...
+
+    async def cost_user(self, window: Window, user_id: str) -> CostSummary | None:
+        """One user's chat spend in the window; None for a user never seen."""
+        ...
+
+    async def chargeback(self, month: Window) -> ChargebackData:
+        """Directory state and the month's usage for the chargeback report."""
+        ...
+
+
+def _spans_arrays(spans: Sequence[Span]) -> tuple[list[str], list[datetime], list[datetime]]:
+    return [s.grain for s in spans], [s.lo for s in spans], [s.hi for s in spans]
+
+
+def like_pattern(search: str) -> str:
+    """A case-insensitive substring pattern with LIKE's wildcards taken literally."""
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+# Rows are read by rollup period spans: (grain, lo, hi) triples unnested and joined on the
+# primary key's leading columns, so each span is one index range scan.
+SELECT_ACTIVITY: Final = """
+SELECT r.bucket, a.user_id, sum(a.duration_us)::bigint AS duration_us,
+       sum(a.sessions)::bigint AS sessions
+FROM unnest($1::int4[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+     AS r (bucket, grain, lo, hi)
+JOIN reports_activity a
+  ON a.grain = r.grain::"char" AND a.category = $5 AND a.period >= r.lo AND a.period < r.hi
+GROUP BY r.bucket, a.user_id
+"""
+
+SELECT_ACTIVITY_IN_ORG: Final = """
+SELECT r.bucket, a.user_id, sum(a.duration_us)::bigint AS duration_us,
+       sum(a.sessions)::bigint AS sessions
+FROM unnest($1::int4[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+     AS r (bucket, grain, lo, hi)
+JOIN reports_activity a
+  ON a.grain = r.grain::"char" AND a.category = $5 AND a.period >= r.lo AND a.period < r.hi
+ AND a.org_id = $6
+GROUP BY r.bucket, a.user_id
+"""
+
+_PROFILE_COLUMNS = """u.username, u.name, u.email, u.roles, u.avatar_hash, u.created_at,
+       u.suspended, u.licensed"""
+
+SELECT_PROFILES: Final = f"""
+SELECT u.user_id, {_PROFILE_COLUMNS}
+FROM reports_users u
+WHERE u.user_id = ANY($1::text[])
+"""
+
+SELECT_ALL_PROFILES: Final = f"SELECT u.user_id, {_PROFILE_COLUMNS} FROM reports_users u"
+
+_CHAT_SUMS = """sum(t.cost_micros)::bigint AS cost_micros, sum(t.messages)::bigint AS messages,
+           sum(t.priced_messages)::bigint AS priced_messages,
+           sum(t.input_tokens)::bigint AS input_tokens,
+           sum(t.output_tokens)::bigint AS output_tokens,
+           sum(t.cache_read_tokens)::bigint AS cache_read_tokens,
+           sum(t.cache_write_tokens)::bigint AS cache_write_tokens"""
+
+SELECT_COST_USERS: Final = f"""
+WITH totals AS (
+    SELECT t.user_id, {_CHAT_SUMS}
+    FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
+    JOIN reports_chat_totals t
+      ON t.grain = r.grain::"char" AND t.period >= r.lo AND t.period < r.hi
+    GROUP BY t.user_id
+)
+SELECT totals.*, {_PROFILE_COLUMNS}, count(*) OVER () AS matched
+FROM totals
+LEFT JOIN reports_users u ON u.user_id = totals.user_id
+WHERE $4::text IS NULL OR u.username ILIKE $4 OR u.name ILIKE $4 OR totals.user_id = $5
+ORDER BY totals.cost_micros DESC, u.username ASC NULLS LAST, totals.user_id ASC
+LIMIT $6 OFFSET $7
+"""
+
+SELECT_CHAT_COUNTS: Final = """
+SELECT t.user_id, count(DISTINCT t.root_chat_id) AS chats
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
+JOIN reports_chat_detail t
+  ON t.user_id = ANY($4::text[]) AND t.grain = r.grain::"char"
+ AND t.period >= r.lo AND t.period < r.hi
+GROUP BY t.user_id
+"""
+
+SELECT_COST_DETAIL: Final = f"""
+SELECT t.model, t.provider, t.root_chat_id, {_CHAT_SUMS}
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
+JOIN reports_chat_detail t
+  ON t.user_id = $4 AND t.grain = r.grain::"char" AND t.period >= r.lo AND t.period < r.hi
+GROUP BY t.model, t.provider, t.root_chat_id
+"""
+
+SELECT_USER_KNOWN: Final = """
+SELECT EXISTS (SELECT 1 FROM reports_users WHERE user_id = $1)
+    OR EXISTS (SELECT 1 FROM reports_chat_detail WHERE user_id = $1)
+"""
+
+SELECT_TEAMS: Final = "SELECT team_id, name, member_ids FROM reports_teams"
+
+SELECT_PROJECTS: Final = """
+SELECT p.project_id, p.team_id, p.name, s.size_mb, s.experiment_count, s.user_id
+FROM reports_projects p
+LEFT JOIN reports_storage s ON s.project_id = p.project_id AND s.month = $1
+"""
+
+SELECT_MONTH_API_USAGE: Final = """
+SELECT user_id, client, calls, last_at FROM reports_api_usage WHERE month = $1
+"""
+
+SELECT_MONTH_BUILDS: Final = """
+SELECT user_id, builds, agent_builds FROM reports_builds WHERE month = $1
+"""
+
+SELECT_MONTH_COSTS: Final = """
+SELECT user_id, cost_micros FROM reports_chat_totals WHERE grain = 'm' AND period = $1
+"""
+
+
+def _profile(row: asyncpg.Record, user_id: str) -> UserProfile | None:
+    if row["username"] is None:
+        return None
+    return UserProfile(
+        user_id=user_id,
+        username=row["username"],
+        name=row["name"],
+        email=row["email"],
+        roles=tuple(row["roles"]),
+        avatar_hash=row["avatar_hash"],
+        created_at=row["created_at"],
+        suspended=row["suspended"],
+        licensed=row["licensed"],
+    )
+
+
+def _figures(row: asyncpg.Record) -> ChatFigures:
+    return ChatFigures(
+        cost_micros=row["cost_micros"],
+        messages=row["messages"],
+        priced_messages=row["priced_messages"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cache_read_tokens=row["cache_read_tokens"],
+        cache_write_tokens=row["cache_write_tokens"],
+    )
+
+
+class PostgresReportStore:
+    """Reads the rollups that `projection.Projector` writes."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = 10.0) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+
+    async def ping(self) -> bool:
+        """One trivial query with a short deadline."""
+        try:
+            await self.pool.fetchval("SELECT 1", timeout=2)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+        return True
+
+    async def activity(
+        self, buckets: Sequence[Bucket], *, category: str, org: str | None
+    ) -> list[dict[str, ActivityFigures]]:
+        """Sum the activity rollup over each bucket's covering spans."""
+        index: list[int] = []
+        grains: list[str] = []
+        los: list[datetime] = []
+        his: list[datetime] = []
+        for i, bucket in enumerate(buckets):
+            for span in cover(bucket.start, bucket.end, ACTIVITY_GRAINS):
+                index.append(i)
+                grains.append(span.grain)
+                los.append(span.lo)
+                his.append(span.hi)
+        args: list[object] = [index, grains, los, his, category]
+        sql = SELECT_ACTIVITY
+        if org is not None:
+            sql = SELECT_ACTIVITY_IN_ORG
+            args.append(org)
+        rows = await self.pool.fetch(sql, *args, timeout=self.timeout_s)
+        result: list[dict[str, ActivityFigures]] = [{} for _ in buckets]
+        for bucket_index, user_id, duration_us, sessions in rows:
+            result[bucket_index][user_id] = ActivityFigures(duration_us, sessions)
+        return result
+
+    async def profiles(self, user_ids: Collection[str]) -> dict[str, UserProfile]:
+        """Directory entries by user id."""
+        if not user_ids:
+            return {}
+        rows = await self.pool.fetch(SELECT_PROFILES, list(user_ids), timeout=self.timeout_s)
+        found = {r["user_id"]: _profile(r, r["user_id"]) for r in rows}
+        return {k: v for k, v in found.items() if v is not None}
+
+    async def cost_users(
+        self, window: Window, *, search: str | None, limit: int | None, offset: int
+    ) -> CostUsersPage:
+        """A page of the per-user rollup, with the distinct chat count of the page's users."""
+        grains, los, his = _spans_arrays(cover(window.start, window.end, COST_TOTAL_GRAINS))
+        pattern = like_pattern(search) if search else None
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                SELECT_COST_USERS,
+                grains,
+                los,
+                his,
+                pattern,
+                search,
+                limit,
+                offset,
+                timeout=self.timeout_s,
+            )
+            if not rows and offset > 0:
+                # Past the end: still say how many matched.
+                head = await conn.fetch(
+                    SELECT_COST_USERS, grains, los, his, pattern, search, 1, 0,
+                    timeout=self.timeout_s,
+                )  # fmt: skip
+                return CostUsersPage(count=head[0]["matched"] if head else 0, rows=[])
+            user_ids = [r["user_id"] for r in rows]
+            chats: dict[str, int] = {}
+            if user_ids:
+                d_grains, d_los, d_his = _spans_arrays(
+                    cover(window.start, window.end, COST_DETAIL_GRAINS)
+                )
+                counted = await conn.fetch(
+                    SELECT_CHAT_COUNTS, d_grains, d_los, d_his, user_ids, timeout=self.timeout_s
+                )
+                chats = {r["user_id"]: r["chats"] for r in counted}
+        page = [
+            CostUserRow(
+                user_id=r["user_id"],
+                profile=_profile(r, r["user_id"]),
+                figures=_figures(r),
+                chat_count=chats.get(r["user_id"], 0),
+            )
+            for r in rows
+        ]
+        return CostUsersPage(count=rows[0]["matched"] if rows else 0, rows=page)
+
+    async def cost_user(self, window: Window, user_id: str) -> CostSummary | None:
+        """Totals, by model and by root chat from the detail rollup."""
+        grains, los, his = _spans_arrays(cover(window.start, window.end, COST_DETAIL_GRAINS))
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                SELECT_COST_DETAIL, grains, los, his, user_id, timeout=self.timeout_s
+            )
+            if not rows and not await conn.fetchval(SELECT_USER_KNOWN, user_id):
+                return None
+            profile_rows = await conn.fetch(SELECT_PROFILES, [user_id], timeout=self.timeout_s)
+        by_model: dict[tuple[str, str], ChatFigures] = {}
+        by_chat: dict[str, ChatFigures] = {}
+        total = ChatFigures()
+        for row in rows:
+            figures = _figures(row)
+            key = (row["model"], row["provider"])
+            by_model[key] = by_model.get(key, ChatFigures()) + figures
+            by_chat[row["root_chat_id"]] = by_chat.get(row["root_chat_id"], ChatFigures()) + figures
+            total += figures
+        return CostSummary(
+            user_id=user_id,
+            profile=_profile(profile_rows[0], user_id) if profile_rows else None,
+            figures=total,
+            by_model=sort_models(ModelCost(m, p, f) for (m, p), f in by_model.items()),
+            by_chat=sort_chats(ChatCost(c, f) for c, f in by_chat.items()),
+        )
+
+    async def chargeback(self, month: Window) -> ChargebackData:
+        """Teams, projects with the month's samples, users, and the month's usage rollups."""
+        first = month.start
+
+        async def fetch(sql: str, *args: object) -> list[asyncpg.Record]:
+            return await self.pool.fetch(sql, *args, timeout=self.timeout_s)
+
+        teams, projects, profiles, api_usage, builds, costs = await asyncio.gather(
+            fetch(SELECT_TEAMS),
+            fetch(SELECT_PROJECTS, first),
+            fetch(SELECT_ALL_PROFILES),
+            fetch(SELECT_MONTH_API_USAGE, first),
+            fetch(SELECT_MONTH_BUILDS, first),
+            fetch(SELECT_MONTH_COSTS, first),
+        )
+        data = ChargebackData(
+            teams=[TeamState(r["team_id"], r["name"], tuple(r["member_ids"])) for r in teams],
+            projects=[
+                ProjectState(
+                    project_id=r["project_id"],
+                    team_id=r["team_id"],
+                    name=r["name"],
+                    size_mb=r["size_mb"] or 0.0,
+                    experiments=r["experiment_count"] or 0,
+                    owner_id=r["user_id"],
+                )
+                for r in projects
+            ],
+            profiles={
+                r["user_id"]: p for r in profiles if (p := _profile(r, r["user_id"])) is not None
+            },
+        )
+        for r in api_usage:
+            usage = data.usage.setdefault(r["user_id"], UsageMonth())
+            if r["client"] == "ui":
+                usage.ui_calls, usage.ui_last = r["calls"], r["last_at"]
+            else:
+                usage.sdk_calls, usage.sdk_last = r["calls"], r["last_at"]
+        for r in builds:
+            usage = data.usage.setdefault(r["user_id"], UsageMonth())
+            usage.builds, usage.agent_builds = r["builds"], r["agent_builds"]
+        for r in costs:
+            data.usage.setdefault(r["user_id"], UsageMonth()).cost_micros = r["cost_micros"]
+        return data
+
+
+# -- in memory --------------------------------------------------------------------------------
+
+_US = timedelta(microseconds=1)
+
+
+def _newer(a: Consumed, b: Consumed | None) -> bool:
+    if b is None:
+        return True
+    return (a.event.occurred_at, a.partition, a.offset) > (
+        b.event.occurred_at,
+        b.partition,
+        b.offset,
+    )
+
+
+class InMemoryReportStore:
+    """Every figure computed directly from the events kept in a dict (first id wins)."""
+
+    def __init__(self, *, max_session_hours: int = 744) -> None:
+        self.events: dict[str, Consumed] = {}
+        self.max_session = timedelta(hours=max_session_hours)
+
+    def add(self, events: Sequence[Consumed]) -> int:
+        """Keep events whose id is new; returns how many were."""
+        added = 0
+        for item in events:
+            if item.event.id not in self.events:
+                self.events[item.event.id] = item
+                added += 1
+        return added
+
+    def _of(self, kind: type[Envelope]) -> list[Consumed]:
+        return [c for c in self.events.values() if isinstance(c.event, kind)]
+
+    def _latest(self, kind: type[Envelope], key: str) -> dict[str, Consumed]:
+        latest: dict[str, Consumed] = {}
+        for item in self._of(kind):
+            subject = getattr(item.event.data, key) if key else item.event.user_id
+            if _newer(item, latest.get(subject)):
+                latest[subject] = item
+        return latest
+
+    async def ping(self) -> bool:
+        """Always reachable."""
+        return True
+
+    async def activity(
+        self, buckets: Sequence[Bucket], *, category: str, org: str | None
+    ) -> list[dict[str, ActivityFigures]]:
+        """Overlap of every session with every bucket; the count goes where it started."""
+        starts = [b.start for b in buckets]
+        result: list[dict[str, list[int]]] = [{} for _ in buckets]
+        for item in self._of(ActivitySessionRecorded):
+            event = item.event
+            assert isinstance(event, ActivitySessionRecorded)
+            if category != ALL_CATEGORIES_KEY and event.data.category != category:
+                continue
+            if org is not None and (event.org_id or "") != org:
+                continue
+            began = event.occurred_at
+            ended = began + min(timedelta(milliseconds=event.data.duration_ms), self.max_session)
+            first = max(0, bisect.bisect_right(starts, began) - 1)
+            for i in range(first, len(buckets)):
+                bucket = buckets[i]
+                if bucket.start >= ended and not bucket.start <= began < bucket.end:
+                    break
+                overlap = max(timedelta(0), min(ended, bucket.end) - max(began, bucket.start))
+                started_here = bucket.start <= began < bucket.end
+                if overlap > timedelta(0) or started_here:
+                    figures = result[i].setdefault(event.user_id, [0, 0])
+                    figures[0] += overlap // _US
+                    figures[1] += event.data.count if started_here else 0
+        return [{u: ActivityFigures(d, c) for u, (d, c) in r.items()} for r in result]
+
+    def _profiles(self) -> dict[str, UserProfile]:
+        profiles: dict[str, UserProfile] = {}
+        for user_id, item in self._latest(UserUpdated, "").items():
+            event = item.event
+            assert isinstance(event, UserUpdated)
+            d = event.data
+            profiles[user_id] = UserProfile(
+                user_id=user_id,
+                username=d.username,
+                name=d.name,
+                email=d.email,
+                roles=d.roles,
+                avatar_hash=d.avatar_hash,
+                created_at=d.created_at,
+                suspended=d.suspended,
+                licensed=d.licensed,
+            )
+        return profiles
+
+    async def profiles(self, user_ids: Collection[str]) -> dict[str, UserProfile]:
+        """Latest directory entry per user."""
+        wanted = set(user_ids)
+        return {k: v for k, v in self._profiles().items() if k in wanted}
+
+    def _chat(self, window: Window) -> list[ChatUsageRecorded]:
+        found = []
+        for item in self._of(ChatUsageRecorded):
+            event = item.event
+            assert isinstance(event, ChatUsageRecorded)
+            if event.data.purpose == "chat" and window.start <= event.occurred_at < window.end:
+                found.append(event)
+        return found
+
+    @staticmethod
+    def _figures(event: ChatUsageRecorded) -> ChatFigures:
+        d = event.data
+        return ChatFigures(
+            cost_micros=d.cost_micros or 0,
+            messages=1,
+            priced_messages=int(d.cost_micros is not None),
+            input_tokens=d.input_tokens,
+            output_tokens=d.output_tokens,
+            cache_read_tokens=d.cache_read_tokens,
+            cache_write_tokens=d.cache_write_tokens,
+        )
+
+    async def cost_users(
+        self, window: Window, *, search: str | None, limit: int | None, offset: int
+    ) -> CostUsersPage:
+        """Sum each user's messages in the window."""
+        totals: dict[str, ChatFigures] = {}
+        chats: dict[str, set[str]] = {}
+        for event in self._chat(window):
+            totals[event.user_id] = totals.get(event.user_id, ChatFigures()) + self._figures(event)
+            root = event.data.root_chat_id or event.data.chat_id
+            chats.setdefault(event.user_id, set()).add(root)
+        profiles = self._profiles()
+        rows = []
+        for user_id, figures in totals.items():
+            profile = profiles.get(user_id)
+            if search and not (
+                user_id == search
+                or (
+                    profile is not None
+                    and (
+                        search.lower() in profile.username.lower()
+                        or search.lower() in profile.name.lower()
+                    )
+                )
+            ):
+                continue
+            rows.append(CostUserRow(user_id, profile, figures, len(chats[user_id])))
+        rows.sort(key=cost_order_key)
+        end = None if limit is None else offset + limit
+        return CostUsersPage(count=len(rows), rows=rows[offset:end])
+
+    async def cost_user(self, window: Window, user_id: str) -> CostSummary | None:
+        """A user's messages in the window, by model and by root chat."""
+        if not any(
+            isinstance(c.event, ChatUsageRecorded | UserUpdated) and c.event.user_id == user_id
+            for c in self.events.values()
+        ):
+            return None
+        by_model: dict[tuple[str, str], ChatFigures] = {}
+        by_chat: dict[str, ChatFigures] = {}
+        total = ChatFigures()
+        for event in self._chat(window):
+            if event.user_id != user_id:
+                continue
+            figures = self._figures(event)
+            key = (event.data.model, event.data.provider or "")
+            by_model[key] = by_model.get(key, ChatFigures()) + figures
+            root = event.data.root_chat_id or event.data.chat_id
+            by_chat[root] = by_chat.get(root, ChatFigures()) + figures
+            total += figures
+        return CostSummary(
+            user_id=user_id,
+            profile=self._profiles().get(user_id),
+            figures=total,
+            by_model=sort_models(ModelCost(m, p, f) for (m, p), f in by_model.items()),
+            by_chat=sort_chats(ChatCost(c, f) for c, f in by_chat.items()),
+        )
+
+    async def chargeback(self, month: Window) -> ChargebackData:
+        """Directory state now, the month's latest storage samples, and the month's usage."""
+
+        def in_month(e: Envelope) -> bool:
+            return month.start <= e.occurred_at < month.end
+
+        samples: dict[str, Consumed] = {}
+        for item in self._of(StorageSampled):
+            event = item.event
+            assert isinstance(event, StorageSampled)
+            if in_month(event) and _newer(item, samples.get(event.data.project_id)):
+                samples[event.data.project_id] = item
+        projects = []
+        for project_id, item in self._latest(ProjectUpdated, "project_id").items():
+            event = item.event
+            assert isinstance(event, ProjectUpdated)
+            sample = samples.get(project_id)
+            state = ProjectState(project_id, event.data.team_id, event.data.name)
+            if sample is not None:
+                assert isinstance(sample.event, StorageSampled)
+                state = ProjectState(
+                    project_id,
+                    event.data.team_id,
+                    event.data.name,
+                    sample.event.data.size_mb,
+                    sample.event.data.experiment_count,
+                    sample.event.user_id,
+                )
+            projects.append(state)
+        teams = []
+        for team_id, item in self._latest(TeamUpdated, "team_id").items():
+            event = item.event
+            assert isinstance(event, TeamUpdated)
+            teams.append(TeamState(team_id, event.data.name, event.data.member_ids))
+        data = ChargebackData(teams=teams, projects=projects, profiles=self._profiles())
+        for item in self.events.values():
+            event = item.event
+            if not in_month(event):
+                continue
+            if isinstance(event, ApiUsageRecorded):
+                usage = data.usage.setdefault(event.user_id, UsageMonth())
+                if event.data.client == "ui":
+                    usage.ui_calls += event.data.count
+                    usage.ui_last = max(usage.ui_last or event.occurred_at, event.occurred_at)
+                else:
+                    usage.sdk_calls += event.data.count
+                    usage.sdk_last = max(usage.sdk_last or event.occurred_at, event.occurred_at)
+            elif isinstance(event, WorkspaceBuilt):
+                usage = data.usage.setdefault(event.user_id, UsageMonth())
+                usage.builds += 1
+                usage.agent_builds += int(event.data.agent_managed)
+            elif isinstance(event, ChatUsageRecorded) and event.data.purpose == "chat":
+                usage = data.usage.setdefault(event.user_id, UsageMonth())
+                usage.cost_micros += event.data.cost_micros or 0
+        return data
+

@@ -1,0 +1,452 @@
+"""The Helm chart: it lints, renders valid Kubernetes objects, and says what operators rely on."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.support import (
+    CHART,
+    DASHBOARDS,
+    KUBE_VERSIONS,
+    MONITORING_API,
+    PRODUCTION_VALUES,
+    RULES,
+    SERVICES,
+    by_kind,
+    documents,
+    helm_template,
+    load_yaml,
+    named,
+    ok,
+    run,
+    tool,
+    write_yaml,
+)
+
+CUSTOM_RESOURCES = frozenset({"ServiceMonitor", "PrometheusRule"})
+VALUE_SETS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "production": ("--values", str(PRODUCTION_VALUES), "--api-versions", MONITORING_API),
+}
+EXTERNAL = (
+    "--set",
+    "kafka.enabled=false,postgresql.enabled=false",
+    "--set",
+    "externalKafka.bootstrapServers=kafka:9092",
+)
+
+Doc = Mapping[str, Any]
+
+
+@pytest.fixture(scope="module")
+def default_docs() -> list[dict[str, Any]]:
+    """The chart rendered with its default values."""
+    return documents(ok(helm_template()))
+
+
+@pytest.fixture(scope="module")
+def production_docs() -> list[dict[str, Any]]:
+    """The chart rendered with the production values, on a cluster with the Prometheus Operator."""
+    return documents(ok(helm_template(*VALUE_SETS["production"])))
+
+
+def _pod_spec(doc: Doc) -> Mapping[str, Any]:
+    spec: Mapping[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def _containers(doc: Doc) -> list[Mapping[str, Any]]:
+    spec = _pod_spec(doc)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def _env(container: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _fullname(service: str) -> str:
+    return f"tollgate-{service}"
+
+
+def _render_fails(*args: str) -> str:
+    result = helm_template(*args)
+    assert result.returncode != 0, f"helm template {' '.join(args)} rendered:\n{result.stdout}"
+    return result.stderr
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_chart_lints_strictly(values: str) -> None:
+    """`helm lint --strict` passes with the default and the production values."""
+    extra = ["--values", str(PRODUCTION_VALUES)] if values == "production" else []
+    ok(run([tool("helm"), "lint", "--strict", "--with-subcharts", CHART, *extra]))
+
+
+def test_chart_packages_and_renders_from_the_archive(tmp_path: Path) -> None:
+    """`helm package` builds an archive with the vendored dependencies that renders offline."""
+    ok(run([tool("helm"), "package", CHART, "--destination", tmp_path]))
+    (archive,) = tmp_path.glob("tollgate-*.tgz")
+    docs = documents(ok(helm_template(chart=archive)))
+    assert {d["metadata"]["name"] for d in by_kind(docs, "StatefulSet")} == {
+        "tollgate-kafka",
+        "tollgate-postgresql",
+    }
+    assert by_kind(docs, "Job"), "the migration hook is in the archive"
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_rendered_objects_validate_strictly(values: str, kube_version: str, tmp_path: Path) -> None:
+    """Every built-in object validates with `kubernetes-validate --strict` for that Kubernetes."""
+    docs = documents(ok(helm_template(*VALUE_SETS[values], kube_version=kube_version)))
+    builtin = [d for d in docs if d["kind"] not in CUSTOM_RESOURCES]
+    manifest = tmp_path / "rendered.yaml"
+    write_yaml(manifest, *builtin)
+    result = run([tool("kubernetes-validate"), "--strict", "-k", kube_version, "--quiet", manifest])
+    # A kind without a schema is only a warning to the tool; here it is a typo to fix.
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARN" not in result.stdout, result.stdout
+
+
+def test_kubernetes_validate_rejects_an_unknown_field(
+    default_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The strict validation fails a Deployment carrying a field Kubernetes does not know."""
+    deployment = dict(named(default_docs, "Deployment", _fullname("limits")))
+    deployment["spec"] = {**deployment["spec"], "replica": 3}
+    manifest = tmp_path / "broken.yaml"
+    write_yaml(manifest, deployment)
+    result = run([tool("kubernetes-validate"), "--strict", "-k", "1.31.0", "--quiet", manifest])
+    assert result.returncode != 0
+    assert "'replica' was unexpected" in result.stdout
+
+
+def test_every_service_has_a_deployment_service_and_pdb(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    """Each service gets a Deployment, a Service on its port and a PodDisruptionBudget."""
+    ports = {"ingest": 8081, "limits": 8082, "reports": 8083, "publisher": 8084}
+    for service in SERVICES:
+        name = _fullname(service)
+        deployment = named(production_docs, "Deployment", name)
+        container = _pod_spec(deployment)["containers"][0]
+        assert container["args"] == ["serve", service]
+        assert container["ports"] == [
+            {"name": "http", "containerPort": ports[service], "protocol": "TCP"}
+        ]
+        svc = named(production_docs, "Service", name)
+        assert svc["spec"]["ports"][0]["port"] == ports[service]
+        assert svc["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        pdb = named(production_docs, "PodDisruptionBudget", name)
+        assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+        assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_only_ingest_autoscales(production_docs: list[dict[str, Any]]) -> None:
+    """Ingest has an HPA and leaves its replica count to it; the others set replicas."""
+    hpas = by_kind(production_docs, "HorizontalPodAutoscaler")
+    assert [h["metadata"]["name"] for h in hpas] == [_fullname("ingest")]
+    assert hpas[0]["spec"]["scaleTargetRef"]["name"] == _fullname("ingest")
+    assert hpas[0]["spec"]["minReplicas"] == 3
+    assert "replicas" not in named(production_docs, "Deployment", _fullname("ingest"))["spec"]
+    for service in ("limits", "reports", "publisher"):
+        assert named(production_docs, "Deployment", _fullname(service))["spec"]["replicas"] >= 2
+
+
+def test_limits_is_replicated_and_gated_on_readyz(production_docs: list[dict[str, Any]]) -> None:
+    """Limits runs several replicas, receives traffic only when /readyz passes, and rolls surge-first."""
+    deployment = named(production_docs, "Deployment", _fullname("limits"))
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    container = _pod_spec(deployment)["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_tollgate_containers_are_locked_down(values: str) -> None:
+    """Every Tollgate container runs non-root, read-only, unprivileged, with only /tmp writable."""
+    docs = documents(ok(helm_template(*VALUE_SETS[values])))
+    workloads = [
+        d
+        for d in by_kind(docs, "Deployment") + by_kind(docs, "Job")
+        if d["metadata"]["labels"].get("app.kubernetes.io/part-of") == "tollgate"
+    ]
+    assert len(workloads) == 5
+    for workload in workloads:
+        pod = _pod_spec(workload)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["automountServiceAccountToken"] is False
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+        for container in _containers(workload):
+            context = container["securityContext"]
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], where
+            assert container["resources"]["requests"], where
+            assert container["resources"]["limits"]["memory"], where
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_chart_never_sets_the_dev_broker_epoch(values: str) -> None:
+    """TOLLGATE_BROKER_EPOCH belongs to the embedded dev broker and appears nowhere in the chart."""
+    assert "TOLLGATE_BROKER_EPOCH" not in ok(helm_template(*VALUE_SETS[values]))
+
+
+def test_production_settings(production_docs: list[dict[str, Any]]) -> None:
+    """Production talks to the external Kafka idempotently and reads every secret from its Secret."""
+    config = named(production_docs, "ConfigMap", "tollgate")["data"]
+    assert config["TOLLGATE_KAFKA_IDEMPOTENT"] == "true"
+    assert config["KAFKA_BOOTSTRAP_SERVERS"].startswith("kafka-0.kafka.example.internal:9092,")
+    assert config["TOLLGATE_LIMITS_URL"] == "http://tollgate-limits:8082"
+    assert config["BILLING_URL"] == "https://billing.example.com"
+    assert config["PUBLISH_INTERVAL"] == "17m"
+    assert not by_kind(production_docs, "Secret"), "existingSecret: the chart owns none"
+    assert not by_kind(production_docs, "StatefulSet"), "no bundled Kafka or PostgreSQL"
+    for service in SERVICES:
+        env = _env(
+            _pod_spec(named(production_docs, "Deployment", _fullname(service)))["containers"][0]
+        )
+        for key in ("DATABASE_URL", "TOLLGATE_EMITTER_TOKENS", "TOLLGATE_ADMIN_TOKENS"):
+            assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "tollgate-secrets"
+        assert ("LICENSE_KEY" in env) == (service == "publisher")
+
+
+def test_default_install_generates_tokens_and_uses_bundled_backends(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    """The default install stores generated tokens and points at the bundled Kafka and PostgreSQL."""
+    secret = named(default_docs, "Secret", "tollgate")
+    for key in ("TOLLGATE_EMITTER_TOKENS", "TOLLGATE_ADMIN_TOKENS"):
+        assert len(base64.b64decode(secret["data"][key])) >= 32
+    config = named(default_docs, "ConfigMap", "tollgate")["data"]
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == "tollgate-kafka:9092"
+    assert config["TOLLGATE_KAFKA_IDEMPOTENT"] == "false"
+    env = _env(_pod_spec(named(default_docs, "Deployment", _fullname("reports")))["containers"][0])
+    assert (
+        env["TOLLGATE_DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+        == "tollgate-postgresql"
+    )
+    assert env["DATABASE_URL"]["value"] == (
+        "postgresql://tollgate:$(TOLLGATE_DATABASE_PASSWORD)@tollgate-postgresql:5432/tollgate"
+    )
+    assert {s["metadata"]["name"] for s in by_kind(default_docs, "StatefulSet")} == {
+        "tollgate-kafka",
+        "tollgate-postgresql",
+    }
+
+
+def test_migration_job_runs_before_changes_with_external_backends(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    """With an external database the migration Job is a pre-install and pre-upgrade hook."""
+    job = named(production_docs, "Job", "tollgate-migrate")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    pod = _pod_spec(job)
+    assert pod["restartPolicy"] == "Never"
+    assert "initContainers" not in pod, "production creates its topics itself"
+    (container,) = pod["containers"]
+    assert container["args"] == ["migrate"]
+    assert (
+        _env(container)["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "tollgate-secrets"
+    )
+
+
+def test_migration_job_waits_for_bundled_backends(default_docs: list[dict[str, Any]]) -> None:
+    """With bundled Kafka and PostgreSQL the Job runs after install, creating topics first."""
+    job = named(default_docs, "Job", "tollgate-migrate")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
+    pod = _pod_spec(job)
+    assert [c["args"] for c in pod["initContainers"]] == [["create-topics"]]
+    assert [c["args"] for c in pod["containers"]] == [["migrate"]]
+
+
+def test_chart_owned_database_url_reaches_the_pre_install_hook() -> None:
+    """A database URL given as a value is in a hook Secret created before the migration Job."""
+    url = "postgresql://tollgate:pw@db:5432/tollgate"
+    docs = documents(ok(helm_template(*EXTERNAL, "--set", f"externalDatabase.url={url}")))
+    hook_secret = named(docs, "Secret", "tollgate-migrate")
+    assert hook_secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0
+    assert base64.b64decode(hook_secret["data"]["DATABASE_URL"]).decode() == url
+    job = named(docs, "Job", "tollgate-migrate")
+    env = _env(_pod_spec(job)["containers"][0])
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "tollgate-migrate"
+    secret = named(docs, "Secret", "tollgate")
+    assert base64.b64decode(secret["data"]["DATABASE_URL"]).decode() == url
+
+
+def test_monitoring_objects_need_the_operator_api(default_docs: list[dict[str, Any]]) -> None:
+    """Without monitoring.coreos.com/v1 the chart renders no ServiceMonitor or PrometheusRule."""
+    assert not [d for d in default_docs if d["kind"] in CUSTOM_RESOURCES]
+    with_api = documents(ok(helm_template("--api-versions", MONITORING_API)))
+    assert sorted(d["kind"] for d in with_api if d["kind"] in CUSTOM_RESOURCES) == sorted(
+        CUSTOM_RESOURCES
+    )
+    switched_off = documents(
+        ok(
+            helm_template(
+                "--api-versions",
+                MONITORING_API,
+                "--set",
+                "metrics.serviceMonitor.enabled=false,metrics.prometheusRule.enabled=false",
+            )
+        )
+    )
+    assert not [d for d in switched_off if d["kind"] in CUSTOM_RESOURCES]
+
+
+def test_service_monitor_scrapes_every_service(production_docs: list[dict[str, Any]]) -> None:
+    """The ServiceMonitor selects each service's Service and scrapes its http port's /metrics."""
+    (monitor,) = by_kind(production_docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == MONITORING_API
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [
+        s
+        for s in by_kind(production_docs, "Service")
+        if selector.items() <= s["metadata"]["labels"].items()
+    ]
+    assert sorted(s["metadata"]["name"] for s in selected) == sorted(map(_fullname, SERVICES))
+    assert all(any(p["name"] == "http" for p in s["spec"]["ports"]) for s in selected)
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http"
+    assert endpoint["path"] == "/metrics"
+    # The services' own `service` label must win over the Service name the scrape would add.
+    assert endpoint["honorLabels"] is True
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["tollgate"]}
+
+
+def test_prometheus_rule_carries_the_rules_file(
+    production_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The PrometheusRule holds exactly deploy/prometheus/rules.yml, and promtool accepts its spec."""
+    (rule,) = by_kind(production_docs, "PrometheusRule")
+    assert rule["apiVersion"] == MONITORING_API
+    assert rule["spec"] == load_yaml(RULES)
+    spec = tmp_path / "spec.yml"
+    write_yaml(spec, rule["spec"])
+    ok(run([tool("promtool"), "check", "rules", spec]))
+
+
+def test_grafana_dashboards_ship_as_sidecar_config_maps(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    """With grafanaDashboards enabled each dashboard is a labelled ConfigMap holding its JSON."""
+    maps = [
+        m
+        for m in by_kind(production_docs, "ConfigMap")
+        if m["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
+    shipped = {key: json.loads(value) for m in maps for key, value in m["data"].items()}
+    assert shipped == {path.name: json.loads(path.read_text()) for path in DASHBOARDS}
+    assert all(m["metadata"]["annotations"] == {"grafana_folder": "Tollgate"} for m in maps)
+
+
+def test_chart_ships_the_same_rules_and_dashboards_as_deploy() -> None:
+    """The chart's files/ and deploy/prometheus, deploy/grafana hold the same content."""
+    pairs = [(RULES, CHART / "files" / "prometheus" / "rules.yml")]
+    pairs += [(path, CHART / "files" / "grafana" / path.name) for path in DASHBOARDS]
+    for deployed, shipped in pairs:
+        assert deployed.read_bytes() == shipped.read_bytes(), f"{deployed} and {shipped} differ"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (("--set", "limits.replicaCount=0"), "limits.replicaCount"),
+        (("--set", "config.logLevel=verbose"), "config.logLevel"),
+        (("--set", "secrets.adminTokens={short}"), "secrets.adminTokens"),
+        (("--set", "ingest.port=80"), "ingest.port"),
+        (("--set", "publisher.publishInterval=soon"), "publisher.publishInterval"),
+        (("--set", "replicas=3"), "replicas"),
+        (("--set", "postgresql.auth.password=p@ss/word"), "postgresql.auth.password"),
+    ],
+)
+def test_schema_rejects_bad_values(values: Sequence[str], message: str) -> None:
+    """values.schema.json turns a mistyped, out-of-range or unknown value into a render error."""
+    assert message in _render_fails(*values)
+
+
+def test_external_kafka_needs_bootstrap_servers() -> None:
+    """Turning the bundled Kafka off without naming an external one fails with the value to set."""
+    stderr = _render_fails("--set", "kafka.enabled=false")
+    assert "externalKafka.bootstrapServers is required" in stderr
+
+
+def test_external_database_needs_a_url_or_secret() -> None:
+    """Turning the bundled PostgreSQL off without a database URL source fails with what to set."""
+    stderr = _render_fails(*EXTERNAL)
+    assert "no database: set externalDatabase.url" in stderr
+    stderr = _render_fails(
+        *EXTERNAL, "--set", "secrets.existingSecret=s,externalDatabase.url=postgresql://db/x"
+    )
+    assert "externalDatabase.url is not used when secrets.existingSecret is set" in stderr
+
+
+def _copy_chart(tmp_path: Path) -> Path:
+    # copytree follows symlinks, so the copy is self-contained.
+    return Path(shutil.copytree(CHART, tmp_path / "tollgate"))
+
+
+def test_a_broken_template_fails_lint_and_render(tmp_path: Path) -> None:
+    """A template error in a copy of the chart makes both `helm lint` and `helm template` fail."""
+    chart = _copy_chart(tmp_path)
+    deployment = chart / "templates" / "deployment.yaml"
+    deployment.write_text(
+        deployment.read_text().replace("{{- end }}\n{{- end }}\n", "{{- end }}\n", 1)
+    )
+    assert run([tool("helm"), "lint", "--strict", chart]).returncode != 0
+    assert helm_template(chart=chart).returncode != 0
+
+
+def test_a_template_rendering_bad_yaml_fails_lint(tmp_path: Path) -> None:
+    """A template that renders malformed YAML fails `helm lint --strict`."""
+    chart = _copy_chart(tmp_path)
+    service = chart / "templates" / "service.yaml"
+    service.write_text(service.read_text().replace("  type: ClusterIP", "type: ClusterIP: x"))
+    result = run([tool("helm"), "lint", "--strict", chart])
+    assert result.returncode != 0
+    assert "YAML" in result.stdout + result.stderr
+
+
+def _notes(tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as `helm install` would print it (helm template does not render it)."""
+    chart = _copy_chart(tmp_path)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-preview.txt")
+    (chart / "templates" / "notes-preview.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-preview\ndata:\n"
+        '  notes: {{ tpl (.Files.Get "notes-preview.txt") . | quote }}\n'
+    )
+    docs = documents(ok(helm_template(*args, chart=chart)))
+    notes: str = named(docs, "ConfigMap", "notes-preview")["data"]["notes"]
+    return notes
+
+
+def test_notes_warn_about_idle_consumer_replicas_and_trial_backends(tmp_path: Path) -> None:
+    """NOTES warn when reports has more replicas than partitions and when bundled backends run."""
+    notes = _notes(tmp_path, "--set", "reports.replicaCount=14")
+    assert "reports has 14 replicas but usage.events has 12 partitions" in notes
+    assert "2 replicas stay idle" in notes
+    assert "bundled single-node Kafka and PostgreSQL are for trying Tollgate out" in notes
+    assert "publisher.billingUrl is empty" in notes
+    assert "http://tollgate-limits.tollgate.svc:8082" in notes
+
+
+def test_notes_stay_quiet_for_production(tmp_path: Path) -> None:
+    """With the production values NOTES carry no warning."""
+    notes = _notes(tmp_path, *VALUE_SETS["production"])
+    assert "WARNING" not in notes
+    assert "NOTE" not in notes
+    assert "come from the Secret tollgate-secrets" in notes
