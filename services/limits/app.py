@@ -136,11 +136,11 @@ class _Wiring:
         status, clock = self.status, self.clock
         producer: AIOKafkaProducer | None = None
         configs = ConfigCache(store, limiter, interval_s=settings.config_refresh_s)
-        common = {"topic": settings.events_topic, "epoch": settings.broker_epoch}
         sink = LimitsSink(
             limiter,
             snapshots,
-            **common,
+            topic=settings.events_topic,
+            epoch=settings.broker_epoch,
             dedup_window_ms=limiter.ledger.dedup_window_ms,
             metrics=metrics,
             status=status,
@@ -149,7 +149,8 @@ class _Wiring:
         snapshotter = Snapshotter(
             limiter,
             snapshots,
-            **common,
+            topic=settings.events_topic,
+            epoch=settings.broker_epoch,
             keep=settings.snapshots_kept,
             metrics=metrics,
             status=status,

@@ -19,7 +19,7 @@ import structlog
 
 from libs.events.models import ChatUsageRecorded
 from libs.service.consumer import Batch
-from services.limits.domain import SNAPSHOT_FORMAT, Ledger, Limiter
+from services.limits.domain import SNAPSHOT_FORMAT, Ledger, LedgerImage, Limiter
 from services.limits.metrics import LimitsMetrics
 from services.limits.storage import Snapshot, SnapshotStore
 
@@ -146,6 +146,11 @@ class LimitsSink:
         ledger.prune(self.limiter.current_periods(self.clock()))
 
 
+def _encode(image: LedgerImage) -> tuple[bytes, bytes]:
+    raw = image.encode()
+    return raw, zlib.compress(raw, _ZLIB_LEVEL)
+
+
 class Snapshotter:
     """Writes the ledger with its positions to the snapshot store."""
 
@@ -178,23 +183,24 @@ class Snapshotter:
             return None
         started = time.perf_counter()
         ledger.prune(self.limiter.current_periods(self.clock()))
-        # Serialised without awaiting, so the state and its positions are one instant.
-        positions = dict(ledger.positions)
-        raw = ledger.dump()
-        applied = ledger.applied
+        # Copied without awaiting, so the state and its positions are one instant; the
+        # encoding and compression then run in a thread while checks go on.
+        image = ledger.image()
         taken_at = self.clock()
-        state = await asyncio.to_thread(zlib.compress, raw, _ZLIB_LEVEL)
+        paused_ms = (time.perf_counter() - started) * 1000
+        raw, state = await asyncio.to_thread(_encode, image)
         saved = await self.store.save(
             Snapshot(
                 topic=self.topic,
                 epoch=self.epoch,
                 format=SNAPSHOT_FORMAT,
-                positions=positions,
-                events_applied=applied,
+                positions=image.positions,
+                events_applied=image.applied,
                 state=state,
             ),
             keep=self.keep,
         )
+        positions = image.positions
         elapsed = time.perf_counter() - started
         self.status.newest_at = taken_at
         self.status.newest_positions = positions
@@ -207,6 +213,7 @@ class Snapshotter:
             compressed_bytes=len(state),
             next_offsets_total=sum(positions.values()),
             seconds=round(elapsed, 3),
+            loop_paused_ms=round(paused_ms, 2),
         )
         return saved
 

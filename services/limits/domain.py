@@ -20,10 +20,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
+import sys
 from array import array
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from itertools import islice
 from operator import itemgetter
 from typing import Any, Final, Literal, NamedTuple
 
@@ -226,36 +229,40 @@ class RecentIds:
     once the log time moves `window_ms` past them, so a resend is recognised for at least
     `window_ms` of log time after the first copy. Eviction happens as the watermark moves,
     never on a timer, so the same records in the same order always give the same answers.
+    Only the watermark's hour takes new ids; earlier hours are closed and kept compact.
     """
 
-    __slots__ = ("buckets", "watermark_ms", "window_hours")
+    __slots__ = ("buckets", "open", "watermark_ms", "window_hours")
 
     def __init__(self, window_ms: int) -> None:
         self.window_hours = max(1, -(-window_ms // _HOUR_MS))
         self.watermark_ms = 0
-        self.buckets: dict[int, set[int]] = {}
+        self.buckets: dict[int, AbstractSet[int]] = {}
+        # The bucket of the watermark's hour, created with its first id.
+        self.open: set[int] | None = None
 
     def add(self, event_id: str, log_ms: int) -> bool:
         """Remember `event_id`; False when it was already seen within the window."""
         if log_ms > self.watermark_ms:
             self._advance(log_ms)
         digest = id_digest(event_id)
-        hour = self.watermark_ms // _HOUR_MS
-        current = self.buckets.get(hour)
-        if current is not None and digest in current:
-            return False
         for bucket in self.buckets.values():
             if digest in bucket:
                 return False
-        if current is None:
-            current = self.buckets[hour] = set()
-        current.add(digest)
+        open_bucket = self.open
+        if open_bucket is None:
+            open_bucket = self.open = set()
+            self.buckets[self.watermark_ms // _HOUR_MS] = open_bucket
+        open_bucket.add(digest)
         return True
 
     def _advance(self, log_ms: int) -> None:
         old_hour = self.watermark_ms // _HOUR_MS
         self.watermark_ms = log_ms
         if log_ms // _HOUR_MS != old_hour:
+            if self.open is not None:
+                self.buckets[old_hour] = _compact(self.open)
+                self.open = None
             self._evict()
 
     def _evict(self) -> None:
@@ -266,27 +273,29 @@ class RecentIds:
     def __len__(self) -> int:
         return sum(len(b) for b in self.buckets.values())
 
-    def dump(self) -> dict[str, Any]:
-        """A compact JSON-able form: digests as base64 of little-endian uint64 arrays."""
-        return {
-            "watermark_ms": self.watermark_ms,
-            "buckets": {
-                hour: base64.b64encode(array("Q", ids).tobytes()).decode()
-                for hour, ids in self.buckets.items()
-            },
-        }
-
     @classmethod
     def load(cls, doc: Mapping[str, Any], window_ms: int) -> RecentIds:
         """Rebuild from `dump()`; a shorter window than the snapshot's evicts at once."""
         recent = cls(window_ms)
         recent.watermark_ms = int(doc["watermark_ms"])
-        for hour, encoded in doc["buckets"].items():
+        open_hour = recent.watermark_ms // _HOUR_MS
+        for hour_text, encoded in doc["buckets"].items():
             ids = array("Q")
             ids.frombytes(base64.b64decode(encoded))
-            recent.buckets[int(hour)] = set(ids)
+            hour = int(hour_text)
+            if hour == open_hour:
+                recent.open = set(ids)
+                recent.buckets[hour] = recent.open
+            else:
+                recent.buckets[hour] = _compact(set(ids))
         recent._evict()
         return recent
+
+
+def _compact(ids: set[int]) -> AbstractSet[int]:
+    # A set grown one id at a time can be mostly empty slots; a frozenset copy is sized to fit.
+    frozen = frozenset(ids)
+    return frozen if sys.getsizeof(frozen) < sys.getsizeof(ids) else ids
 
 
 # -- the ledger ------------------------------------------------------------------------------
@@ -382,15 +391,23 @@ class Ledger:
     def _group(self, event: GroupUpdated, partition: int, offset: int) -> Outcome:
         data = event.data
         order: GroupOrder = (int(event.occurred_at.timestamp() * 1000), partition, offset)
-        known = self.groups.get(data.group_id)
-        if known is not None and known[0] > order:
+        if not self.set_group(data.group_id, data.member_ids, order):
             return "stale"
         self.applied += 1
-        old = known[1] if known is not None else frozenset()
-        new = frozenset(data.member_ids)
-        self.groups[data.group_id] = (order, new)
-        self._set_memberships(data.group_id, old, new)
         return "group"
+
+    def set_group(
+        self, group_id: str, member_ids: Iterable[str], order: GroupOrder = (0, 0, 0)
+    ) -> bool:
+        """Make `member_ids` the group's members unless a newer list (by `order`) is in force."""
+        known = self.groups.get(group_id)
+        if known is not None and known[0] > order:
+            return False
+        old = known[1] if known is not None else frozenset()
+        new = frozenset(member_ids)
+        self.groups[group_id] = (order, new)
+        self._set_memberships(group_id, old, new)
+        return True
 
     def _set_memberships(self, group_id: str, old: frozenset[str], new: frozenset[str]) -> None:
         user_groups = self.user_groups
@@ -436,22 +453,34 @@ class Ledger:
 
     # -- snapshots ---------------------------------------------------------------------------
 
+    def image(self) -> LedgerImage:
+        """A copy consistent at this instant, cheap enough to take on the event loop.
+
+        Only what keeps changing is copied (spend buckets, the open hour of ids, the
+        per-model times); closed hours of ids and group member sets never change and are
+        shared. Encoding the image (`LedgerImage.encode`) can then run in a thread.
+        """
+        return LedgerImage(
+            positions=dict(self.positions),
+            applied=self.applied,
+            floors=list(self.floors),
+            spend=tuple(
+                {key: bucket.copy() for key, bucket in kind.items()} for kind in self.spend
+            ),
+            groups=dict(self.groups),
+            models={m: list(times) for m, times in self.models.items()},
+            recent={
+                partition: (
+                    r.watermark_ms,
+                    {hour: set(ids) if ids is r.open else ids for hour, ids in r.buckets.items()},
+                )
+                for partition, r in self.recent.items()
+            },
+        )
+
     def dump(self) -> bytes:
         """The whole ledger as compact JSON (see `load`)."""
-        doc = {
-            "format": SNAPSHOT_FORMAT,
-            "positions": self.positions,
-            "applied": self.applied,
-            "floors": self.floors,
-            "spend": list(self.spend),
-            "groups": {
-                group: [order[0], order[1], order[2], sorted(members)]
-                for group, (order, members) in self.groups.items()
-            },
-            "models": self.models,
-            "recent": {p: r.dump() for p, r in self.recent.items()},
-        }
-        return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+        return self.image().encode()
 
     @classmethod
     def load(cls, raw: bytes, *, dedup_window_ms: int = 48 * _HOUR_MS) -> Ledger:
@@ -467,14 +496,84 @@ class Ledger:
             {int(key): dict(bucket) for key, bucket in kind.items()} for kind in doc["spend"]
         )
         for group, (occurred_ms, partition, offset, members) in doc["groups"].items():
-            new = frozenset(members)
-            ledger.groups[group] = ((occurred_ms, partition, offset), new)
-            ledger._set_memberships(group, frozenset(), new)
+            ledger.set_group(group, members, (occurred_ms, partition, offset))
         ledger.models = {m: [int(u), int(p)] for m, (u, p) in doc["models"].items()}
         ledger.recent = {
             int(p): RecentIds.load(r, dedup_window_ms) for p, r in doc["recent"].items()
         }
         return ledger
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerImage:
+    """A ledger's state at one instant, detached from the live ledger, ready to encode."""
+
+    positions: dict[int, int]
+    applied: int
+    floors: list[int]
+    spend: tuple[dict[int, dict[str, int]], ...]
+    groups: dict[str, tuple[GroupOrder, frozenset[str]]]
+    models: dict[str, list[int]]
+    recent: dict[int, tuple[int, dict[int, AbstractSet[int]]]]
+
+    def encode(self) -> bytes:
+        """Compact JSON, built in pieces so that no single step holds the GIL for long.
+
+        It runs in a thread beside the event loop, and the loop waits for whichever C call
+        holds the GIL: big maps are therefore written in chunks.
+        """
+        spend = b",".join(
+            b"{" + b",".join(b'"%d":' % key + _dump_map(b) for key, b in kind.items()) + b"}"
+            for kind in self.spend
+        )
+        groups = b",".join(
+            _dumps(group) + b":" + _dumps([order[0], order[1], order[2], list(members)])
+            for group, (order, members) in self.groups.items()
+        )
+        recent = {
+            partition: {
+                "watermark_ms": watermark_ms,
+                "buckets": {
+                    hour: base64.b64encode(array("Q", ids).tobytes()).decode()
+                    for hour, ids in buckets.items()
+                },
+            }
+            for partition, (watermark_ms, buckets) in self.recent.items()
+        }
+        return b"".join(
+            (
+                b'{"format":%d,"applied":%d,"positions":' % (SNAPSHOT_FORMAT, self.applied),
+                _dumps(self.positions),
+                b',"floors":',
+                _dumps(self.floors),
+                b',"spend":[',
+                spend,
+                b'],"groups":{',
+                groups,
+                b'},"models":',
+                _dumps(self.models),
+                b',"recent":',
+                _dumps(recent),
+                b"}",
+            )
+        )
+
+
+_CHUNK: Final = 20_000
+
+
+def _dump_map(mapping: Mapping[str, int]) -> bytes:
+    if len(mapping) <= _CHUNK:
+        return _dumps(mapping)
+    items = iter(mapping.items())
+    chunks = []
+    while chunk := dict(islice(items, _CHUNK)):
+        chunks.append(_dumps(chunk)[1:-1])
+    return b"{" + b",".join(chunks) + b"}"
+
+
+def _dumps(value: object) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 # -- answering checks ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ so dashboards aggregate these with `max`, never `sum`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -31,19 +32,37 @@ CHECK_BUCKETS = (
 
 
 class TopUsers(Collector):
-    """`tollgate_limits_top_user_spend_micros{user_id}`: a bounded top list, read at scrape."""
+    """`tollgate_limits_top_user_spend_micros{user_id}`: a bounded top list, read at scrape.
 
-    def __init__(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
+    Finding the top spenders walks every user of the period, so the answer is reused for
+    `max_age_s` however many scrapers ask.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], Iterable[tuple[str, int]]],
+        *,
+        max_age_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.source = source
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._cached: list[tuple[str, int]] = []
+        self._at: float | None = None
 
     def collect(self) -> Iterable[Metric]:
         """One gauge per top spender of the current limit period."""
+        now = self.clock()
+        if self._at is None or now - self._at >= self.max_age_s:
+            self._cached = list(self.source())
+            self._at = now
         family = GaugeMetricFamily(
             "tollgate_limits_top_user_spend_micros",
             "Spend of the highest-spending users in the current limit period (bounded list)",
             labels=["user_id"],
         )
-        for user_id, spent in self.source():
+        for user_id, spent in self._cached:
             family.add_metric([user_id], spent)
         yield family
 

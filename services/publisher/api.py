@@ -55,9 +55,10 @@ def _message(settings: PublisherSettings, status: QueueStatus) -> str:
         )
     health = status.health
     if health.consecutive_failures:
+        kept = "events are kept and retried" if status.pending else "nothing is pending"
         return (
             f"failing: {health.consecutive_failures} consecutive failed requests "
-            f"({health.last_error_cause}); events are kept and retried"
+            f"({health.last_error_cause}); {kept}"
         )
     if health.last_success_at is None:
         return "configured; nothing sent yet"

@@ -56,7 +56,7 @@ async def _http_client(
         return None
     session = await stack.enter_async_context(aiohttp.ClientSession())
     log.info(
-        "publisher configured",
+        "publisher_configured",
         billing_url=settings.public_billing_url,
         deployment_id=deployment_id,
         queue=settings.queue,

@@ -59,9 +59,9 @@ class PublisherSettings(CommonSettings):
     )
     gauge_refresh: Duration = Field(timedelta(seconds=5), alias="TOLLGATE_PUBLISHER_GAUGE_REFRESH")
 
-    _blanks = field_validator("billing_url", "license_key", "deployment_id", mode="before")(
-        _blank_is_none
-    )
+    _blanks = field_validator(
+        "billing_url", "license_key", "deployment_id", "first_delay", mode="before"
+    )(_blank_is_none)
 
     @field_validator("billing_url")
     @classmethod
@@ -140,6 +140,8 @@ class PublisherSettings(CommonSettings):
             return None
         parts = urlsplit(self.billing_url)
         host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
         if parts.port:
             host = f"{host}:{parts.port}"
         return urlunsplit((parts.scheme, host, parts.path, "", ""))

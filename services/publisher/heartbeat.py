@@ -54,7 +54,7 @@ class SeatHeartbeat:
         if count is not None:
             self.metrics.heartbeat_seats.set(count)
             log.info(
-                "ai seats heartbeat queued",
+                "ai_seats_heartbeat_queued",
                 id=heartbeat_id(bucket),
                 bucket_start=rfc3339(bucket),
                 count=count,
@@ -69,5 +69,9 @@ class SeatHeartbeat:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("ai seats heartbeat failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(self.check_every.total_seconds())
+                log.warning("ai_seats_heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+            # Until the bucket is done (consumer still catching up, a failed check), look again
+            # within a second instead of a whole check period.
+            waiting = self._done != heartbeat_bucket(self.clock())
+            pause = self.check_every.total_seconds()
+            await asyncio.sleep(min(pause, 1.0) if waiting else pause)

@@ -105,8 +105,13 @@ class HttpBillingClient:
         """POST `{"events": [...]}`; any transport problem, 4xx/5xx or bad body is a SendError."""
         body = orjson.dumps({"events": list(events)}, option=orjson.OPT_UTC_Z)
         try:
+            # A redirect would turn the POST into something else: report it instead.
             async with self.session.post(
-                self.url, data=body, headers=self.headers, timeout=self.timeout
+                self.url,
+                data=body,
+                headers=self.headers,
+                timeout=self.timeout,
+                allow_redirects=False,
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -203,7 +208,7 @@ class Sender:
             except Exception as exc:
                 # The database is the likely culprit; the next cycle tries again.
                 self._log.warning(
-                    "publish cycle failed; retrying next cycle",
+                    "publish_cycle_failed",
                     cause="database",
                     error=f"{type(exc).__name__}: {exc}",
                 )
@@ -281,7 +286,7 @@ class Sender:
             await self.queue.discard(refused, claimant=self.claimant)
             self._record(refused, result)
             self._log.error(
-                "usage events refused locally", count=len(refused), first=refused[0].message
+                "usage_events_refused_locally", count=len(refused), first=refused[0].message
             )
         if not sent:
             return bool(refused)
@@ -312,7 +317,7 @@ class Sender:
         retries = [o for o in outcomes if o.kind == "retry"]
         if retries:
             self._log.info(
-                "usage events to retry later",
+                "usage_events_retry_later",
                 count=len(retries),
                 temporarily_rejected=sum(1 for o in retries if o.rejected),
                 first=retries[0].message,

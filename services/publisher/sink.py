@@ -137,12 +137,14 @@ class BillingSink:
         host: str = "127.0.0.1",
         port: int = 8090,
         control_port: int | None = None,
+        control_port_optional: bool = False,
         license_key: str | None = None,
         max_records: int = 50_000,
     ) -> None:
         self.host = host
         self.port = port
         self.control_port = control_port
+        self.control_port_optional = control_port_optional
         self.license_key = license_key
         self.max_records = max_records
         self.state = SinkState()
@@ -174,8 +176,17 @@ class BillingSink:
             self._control_runner = web.AppRunner(self._app(ingest=False), access_log=None)
             await self._control_runner.setup()
             site = web.TCPSite(self._control_runner, self.host, self.control_port)
-            await site.start()
-        log.info("billing sink listening", url=self.url, control_url=self.control_url)
+            try:
+                await site.start()
+            except OSError as exc:
+                if not self.control_port_optional:
+                    raise
+                # The default control port (port + 1) is taken: run without one.
+                log.warning(
+                    "billing_sink_without_control_port", port=self.control_port, error=str(exc)
+                )
+                self.control_port = None
+        log.info("billing_sink_listening", url=self.url, control_url=self.control_url)
 
     async def stop(self) -> None:
         """Stop both listeners and release every held request."""
@@ -251,7 +262,7 @@ class BillingSink:
                 duration_s, lambda: loop.create_task(self.set_mode("ok"))
             )
         log.info(
-            "billing sink mode", mode=mode, status=status, delay_s=delay_s, duration_s=duration_s
+            "billing_sink_mode", mode=mode, status=status, delay_s=delay_s, duration_s=duration_s
         )
 
     def add_rules(
@@ -547,7 +558,7 @@ async def _serve(sink: BillingSink) -> None:
         await stop.wait()
     finally:
         await sink.stop()
-        log.info("billing sink stopped")
+        log.info("billing_sink_stopped")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -562,6 +573,7 @@ def main(argv: Sequence[str]) -> int:
         host=args.host,
         port=args.port,
         control_port=control or None,
+        control_port_optional=args.control_port is None,
         license_key=args.license_key,
         max_records=args.max_records,
     )

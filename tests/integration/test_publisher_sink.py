@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -46,12 +47,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def ingest(
     http: aiohttp.ClientSession, sink: BillingSink, events: list[dict[str, object]]
-) -> tuple[int, dict[str, object]]:
+) -> tuple[int, dict[str, Any]]:
     """POST a batch and return the status and body."""
     async with http.post(
         f"{sink.url}/api/v1/events/ingest", json={"events": events}, headers=HEADERS
     ) as resp:
-        return resp.status, await resp.json()
+        body: dict[str, Any] = await resp.json()
+        return resp.status, body
 
 
 async def test_sink_accepts_deduplicates_and_records_every_request(

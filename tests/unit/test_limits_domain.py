@@ -456,3 +456,22 @@ def test_replaying_the_tail_from_any_snapshot_gives_the_same_totals(
     # A crash after applying but before the snapshot: some events come again.
     fold(resumed, events[max(0, split - overlap) :])
     assert totals(Limiter(resumed)) == totals(Limiter(straight))
+
+
+def test_snapshot_image_is_detached_and_large_buckets_round_trip() -> None:
+    """An image is unaffected by later events, and buckets bigger than one encoding chunk survive."""
+    ledger = Ledger()
+    for n in range(25_000):
+        ledger.add_spend(f"user-{n}", n + 1, NOW)
+    ledger.apply(chat("e1", "user-1", 5), partition=0, offset=0, log_ms=NOW_MS)
+    image = ledger.image()
+    ledger.add_spend("user-1", 1_000, NOW)
+    ledger.apply(chat("e2", "user-2", 5), partition=0, offset=1, log_ms=NOW_MS)
+    loaded = Ledger.load(image.encode())
+    assert month_total(loaded, "user-1") == 2 + 5
+    assert month_total(loaded, "user-24999") == 25_000
+    assert len(loaded.spend[MONTH][period_key("month", NOW)]) == 25_000
+    assert loaded.apply(chat("e2", "user-2", 5), partition=0, offset=1, log_ms=NOW_MS) == "spend"
+    assert (
+        loaded.apply(chat("e1", "user-1", 5), partition=0, offset=2, log_ms=NOW_MS) == "duplicate"
+    )

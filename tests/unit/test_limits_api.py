@@ -1,0 +1,535 @@
+"""The limits HTTP contract against in-memory stores and a hand-fed log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from libs.events.models import ChatUsage, ChatUsageRecorded, DirectoryGroup, Event, GroupUpdated
+from libs.service.consumer import Batch, Consumed
+from services.limits.app import SINK, SNAPSHOTTER, build_app
+from services.limits.config import LimitsSettings
+from services.limits.consumer import LimitsSink
+from services.limits.storage import InMemoryConfigStore, InMemorySnapshotStore
+
+EMITTER = {"Authorization": "Bearer emit"}
+ADMIN = {"Authorization": "Bearer admin"}
+NOW = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)
+
+
+class ManualFeed:
+    """Stands in for the consumer loop: restores like it, then waits to be fed batches."""
+
+    def __init__(self, sink: LimitsSink) -> None:
+        self.sink = sink
+        self.caught_up = asyncio.Event()
+
+    async def run(self) -> None:
+        """Load positions as the loop does, then idle."""
+        await self.sink.load_positions(range(12))
+        await asyncio.Event().wait()
+
+
+@dataclass
+class Harness:
+    """The app on fakes, with helpers to feed events and read metrics."""
+
+    client: TestClient[web.Request, web.Application]
+    app: web.Application
+    registry: CollectorRegistry
+    config_store: InMemoryConfigStore
+    snapshots: InMemorySnapshotStore
+    feeds: list[ManualFeed]
+    offsets: dict[int, int] = field(default_factory=dict)
+
+    async def feed(self, *events: Event, partition: int = 0) -> None:
+        """Apply events as one batch read from `partition`."""
+        consumed = []
+        for event in events:
+            offset = self.offsets.get(partition, 0)
+            consumed.append(Consumed(event, partition, offset, int(NOW.timestamp() * 1000)))
+            self.offsets[partition] = offset + 1
+        await self.app[SINK].apply(Batch(events=consumed, positions=dict(self.offsets)))
+
+    def caught_up(self) -> None:
+        """Mark the log as read to its end."""
+        self.feeds[0].caught_up.set()
+
+    async def configure(
+        self, *, enabled: bool = True, period: str = "month", default: int | None = 1_000_000
+    ) -> None:
+        """PUT the configuration."""
+        body = {"enabled": enabled, "period": period, "default_limit_micros": default}
+        resp = await self.client.put("/api/v1/limits/config", json=body, headers=ADMIN)
+        assert resp.status == 200, await resp.text()
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample's value (0 when absent)."""
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def spend(
+    event_id: str, user: str, cost: int | None, *, purpose: str = "chat"
+) -> ChatUsageRecorded:
+    """A chat usage event at NOW."""
+    return ChatUsageRecorded(
+        id=event_id,
+        occurred_at=NOW,
+        user_id=user,
+        data=ChatUsage.model_validate(
+            {
+                "chat_id": "c",
+                "message_id": f"m-{event_id}",
+                "model": "sonnet",
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cost_micros": cost,
+                "purpose": purpose,
+            }
+        ),
+    )
+
+
+def group(event_id: str, group_id: str, members: Sequence[str]) -> GroupUpdated:
+    """A group membership event at NOW."""
+    return GroupUpdated(
+        id=event_id,
+        occurred_at=NOW,
+        data=DirectoryGroup(group_id=group_id, name=group_id, member_ids=tuple(members)),
+    )
+
+
+@pytest.fixture
+async def limits() -> AsyncIterator[Harness]:
+    """A limits app on fakes whose clock reads NOW."""
+    settings = LimitsSettings(
+        DATABASE_URL="postgresql://unused",
+        TOLLGATE_EMITTER_TOKENS="emit",
+        TOLLGATE_ADMIN_TOKENS="admin",
+        TOLLGATE_EVENTS_TOPIC="t.events",
+        TOLLGATE_BROKER_EPOCH="epoch-1",
+    )
+    registry = CollectorRegistry()
+    config_store, snapshots = InMemoryConfigStore(), InMemorySnapshotStore()
+    feeds: list[ManualFeed] = []
+
+    def make_feed(sink: LimitsSink) -> ManualFeed:
+        feeds.append(ManualFeed(sink))
+        return feeds[-1]
+
+    app = build_app(
+        settings,
+        config_store=config_store,
+        snapshot_store=snapshots,
+        feed=make_feed,
+        registry=registry,
+        clock=NOW.timestamp,
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield Harness(client, app, registry, config_store, snapshots, feeds)
+    finally:
+        await client.close()
+
+
+async def check(
+    h: Harness, user: str, headers: dict[str, str] = EMITTER
+) -> tuple[int, dict[str, object]]:
+    """POST a check; (status, body)."""
+    resp = await h.client.post("/api/v1/limits/check", json={"user_id": user}, headers=headers)
+    body = await resp.json()
+    assert isinstance(body, dict)
+    return resp.status, body
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+async def test_check_over_the_default_is_409_with_every_field(limits: Harness) -> None:
+    """Spend reaching the $1 default blocks with the contract's 409 body and the month's reset."""
+    limits.caught_up()
+    await limits.configure(default=1_000_000)
+    await limits.feed(spend("e1", "ann", 600_000), spend("e2", "ann", 400_000))
+    status, body = await check(limits, "ann")
+    assert status == 409
+    assert body == {
+        "allowed": False,
+        "message": "Chat usage limit exceeded.",
+        "detail": None,
+        "limited": True,
+        "limit_micros": 1_000_000,
+        "spent_micros": 1_000_000,
+        "remaining_micros": 0,
+        "period": "month",
+        "period_start": "2026-11-01T00:00:00Z",
+        "resets_at": "2026-12-01T00:00:00Z",
+        "source": "default",
+        "group_id": None,
+    }
+
+
+async def test_group_limit_409_names_the_group(limits: Harness) -> None:
+    """A member over the lowest of their groups' limits is blocked with `source: group` and its id."""
+    limits.caught_up()
+    await limits.configure(default=1_000_000)
+    for gid, limit in (("g-high", 300_000), ("g-low", 200_000)):
+        resp = await limits.client.put(
+            f"/api/v1/limits/overrides/groups/{gid}", json={"limit_micros": limit}, headers=ADMIN
+        )
+        assert resp.status == 200
+        assert (await resp.json())["group_id"] == gid
+    await limits.feed(group("m1", "g-high", ["bob"]), group("m2", "g-low", ["bob", "cy"]))
+    await limits.feed(spend("e1", "bob", 250_000), partition=1)
+    status, body = await check(limits, "bob")
+    assert status == 409
+    assert (body["source"], body["group_id"], body["limit_micros"]) == ("group", "g-low", 200_000)
+    status, body = await check(limits, "cy")
+    assert (status, body["remaining_micros"]) == (200, 200_000)
+
+
+async def test_user_override_lets_a_blocked_user_through_at_once(limits: Harness) -> None:
+    """Raising a blocked user's limit with an override allows their next check immediately."""
+    limits.caught_up()
+    await limits.configure(default=100)
+    await limits.feed(spend("e1", "ann", 150))
+    assert (await check(limits, "ann"))[0] == 409
+    resp = await limits.client.put(
+        "/api/v1/limits/overrides/users/ann", json={"limit_micros": 5_000_000}, headers=ADMIN
+    )
+    assert resp.status == 200
+    override = await resp.json()
+    assert (override["user_id"], override["limit_micros"]) == ("ann", 5_000_000)
+    status, body = await check(limits, "ann")
+    assert (status, body["source"], body["remaining_micros"]) == (200, "user", 4_999_850)
+    resp = await limits.client.delete("/api/v1/limits/overrides/users/ann", headers=ADMIN)
+    assert resp.status == 204
+    assert (await check(limits, "ann"))[0] == 409
+    resp = await limits.client.delete("/api/v1/limits/overrides/users/ann", headers=ADMIN)
+    assert resp.status == 404
+    assert "ann" in (await resp.json())["message"]
+
+
+async def test_disabled_unknown_and_unlimited_users_are_allowed(limits: Harness) -> None:
+    """Disabled limits answer `limited: false`; a user never seen is allowed with nothing spent."""
+    limits.caught_up()
+    await limits.configure(enabled=False, default=1)
+    await limits.feed(spend("e1", "ann", 99))
+    status, body = await check(limits, "ann")
+    assert (status, body["allowed"], body["limited"], body["spent_micros"]) == (
+        200,
+        True,
+        False,
+        99,
+    )
+    assert (body["source"], body["limit_micros"], body["remaining_micros"]) == ("none", None, None)
+    await limits.configure(enabled=True, default=None)
+    assert (await check(limits, "ann"))[1]["limited"] is False
+    await limits.configure(enabled=True, default=50)
+    status, body = await check(limits, "new-user")
+    assert (status, body["spent_micros"], body["remaining_micros"]) == (200, 0, 50)
+
+
+async def test_title_usage_and_duplicates_do_not_count(limits: Harness) -> None:
+    """Title generation and a resent event id add nothing to what a check reports."""
+    limits.caught_up()
+    await limits.configure(default=1_000)
+    await limits.feed(spend("t", "ann", 5_000, purpose="title"), spend("e", "ann", 10))
+    await limits.feed(spend("e", "ann", 10))
+    assert (await check(limits, "ann"))[1]["spent_micros"] == 10
+    assert limits.metric("tollgate_limits_duplicate_events_total") == 1
+
+
+async def test_status_reports_the_contract_fields(limits: Harness) -> None:
+    """Status shows whether a limit applies, the limit, the spend and the period's bounds."""
+    limits.caught_up()
+    await limits.configure(period="week", default=700)
+    await limits.feed(spend("e", "ann", 20))
+    resp = await limits.client.get("/api/v1/limits/status/ann", headers=EMITTER)
+    assert resp.status == 200
+    assert await resp.json() == {
+        "is_limited": True,
+        "period": "week",
+        "limit_micros": 700,
+        "spent_micros": 20,
+        "period_start": "2026-11-16T00:00:00Z",
+        "period_end": "2026-11-23T00:00:00Z",
+    }
+
+
+async def test_checks_wait_for_the_log_to_be_read(limits: Harness) -> None:
+    """Until the replica has caught up, checks answer 503 with Retry-After and readiness fails."""
+    await limits.configure()
+    resp = await limits.client.post(
+        "/api/v1/limits/check", json={"user_id": "ann"}, headers=EMITTER
+    )
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    ready = await limits.client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"] == {"log": "failing", "config": "ok"}
+    assert limits.metric("tollgate_limits_ready") == 0
+    limits.caught_up()
+    assert (await limits.client.get("/readyz")).status == 200
+    assert limits.metric("tollgate_limits_ready") == 1
+    assert (await check(limits, "ann"))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "user_id: Field required"),
+        ({"user_id": 7}, "user_id: Input should be a valid string"),
+        ({"user_id": ""}, "user_id: must be 1 to 128 characters"),
+        ({"user_id": "a", "chat": 1}, "body: unknown field(s) 'chat'"),
+        ([], "body: expected an object"),
+    ],
+)
+async def test_bad_check_bodies_are_422_naming_the_field(
+    limits: Harness, body: object, message: str
+) -> None:
+    """A malformed check gets a 422 whose message names the field."""
+    limits.caught_up()
+    resp = await limits.client.post("/api/v1/limits/check", json=body, headers=EMITTER)
+    assert resp.status == 422
+    assert (await resp.json())["message"].startswith(message)
+
+
+async def test_tokens_decide_who_may_check_and_who_may_configure(limits: Harness) -> None:
+    """Checks need a token; configuration needs an admin token."""
+    limits.caught_up()
+    resp = await limits.client.post("/api/v1/limits/check", json={"user_id": "a"})
+    assert resp.status == 401
+    resp = await limits.client.get("/api/v1/limits/config", headers=EMITTER)
+    assert resp.status == 403
+    resp = await limits.client.put(
+        "/api/v1/limits/overrides/users/a", json={"limit_micros": 1}, headers=EMITTER
+    )
+    assert resp.status == 403
+    assert (await check(limits, "a", ADMIN))[0] == 200
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+async def test_config_view_lists_overrides_and_unpriced_models(limits: Harness) -> None:
+    """GET shows the settings, every override and the models seen without a price."""
+    limits.caught_up()
+    await limits.configure(period="day", default=None)
+    await limits.client.put(
+        "/api/v1/limits/overrides/users/u1", json={"limit_micros": 5}, headers=ADMIN
+    )
+    await limits.client.put(
+        "/api/v1/limits/overrides/groups/g1", json={"limit_micros": 7}, headers=ADMIN
+    )
+    unpriced = spend("e1", "u1", None).model_copy(
+        update={"data": spend("e1", "u1", None).data.model_copy(update={"model": "mystery"})}
+    )
+    await limits.feed(unpriced)
+    resp = await limits.client.get("/api/v1/limits/config", headers=ADMIN)
+    assert resp.status == 200
+    view = await resp.json()
+    assert (view["enabled"], view["period"], view["default_limit_micros"]) == (True, "day", None)
+    assert (view["unpriced_model_count"], view["unpriced_models"]) == (1, ["mystery"])
+    assert [(o["user_id"], o["limit_micros"]) for o in view["user_overrides"]] == [("u1", 5)]
+    assert [(o["group_id"], o["limit_micros"]) for o in view["group_overrides"]] == [("g1", 7)]
+    assert view["updated_at"].endswith("Z")
+    # What GET returned can be PUT back: the read-only fields are ignored.
+    view["period"] = "month"
+    resp = await limits.client.put("/api/v1/limits/config", json=view, headers=ADMIN)
+    assert resp.status == 200
+    assert (await resp.json())["period"] == "month"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"enabled": True, "period": "month", "default_limit_micros": 0},
+            "default_limit_micros: Input should be greater than 0",
+        ),
+        (
+            {"enabled": True, "period": "month", "default_limit_micros": -5},
+            "default_limit_micros: Input should be greater than 0",
+        ),
+        (
+            {"enabled": True, "period": "month", "default_limit_micros": 1.5},
+            "default_limit_micros: Input should be a valid integer",
+        ),
+        (
+            {"enabled": True, "period": "year", "default_limit_micros": None},
+            "period: Input should be 'day', 'week' or 'month'",
+        ),
+        (
+            {"enabled": "yes", "period": "month", "default_limit_micros": None},
+            "enabled: Input should be a valid boolean",
+        ),
+        ({"enabled": True, "period": "month"}, "default_limit_micros: Field required"),
+        (
+            {"enabled": True, "period": "month", "default_limit_micros": None, "limit": 1},
+            "limit: Extra inputs are not permitted",
+        ),
+    ],
+)
+async def test_invalid_config_is_422_naming_the_field(
+    limits: Harness, body: dict[str, object], message: str
+) -> None:
+    """Limits must be positive integers, periods known, fields present and known."""
+    resp = await limits.client.put("/api/v1/limits/config", json=body, headers=ADMIN)
+    assert resp.status == 422
+    assert (await resp.json())["message"] == message
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            "/api/v1/limits/overrides/users/u",
+            {"limit_micros": 0},
+            "limit_micros: Input should be greater than 0",
+        ),
+        (
+            "/api/v1/limits/overrides/groups/g",
+            {"limit_micros": "5"},
+            "limit_micros: Input should be a valid integer",
+        ),
+        ("/api/v1/limits/overrides/groups/g", {}, "limit_micros: Field required"),
+        (
+            f"/api/v1/limits/overrides/users/{'x' * 129}",
+            {"limit_micros": 1},
+            "user_id: must be 1 to 128 characters",
+        ),
+    ],
+)
+async def test_invalid_override_is_422_naming_the_field(
+    limits: Harness, path: str, body: dict[str, object], message: str
+) -> None:
+    """An override needs a positive integer limit and a sensible id."""
+    resp = await limits.client.put(path, json=body, headers=ADMIN)
+    assert resp.status == 422
+    assert (await resp.json())["message"] == message
+
+
+async def test_config_store_down_is_503_while_checks_keep_answering(limits: Harness) -> None:
+    """With the database down, admin calls get 503 and checks still answer from memory."""
+    limits.caught_up()
+    await limits.configure(default=10)
+    limits.config_store.down = True
+    resp = await limits.client.put(
+        "/api/v1/limits/overrides/users/u", json={"limit_micros": 1}, headers=ADMIN
+    )
+    assert resp.status == 503
+    assert "Retry-After" in resp.headers
+    assert (await limits.client.get("/api/v1/limits/config", headers=ADMIN)).status == 503
+    assert (await check(limits, "u"))[0] == 200
+
+
+async def test_a_change_made_elsewhere_arrives_with_the_next_poll(limits: Harness) -> None:
+    """A change written by another replica is in force here after one refresh interval."""
+    limits.caught_up()
+    await limits.configure(default=10)
+    await limits.config_store.put_override("user", "far", 99)
+
+    async def seen() -> bool:
+        return (await check(limits, "far"))[1]["limit_micros"] == 99
+
+    for _ in range(40):
+        if await seen():
+            break
+        await asyncio.sleep(0.05)
+    assert await seen()
+
+
+# -- metrics, snapshots, docs ----------------------------------------------------------------
+
+
+async def test_metrics_count_checks_spend_and_users(limits: Harness) -> None:
+    """Checks by result, their latency, spend by model, users tracked and top spenders are exported."""
+    limits.caught_up()
+    await limits.configure(default=100)
+    await limits.feed(spend("e1", "big", 150), spend("e2", "small", 5))
+    await check(limits, "big")
+    await check(limits, "small")
+    await limits.configure(enabled=False)
+    await check(limits, "small")
+    for result in ("blocked", "allowed", "unlimited"):
+        assert limits.metric("tollgate_limit_checks_total", {"result": result}) == 1
+    assert limits.metric("tollgate_limit_check_duration_seconds_count") == 3
+    assert limits.metric("tollgate_limits_spend_micros_total", {"model": "sonnet"}) == 155
+    assert limits.metric("tollgate_limits_events_applied_total") == 2
+    assert limits.metric("tollgate_limits_users_tracked") == 2
+    assert limits.metric("tollgate_limits_top_user_spend_micros", {"user_id": "big"}) == 150
+    assert limits.metric("tollgate_limits_dedup_ids") == 2
+    text = await (await limits.client.get("/metrics")).text()
+    assert "tollgate_limits_snapshot_age_seconds" in text
+
+
+async def test_snapshot_written_then_restored_by_a_new_replica(limits: Harness) -> None:
+    """A snapshot carries spend and positions; a replica starting later resumes from it."""
+    limits.caught_up()
+    await limits.configure(default=1_000)
+    await limits.feed(spend("e1", "ann", 300), partition=4)
+    saved = await limits.app[SNAPSHOTTER].take()
+    assert saved is not None
+    assert saved.positions == {4: 1}
+    assert await limits.app[SNAPSHOTTER].take() is None  # nothing moved since
+    assert limits.metric("tollgate_limits_snapshot_age_seconds") == 0
+
+    settings = LimitsSettings(
+        DATABASE_URL="postgresql://unused",
+        TOLLGATE_EMITTER_TOKENS="emit",
+        TOLLGATE_EVENTS_TOPIC="t.events",
+        TOLLGATE_BROKER_EPOCH="epoch-1",
+    )
+    feeds: list[ManualFeed] = []
+
+    def make_feed(sink: LimitsSink) -> ManualFeed:
+        feeds.append(ManualFeed(sink))
+        return feeds[-1]
+
+    app = build_app(
+        settings,
+        config_store=limits.config_store,
+        snapshot_store=limits.snapshots,
+        feed=make_feed,
+        registry=CollectorRegistry(),
+        clock=NOW.timestamp,
+    )
+    async with TestClient(TestServer(app)) as client:
+        positions = await app[SINK].load_positions(range(12))
+        assert positions == {4: 1}
+        feeds[0].caught_up.set()
+        resp = await client.post("/api/v1/limits/check", json={"user_id": "ann"}, headers=EMITTER)
+        assert (await resp.json())["spent_micros"] == 300
+
+
+async def test_openapi_describes_every_limits_route(limits: Harness) -> None:
+    """The OpenAPI document lists the check, status, config and override routes."""
+    doc = await (await limits.client.get("/openapi.json")).json()
+    assert {
+        "/api/v1/limits/check",
+        "/api/v1/limits/status/{user_id}",
+        "/api/v1/limits/config",
+        "/api/v1/limits/overrides/users/{user_id}",
+        "/api/v1/limits/overrides/groups/{group_id}",
+    } <= set(doc["paths"])
+    assert "409" in doc["paths"]["/api/v1/limits/check"]["post"]["responses"]
+
+
+async def test_shutdown_writes_a_final_snapshot(limits: Harness) -> None:
+    """Stopping the app stores the ledger as it stands, so a restart replays nothing."""
+    limits.caught_up()
+    await limits.feed(spend("e1", "ann", 300), partition=2)
+    await limits.feed(spend("e2", "ann", 1), partition=5)
+    assert limits.snapshots.snapshots == []
+    await limits.client.close()
+    [final] = limits.snapshots.snapshots
+    assert final.positions == {2: 1, 5: 1}
+    assert (final.topic, final.epoch) == ("t.events", "epoch-1")

@@ -1,0 +1,191 @@
+"""The publisher's settings, status API and seats heartbeat on fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from services.publisher.app import build_app
+from services.publisher.config import PublisherSettings
+from services.publisher.domain import (
+    DC_MANAGED_AGENTS,
+    BillingAnswer,
+    BillingEvent,
+    Projection,
+    SeatState,
+)
+from services.publisher.heartbeat import SeatHeartbeat
+from services.publisher.metrics import PublisherMetrics
+from services.publisher.storage import InMemoryQueue
+
+ADMIN = {"Authorization": "Bearer admin"}
+EMITTER = {"Authorization": "Bearer emit"}
+NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+
+
+def settings(**extra: Any) -> PublisherSettings:
+    """Settings that need no real database."""
+    return PublisherSettings.model_validate(
+        {
+            "DATABASE_URL": "postgresql://unused",
+            "TOLLGATE_EMITTER_TOKENS": "emit",
+            "TOLLGATE_ADMIN_TOKENS": "admin",
+            "PUBLISH_INTERVAL": "50ms",
+            "PUBLISH_FIRST_DELAY": "0s",
+            "PUBLISH_BACKOFF_BASE": "10ms",
+            "PUBLISH_BACKOFF_MAX": "20ms",
+            "TOLLGATE_PUBLISHER_HEARTBEAT_CHECK": "20ms",
+            **extra,
+        }
+    )
+
+
+def test_defaults_match_the_reference_behaviour() -> None:
+    """17-minute interval, random first delay, 30-day maximum age, batches of 100, port 8084."""
+    s = settings(PUBLISH_INTERVAL="17m", PUBLISH_FIRST_DELAY="")
+    assert (s.interval, s.first_delay, s.max_age) == (
+        timedelta(minutes=17),
+        None,
+        timedelta(days=30),
+    )
+    assert (s.batch_size, s.port, s.group, s.queue) == (100, 8084, "publisher", "default")
+    assert not s.configured
+    assert s.missing == ["BILLING_URL", "LICENSE_KEY"]
+
+
+def test_billing_url_is_validated_and_shown_without_credentials() -> None:
+    """A non-HTTP URL is refused; status shows the URL without any user:password."""
+    s = settings(BILLING_URL="https://user:secret@billing.example:8443/", LICENSE_KEY="k")
+    assert s.configured
+    assert s.billing_url == "https://user:secret@billing.example:8443"
+    assert s.public_billing_url == "https://billing.example:8443"
+    with pytest.raises(ValidationError, match="BILLING_URL must be an http"):
+        settings(BILLING_URL="billing.example")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"PUBLISH_INTERVAL": "0s"}, "positive duration"),
+        ({"PUBLISH_INTERVAL": "soon"}, "17m"),
+        ({"PUBLISH_BATCH_SIZE": "101"}, "100"),
+        ({"PUBLISH_TIMEOUT": "1m", "PUBLISH_CLAIM_TIMEOUT": "90s"}, "at least twice"),
+        ({"PUBLISH_MAX_AGE": "100d"}, "RETENTION"),
+        ({"PUBLISH_BACKOFF_BASE": "1h", "PUBLISH_BACKOFF_MAX": "1m"}, "BACKOFF_MAX"),
+    ],
+)
+def test_incoherent_settings_are_refused_at_start(extra: dict[str, str], message: str) -> None:
+    """Settings that would double-send, lose replays or never send are errors naming the variable."""
+    with pytest.raises(ValidationError, match=message):
+        settings(**extra)
+
+
+class Accepting:
+    """A billing server that accepts everything."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, events: Any) -> BillingAnswer:
+        """Accept every event."""
+        ids = [str(e["id"]) for e in events]
+        self.sent += ids
+        return BillingAnswer.model_validate({"accepted_events": [{"id": i} for i in ids]})
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[
+    tuple[TestClient[web.Request, web.Application], InMemoryQueue, Accepting]
+]:
+    """The app on an in-memory queue and an accepting server."""
+    queue = InMemoryQueue()
+    await queue.enqueue([BillingEvent("b1", DC_MANAGED_AGENTS, 1, datetime.now(UTC))])
+    server = Accepting()
+    app = build_app(
+        settings(BILLING_URL="http://billing.example", LICENSE_KEY="k", DEPLOYMENT_ID="dep"),
+        queue=queue,
+        client=server,
+        registry=CollectorRegistry(),
+    )
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client, queue, server
+
+
+async def test_status_reports_the_queue_and_health_to_admins_only(
+    client: tuple[TestClient[web.Request, web.Application], InMemoryQueue, Accepting],
+) -> None:
+    """Admins see pending counts and health; emitters are refused."""
+    http, queue, server = client
+    forbidden = await http.get("/api/v1/publisher/status", headers=EMITTER)
+    assert forbidden.status == 403
+    for _ in range(100):
+        if "b1" in server.sent:
+            break
+        await asyncio.sleep(0.02)
+    body = await (await http.get("/api/v1/publisher/status", headers=ADMIN)).json()
+    assert body["configured"] is True
+    assert body["deployment_id"] == "dep"
+    assert body["billing_url"] == "http://billing.example"
+    assert body["interval"] == "50ms"
+    assert body["consecutive_failures"] == 0
+    assert body["last_success_at"] is not None
+    assert body["message"] == "ok"
+    assert {"pending", "oldest_pending_age_seconds", "expired", "last_error"} <= set(body)
+    spec = await (await http.get("/openapi.json")).json()
+    assert "/api/v1/publisher/status" in spec["paths"]
+    assert queue.health.published_total >= 1
+
+
+async def test_heartbeat_counts_seats_once_per_bucket_and_waits_for_the_consumer() -> None:
+    """Nothing is queued before the consumer caught up; then one heartbeat per bucket."""
+    now = [NOW]
+    queue = InMemoryQueue(clock=lambda: now[0])
+    month = date(2026, 11, 1)
+    queue.apply_projection(
+        Projection(
+            seats={
+                "a": SeatState("a", licensed=True, suspended=False, as_of=NOW),
+                "b": SeatState("b", licensed=True, suspended=True, as_of=NOW),
+            },
+            chat_users={(month, "a"): NOW, (month, "b"): NOW, (month, "c"): NOW},
+        )
+    )
+    caught_up = [False]
+    heartbeat = SeatHeartbeat(
+        queue,
+        PublisherMetrics.build(CollectorRegistry()),
+        ready=lambda: caught_up[0],
+        check_every=timedelta(seconds=1),
+        clock=lambda: now[0],
+    )
+    assert await heartbeat.tick() is None
+    caught_up[0] = True
+    assert await heartbeat.tick() == 2
+    assert await heartbeat.tick() is None
+    now[0] = NOW + timedelta(hours=4)
+    assert await heartbeat.tick() == 2
+    ids = sorted(i for i in queue.rows if i.startswith("hb_ai_seats_v1:"))
+    assert ids == ["hb_ai_seats_v1:2026-11-02T08:00:00Z", "hb_ai_seats_v1:2026-11-02T12:00:00Z"]
+    assert queue.rows[ids[0]].event.created_at == datetime(2026, 11, 2, 8, tzinfo=UTC)
+
+
+async def test_a_restarted_replica_does_not_queue_the_bucket_again() -> None:
+    """A second heartbeat (another replica, a restart) in the same bucket adds nothing."""
+    queue = InMemoryQueue(clock=lambda: NOW)
+    metrics = PublisherMetrics.build(CollectorRegistry())
+    beats = [
+        SeatHeartbeat(
+            queue, metrics, ready=lambda: True, check_every=timedelta(1), clock=lambda: NOW
+        )
+        for _ in range(3)
+    ]
+    counts = [await b.tick() for b in beats]
+    assert counts == [0, None, None]
