@@ -8,6 +8,7 @@ module holds the types they share and the small statistics helpers.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import signal
@@ -18,6 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import aiohttp
+
+from libs.service.embedded import port_open
 
 __all__ = [
     "ROOT",
@@ -105,8 +110,6 @@ class ServiceHandle:
 
     def start(self, *, timeout_s: float = 30.0) -> None:
         """Start the process and wait until its port accepts connections."""
-        from libs.service.embedded import port_open  # noqa: PLC0415  # keep `import bench` light
-
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(  # our own interpreter and module
                 [sys.executable, "-m", "libs.service.cli", *self.argv],
@@ -194,10 +197,6 @@ class BenchContext:
 
 async def wait_ready(url: str, *, timeout_s: float = 90.0) -> None:
     """Poll `GET /readyz` until it answers 200 (a consumer is ready once caught up)."""
-    import asyncio  # noqa: PLC0415
-
-    import aiohttp  # noqa: PLC0415
-
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     async with aiohttp.ClientSession() as session:

@@ -164,9 +164,91 @@ class System:
 async def _run_module(ctx: BenchContext, module_name: str) -> list[Figure]:
     module = importlib.import_module(f"bench.{module_name}")
     run: Callable[[BenchContext], Awaitable[list[Figure]]] | None = getattr(module, "run", None)
-    if run is None:
-        return [not_available(module_name, "all", f"bench/{module_name}.py has no run(ctx) yet")]
-    return await run(ctx)
+    if run is not None:
+        return await run(ctx)
+    adapter = ADAPTERS.get(module_name)
+    if adapter is not None:
+        return await adapter(ctx, module)
+    return [not_available(module_name, "all", f"bench/{module_name}.py has no run(ctx) yet")]
+
+
+async def _limits(ctx: BenchContext, module: Any) -> list[Figure]:
+    """Figures from `bench/limits.py`'s plain functions (it has no `run(ctx)` of its own)."""
+    decision = module.decision_time()
+    memory = module.memory_per_user()
+    figures = [
+        Figure(
+            "limits",
+            "in-process decision time (mean)",
+            round(decision["decision_mean_us"], 2),
+            "µs",
+            target="< 10 µs",
+            meets=decision["decision_mean_us"] < 10,
+            note=(
+                f"p50 {decision['decision_p50_us']:.2f} µs, p99 {decision['decision_p99_us']:.2f}"
+                f" µs per call (timer included); {decision['users']:,} users"
+            ),
+        ),
+        Figure(
+            "limits",
+            "memory per tracked user",
+            round(memory["bytes_per_user"]),
+            "bytes",
+            note=(
+                f"spend {memory['bytes_per_user_spend']:.0f} B + two groups "
+                f"{memory['bytes_per_user_two_groups']:.0f} B; dedup "
+                f"{memory['dedup_mb_per_million_ids']:.0f} MB per million ids; snapshot "
+                f"{memory['snapshot_mb']:.1f} MB for {memory['users']:,} users"
+            ),
+        ),
+    ]
+    url = ctx.url("limits")
+    assert url is not None
+    seconds = min(ctx.seconds, 20.0)
+    fixed = await module.http_check_latency(
+        url, token=ctx.emitter_token, rate=2000.0, duration_s=seconds
+    )
+    flat = await module.http_check_latency(
+        url, token=ctx.emitter_token, rate=None, duration_s=min(seconds, 10.0)
+    )
+    problems = fixed["errors"] + fixed["unexpected_status"]
+    figures += [
+        Figure(
+            "limits",
+            "HTTP check at 2,000/s p50",
+            round(fixed["p50_ms"], 3),
+            "ms",
+            note=f"{fixed['achieved_rate']:,.0f} checks/s achieved over {seconds:.0f}s",
+        ),
+        Figure(
+            "limits",
+            "HTTP check at 2,000/s p99",
+            round(fixed["p99_ms"], 3),
+            "ms",
+            target="< 2 ms",
+            meets=fixed["p99_ms"] < 2 and not problems,
+            note=f"client schedule lag p99 {fixed['schedule_lag_p99_ms']:.2f} ms"
+            + (f"; {problems} errors" if problems else ""),
+        ),
+        Figure("limits", "HTTP check at 2,000/s p999", round(fixed["p999_ms"], 3), "ms"),
+        Figure(
+            "limits",
+            "HTTP checks at max rate",
+            round(flat["achieved_rate"]),
+            "checks/s",
+            note=(
+                f"p50 {flat['p50_ms']:.2f} ms, p99 {flat['p99_ms']:.2f} ms, "
+                f"p999 {flat['p999_ms']:.2f} ms; 32 callers"
+            ),
+        ),
+    ]
+    return figures
+
+
+#: Wiring for benchmark modules that expose plain functions instead of `run(ctx)`.
+ADAPTERS: Final[dict[str, Callable[[BenchContext, Any], Awaitable[list[Figure]]]]] = {
+    "limits": _limits,
+}
 
 
 def run_benchmark(

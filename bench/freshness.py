@@ -172,7 +172,7 @@ async def run(ctx: BenchContext) -> list[Figure]:
             not_available("freshness", "ack → reports p99", "ingest is not available"),
         ]
     rate = float(os.environ.get("TOLLGATE_BENCH_BACKGROUND_RATE", "1000"))
-    samples = int(os.environ.get("TOLLGATE_BENCH_FRESHNESS_SAMPLES", "300"))
+    samples = int(os.environ.get("TOLLGATE_BENCH_FRESHNESS_SAMPLES", "1000"))
     budget = max(10.0, ctx.seconds / 2)
     figures: list[Figure] = []
     background = asyncio.create_task(_background(ctx, ingest, rate))

@@ -6,7 +6,8 @@
 -- the archive, which makes replays and duplicate ids no-ops.
 --
 -- Rollups are kept at several grains so a query over any range reads few rows: `h` (hour),
--- `d` (day), `w` (ISO week, Monday start), `m` (calendar month). Periods are UTC.
+-- `d` (day), `w` (ISO week, Monday start), `m` (calendar month). Periods are UTC. What a range
+-- cuts off a rollup's finest period is read from the archive (see the indexes below).
 
 -- Every event once, keyed by its id (the deduplication key). "C" collation: ids are compared
 -- byte-wise, which is what a key needs and is faster than a locale's rules.
@@ -21,6 +22,14 @@ CREATE TABLE reports_events (
     data           jsonb       NOT NULL,
     projected_at   timestamptz NOT NULL DEFAULT now()
 );
+-- A range whose start or end falls inside a rollup period reads that ragged edge from the
+-- archive: chat usage by time (all users) and by user and time, sessions by user and start.
+CREATE INDEX reports_events_chat_time ON reports_events (occurred_at)
+    WHERE type = 'chat.usage.v1';
+CREATE INDEX reports_events_chat_user_time ON reports_events (user_id, occurred_at)
+    WHERE type = 'chat.usage.v1';
+CREATE INDEX reports_events_session_user_time ON reports_events (user_id, occurred_at)
+    WHERE type = 'activity.session.v1';
 
 -- Chat spend per user (title generation excluded) at grains h, d and m: the cost list reads
 -- whole days and months here and only the edge hours of a range.
@@ -38,8 +47,8 @@ CREATE TABLE reports_chat_totals (
     PRIMARY KEY (grain, period, user_id)
 ) WITH (fillfactor = 90);
 
--- Chat spend per user, model and root chat at grains h and d: a user's detail view, and the
--- distinct chat count of the users on one page of the cost list.
+-- Chat spend per user, model and root chat per day: a user's detail view, and the distinct
+-- chat count of the users on one page of the cost list.
 CREATE TABLE reports_chat_detail (
     user_id             text        NOT NULL,
     grain               "char"      NOT NULL,
@@ -57,10 +66,12 @@ CREATE TABLE reports_chat_detail (
     PRIMARY KEY (user_id, grain, period, model, provider, root_chat_id)
 ) WITH (fillfactor = 90);
 
--- Activity per user, org and category at grains h, d, w and m. A session is
+-- Activity per user, org and category at grains d, w and m. A session is
 -- [occurred_at, occurred_at + duration_ms): each period gets the part of the session that
 -- overlaps it (microseconds), and the period holding the session's start gets its count.
 -- Category '*' holds the sum over every category, so `category=any` reads as few rows as one.
+-- `first_start` is the earliest start of the sessions in the row: where to begin reading the
+-- archive for the part of a day that a range cuts off.
 CREATE TABLE reports_activity (
     grain        "char"      NOT NULL,
     category     text        NOT NULL,
@@ -69,6 +80,7 @@ CREATE TABLE reports_activity (
     user_id      text        NOT NULL,
     duration_us  bigint      NOT NULL,
     sessions     bigint      NOT NULL,
+    first_start  timestamptz NOT NULL,
     PRIMARY KEY (grain, category, period, org_id, user_id)
 ) WITH (fillfactor = 90);
 

@@ -47,6 +47,12 @@ class Conflict(ApiError):
     status = 409
 
 
+class RequestTimeout(ApiError):
+    """The client did not send the whole body in time."""
+
+    status = 408
+
+
 class PayloadTooLarge(ApiError):
     """The body exceeds what the route accepts."""
 

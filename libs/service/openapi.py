@@ -20,6 +20,7 @@ _STATUS_TEXT = {
     401: "Missing or unknown token",
     403: "Token lacks the role",
     404: "Not found",
+    408: "Body not received in time",
     409: "Conflict",
     413: "Body too large",
     422: "Invalid content",

@@ -43,6 +43,7 @@ class CommonSettings(BaseSettings):
     dlq_topic: str = Field(USAGE_EVENTS_DLQ, alias="TOLLGATE_DLQ_TOPIC", min_length=1)
     db_pool_max: int = Field(10, alias="TOLLGATE_DB_POOL_MAX", ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, alias="TOLLGATE_MAX_BODY_BYTES", ge=1024)
+    body_timeout_s: float = Field(10.0, alias="TOLLGATE_BODY_TIMEOUT", gt=0)
 
     _split_tokens = field_validator("emitter_tokens", "admin_tokens", mode="before")(split_csv)
 

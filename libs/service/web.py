@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,6 +21,7 @@ from libs.service.errors import (
     BadRequest,
     Forbidden,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     Unprocessable,
 )
@@ -83,8 +85,13 @@ async def read_json(request: web.Request) -> object:
         raise BadRequest(
             f"unsupported content type {request.content_type!r}; send application/json"
         )
+    timeout_s = request.app[SETTINGS_KEY].body_timeout_s
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError as exc:
+        # A client that stalls mid-body must not hold a connection and a handler forever.
+        raise RequestTimeout(f"request body not received within {timeout_s:g}s") from exc
     except web.HTTPRequestEntityTooLarge as exc:
         limit = request.app[SETTINGS_KEY].max_body_bytes
         raise PayloadTooLarge(

@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Final
 
 from libs.events.models import (
@@ -150,13 +150,14 @@ class Simulation:
 
     # ----- the directory -------------------------------------------------------------------
 
-    def _rng(self, *parts: object) -> random.Random:
+    def rng(self, *parts: object) -> random.Random:
+        """A generator seeded by the simulation seed and `parts` (a user, a day, a project)."""
         # String seeds are hashed with SHA-512: stable across runs and Python versions.
         return random.Random("/".join(map(str, (self.config.seed, *parts))))  # noqa: S311
 
     def _user(self, index: int) -> SimUser:
         cfg = self.config
-        rng = self._rng("user", index)
+        rng = self.rng("user", index)
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         username = f"{first.lower()}.{last.lower()}{index}"
         roles = ["member"]
@@ -204,7 +205,7 @@ class Simulation:
     def _projects(self) -> list[tuple[str, str, str]]:
         projects = []
         for t, (team_id, team_name, _) in enumerate(self.teams):
-            rng = self._rng("team", t)
+            rng = self.rng("team", t)
             for k in range(rng.randint(1, 3)):
                 project_id = f"{team_id}-p{k + 1}"
                 projects.append((project_id, team_id, f"{team_name.split(' ')[0]}-project-{k + 1}"))
@@ -288,9 +289,9 @@ class Simulation:
         for user in self.users:
             events.extend(_UserDay(self, user, day, day_start).events())
         for n, (project_id, _, _) in enumerate(self.projects):
-            rng = self._rng("storage", project_id, day)
+            rng = self.rng("storage", project_id, day)
             if rng.random() < 0.8:
-                at = self._clamp(day_start + timedelta(seconds=rng.randint(0, 86_399)))
+                at = self.clamp(day_start + timedelta(seconds=rng.randint(0, 86_399)))
                 if at is None:
                     continue
                 growth = 1 + day * 0.01 * (1 + n % 3)
@@ -309,7 +310,7 @@ class Simulation:
         events.sort(key=lambda e: (e.occurred_at, e.id))
         return events
 
-    def _clamp(self, at: datetime) -> datetime | None:
+    def clamp(self, at: datetime) -> datetime | None:
         """`at`, or None when it falls after the end (nothing is ever in the future)."""
         return at if at <= self.end else None
 
@@ -322,7 +323,7 @@ class _UserDay:
         self.user = user
         self.day = day
         self.day_start = day_start
-        self.rng = sim._rng("day", user.index, day)  # noqa: SLF001
+        self.rng = sim.rng("day", user.index, day)
         self.n = 0
         self.out: list[Envelope] = []
 
@@ -332,7 +333,7 @@ class _UserDay:
 
     def _at(self, seconds: float) -> datetime | None:
         at = self.day_start + timedelta(milliseconds=round(seconds * 1000))
-        return self.sim._clamp(at)  # noqa: SLF001
+        return self.sim.clamp(at)
 
     def events(self) -> list[Envelope]:
         user, rng = self.user, self.rng
@@ -509,8 +510,3 @@ def _poisson(rng: random.Random, mean: float) -> int:
 
 def _minutes(rng: random.Random, typical: float, low: float, high: float) -> float:
     return min(high, max(low, rng.lognormvariate(math.log(typical), 0.7)))
-
-
-def first_day(config: SimulationConfig) -> date:
-    """The date of the first simulated day."""
-    return window(config)[0].date()

@@ -1,0 +1,1 @@
+"""Reports: the usage log projected into PostgreSQL, and the Activity, cost and chargeback APIs."""

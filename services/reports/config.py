@@ -13,6 +13,8 @@ class ReportsSettings(CommonSettings):
     port: int = Field(8083, alias="TOLLGATE_REPORTS_PORT", ge=1, le=65535)
     consumer_group: str = Field("reports", alias="TOLLGATE_REPORTS_GROUP", min_length=1)
     batch_max_events: int = Field(5000, alias="TOLLGATE_REPORTS_BATCH", ge=1, le=100_000)
+    # Transactions a batch is split into (by partition), each on its own connection.
+    writers: int = Field(2, alias="TOLLGATE_REPORTS_WRITERS", ge=1, le=16)
     session_timeout_ms: int = Field(
         10_000, alias="TOLLGATE_REPORTS_SESSION_TIMEOUT_MS", ge=1000, le=300_000
     )

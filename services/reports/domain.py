@@ -23,6 +23,7 @@ __all__ = [
     "MAX_BUCKETS",
     "ActivityFigures",
     "Bucket",
+    "BucketActivity",
     "ChargebackData",
     "ChatCost",
     "ChatFigures",
@@ -52,12 +53,13 @@ __all__ = [
     "parse_time",
 ]
 
-Grain = Literal["h", "d", "w", "m"]
+#: Rollup grains (hour, day, ISO week, month) and `x`: the exact events of a part of an hour.
+Grain = Literal["x", "h", "d", "w", "m"]
 
 #: Grains each rollup keeps (see deploy/migrations/0300_reports.sql).
-ACTIVITY_GRAINS: Final[frozenset[Grain]] = frozenset({"h", "d", "w", "m"})
+ACTIVITY_GRAINS: Final[frozenset[Grain]] = frozenset({"d", "w", "m"})
 COST_TOTAL_GRAINS: Final[frozenset[Grain]] = frozenset({"h", "d", "m"})
-COST_DETAIL_GRAINS: Final[frozenset[Grain]] = frozenset({"h", "d"})
+COST_DETAIL_GRAINS: Final[frozenset[Grain]] = frozenset({"d"})
 
 CATEGORIES: Final = ("ide", "login", "app", "tunnel", "web_terminal")
 ANY_CATEGORY: Final = "any"
@@ -113,19 +115,30 @@ def parse_time(name: str, raw: str) -> datetime:
         raise InvalidQueryError(name, f"{raw!r} is out of range") from None
 
 
-def require_whole_hour(name: str, value: datetime) -> None:
-    """Rollups are kept per hour, so a range must start and end on whole UTC hours."""
-    if value.minute or value.second or value.microsecond:
-        raise InvalidQueryError(
-            name,
-            f"{value.isoformat().replace('+00:00', 'Z')} is not a whole hour in UTC; "
-            "figures are kept per hour, so use a time like 2026-11-02T10:00:00Z",
-        )
-
-
 def floor_hour(value: datetime) -> datetime:
     """The whole hour at or before `value`."""
     return value.replace(minute=0, second=0, microsecond=0)
+
+
+def _plus(value: datetime, delta: timedelta) -> datetime:
+    # Past the end of the calendar (9999-12-31) is simply "later than any end".
+    try:
+        return value + delta
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
+def _months_after(value: datetime, months: int) -> datetime:
+    try:
+        return add_months(value, months)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
+def ceil_hour(value: datetime) -> datetime:
+    """The whole hour at or after `value`."""
+    floor = floor_hour(value)
+    return floor if floor == value else _plus(floor, _HOUR)
 
 
 def floor_day(value: datetime) -> datetime:
@@ -136,7 +149,7 @@ def floor_day(value: datetime) -> datetime:
 def ceil_day(value: datetime) -> datetime:
     """Midnight UTC at or after `value`."""
     floor = floor_day(value)
-    return floor if floor == value else floor + _DAY
+    return floor if floor == value else _plus(floor, _DAY)
 
 
 def month_start(value: datetime) -> datetime:
@@ -211,9 +224,7 @@ def parse_category(raw: str) -> str:
     if value == ANY_CATEGORY:
         return ALL_CATEGORIES_KEY
     if value not in CATEGORIES:
-        raise InvalidQueryError(
-            "category", f"{raw!r} is not one of any, {', '.join(CATEGORIES)}"
-        )
+        raise InvalidQueryError("category", f"{raw!r} is not one of any, {', '.join(CATEGORIES)}")
     return value
 
 
@@ -234,8 +245,10 @@ def make_buckets(
     start: datetime, end: datetime, interval: Interval, *, limit: int = MAX_BUCKETS
 ) -> list[Bucket]:
     """Buckets of `interval` from `start`; the last one ends at `end` even if that is early."""
-    if end <= start:
-        raise InvalidQueryError("end", "must be after start")
+    if end < start:
+        raise InvalidQueryError("end", "is before start")
+    if end == start:
+        raise InvalidQueryError("end", "equals start, so the range is empty")
     # Cheap upper bound first, so an absurd range fails before any bucket is built.
     approx_days = (end - start) / _DAY
     per_bucket = interval.days or interval.months * 28
@@ -273,9 +286,18 @@ class Span:
     lo: datetime
     hi: datetime
 
+    @property
+    def periods(self) -> int:
+        """How many rollup periods the span holds (an exact span counts as one)."""
+        if self.grain == "m":
+            return (self.hi.year - self.lo.year) * 12 + self.hi.month - self.lo.month
+        unit = {"h": _HOUR, "d": _DAY, "w": _WEEK}.get(self.grain)
+        return 1 if unit is None else (self.hi - self.lo) // unit
+
 
 def _append(spans: list[Span], grain: Grain, lo: datetime, hi: datetime) -> None:
-    if spans and spans[-1].grain == grain and spans[-1].hi == lo:
+    # Exact spans stay apart: each is read through the rollup period that holds it.
+    if spans and spans[-1].grain == grain != "x" and spans[-1].hi == lo:
         spans[-1] = Span(grain, spans[-1].lo, hi)
     else:
         spans.append(Span(grain, lo, hi))
@@ -283,16 +305,17 @@ def _append(spans: list[Span], grain: Grain, lo: datetime, hi: datetime) -> None
 
 def _cover_days(t: datetime, end: datetime, grains: frozenset[Grain], spans: list[Span]) -> None:
     while t < end:
-        if "m" in grains and t.day == 1 and add_months(t, 1) <= end:
-            nxt = add_months(t, 1)
+        nxt = _months_after(t, 1)
+        if "m" in grains and t.day == 1 and nxt <= end:
             _append(spans, "m", t, nxt)
             t = nxt
             continue
-        next_month = add_months(month_start(t), 1)
+        next_month = _months_after(month_start(t), 1)
         # Stop the weeks and days at the next month start when a whole month follows it.
-        limit = next_month if "m" in grains and add_months(next_month, 1) <= end else end
+        whole_month_follows = next_month < end and _months_after(next_month, 1) <= end
+        limit = next_month if "m" in grains and whole_month_follows else end
         while t < limit:
-            if "w" in grains and t.weekday() == 0 and t + _WEEK <= limit:
+            if "w" in grains and t.weekday() == 0 and limit - t >= _WEEK:
                 _append(spans, "w", t, t + _WEEK)
                 t += _WEEK
             else:
@@ -301,25 +324,40 @@ def _cover_days(t: datetime, end: datetime, grains: frozenset[Grain], spans: lis
 
 
 def cover(start: datetime, end: datetime, grains: frozenset[Grain]) -> list[Span]:
-    """Disjoint spans of rollup periods whose union is exactly [start, end) (whole UTC hours).
+    """Disjoint spans whose union is exactly [start, end).
 
-    Whole months, then ISO weeks, then days are used where they fit; hours only at the ragged
-    edges, so a year by week reads about one row per user and week.
+    Whole months, then ISO weeks, then days are used where they fit, then hours when the
+    rollup keeps them, and `x` spans (read from the events themselves) only for what is left
+    at the edges: the parts of an hour (or of a day, without hours) that a start or end cuts
+    off. So a year by week reads about one rollup row per user and week, and any time, to the
+    microsecond, is exact.
     """
     spans: list[Span] = []
     if end <= start:
         return spans
+    hours = "h" in grains
+    floor_unit = floor_hour if hours else floor_day
+    ceil_unit = ceil_hour if hours else ceil_day
     t = start
-    if t != floor_day(t):
-        hi = min(ceil_day(t), end)
-        _append(spans, "h", t, hi)
+    if t != floor_unit(t):
+        hi = min(ceil_unit(t), end)
+        _append(spans, "x", t, hi)
         t = hi
-    last_midnight = floor_day(end)
-    if t < last_midnight:
-        _cover_days(t, last_midnight, grains, spans)
-        t = last_midnight
+    last_whole = floor_unit(end)
+    if t < last_whole:
+        if t != floor_day(t):
+            hi = min(ceil_day(t), last_whole)
+            _append(spans, "h", t, hi)
+            t = hi
+        last_midnight = floor_day(last_whole)
+        if t < last_midnight:
+            _cover_days(t, last_midnight, grains, spans)
+            t = last_midnight
+        if t < last_whole:
+            _append(spans, "h", t, last_whole)
+            t = last_whole
     if t < end:
-        _append(spans, "h", t, end)
+        _append(spans, "x", t, end)
     return spans
 
 
@@ -328,16 +366,15 @@ def cover(start: datetime, end: datetime, grains: frozenset[Grain]) -> list[Span
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """A time range [start, end) in whole UTC hours."""
+    """A time range [start, end)."""
 
     start: datetime
     end: datetime
 
 
 def default_cost_window(now: datetime) -> Window:
-    """The last 30 days: up to the end of the current hour, so everything so far is in."""
-    end = floor_hour(now) + _HOUR
-    return Window(end - timedelta(days=30), end)
+    """The last 30 days up to now."""
+    return Window(now - timedelta(days=30), now)
 
 
 def parse_month(raw: str) -> datetime:
@@ -380,6 +417,34 @@ class ActivityFigures:
 
     duration_us: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BucketActivity:
+    """One bucket's active users, longest first (then by id): parallel columns.
+
+    Columns rather than an object per user, because a year by week for a thousand users is
+    fifty thousand entries and they should cost as little as possible on the way to JSON.
+    """
+
+    user_ids: list[str] = field(default_factory=list)
+    durations_us: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, figures: Mapping[str, tuple[int, int]]) -> BucketActivity:
+        """From (duration µs, count) by user, dropping users with neither."""
+        ordered = sorted(
+            ((u, d, c) for u, (d, c) in figures.items() if d or c), key=lambda t: (-t[1], t[0])
+        )
+        return cls([t[0] for t in ordered], [t[1] for t in ordered], [t[2] for t in ordered])
+
+    def by_user(self) -> dict[str, ActivityFigures]:
+        """The same figures keyed by user."""
+        return {
+            u: ActivityFigures(d, c)
+            for u, d, c in zip(self.user_ids, self.durations_us, self.counts, strict=True)
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,36 +591,39 @@ def _profile_json(user_id: str, profile: UserProfile | None) -> dict[str, object
 
 def activity_body(
     buckets: Sequence[Bucket],
-    figures: Sequence[Mapping[str, ActivityFigures]],
+    figures: Sequence[BucketActivity],
     profiles: Mapping[str, UserProfile],
 ) -> dict[str, object]:
     """Coder's Activity shape; durations in milliseconds (microsecond sums, floored per value).
 
-    `figures[i]` holds bucket i's figures by user; users with nothing in a bucket are left out
-    of its `user_activity`, and every active user of the range is in `users`.
+    `figures[i]` holds bucket i's active users; users with nothing in a bucket are left out of
+    its `user_activity`, and every active user of the range is in `users`.
     """
     activity: list[dict[str, object]] = []
-    totals: dict[str, list[int]] = {}
-    for bucket, by_user in zip(buckets, figures, strict=True):
-        entries = sorted(by_user.items(), key=lambda kv: (-kv[1].duration_us, kv[0]))
-        user_activity = []
-        for user_id, fig in entries:
-            user_activity.append(
-                {"user_id": user_id, "duration": fig.duration_us // 1000, "count": fig.count}
-            )
-            total = totals.setdefault(user_id, [0, 0])
-            total[0] += fig.duration_us
-            total[1] += fig.count
+    durations: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for bucket, fig in zip(buckets, figures, strict=True):
+        columns = (fig.user_ids, fig.durations_us, fig.counts)
         activity.append(
-            {"time": bucket.start, "duration": bucket.duration_ms, "user_activity": user_activity}
+            {
+                "time": bucket.start,
+                "duration": bucket.duration_ms,
+                "user_activity": [
+                    {"user_id": u, "duration": d // 1000, "count": c}
+                    for u, d, c in zip(*columns, strict=True)
+                ],
+            }
         )
+        for u, d, c in zip(*columns, strict=True):
+            durations[u] = durations.get(u, 0) + d
+            counts[u] = counts.get(u, 0) + c
     users = {
         user_id: {
             **_profile_json(user_id, profiles.get(user_id)),
-            "total_count": count,
-            "total_duration": duration_us // 1000,
+            "total_count": counts[user_id],
+            "total_duration": durations[user_id] // 1000,
         }
-        for user_id, (duration_us, count) in sorted(totals.items())
+        for user_id in sorted(durations)
     }
     return {"activity": activity, "users": users}
 

@@ -70,16 +70,21 @@ class HttpLimitsClient:
             async with asyncio.timeout(self.timeout_s):
                 async with self.session.get(url, headers=self.headers) as resp:
                     if resp.status != 200:
-                        return self._failed(f"status {resp.status}")
+                        self._failed(f"status {resp.status}")
+                        return None
                     body = orjson.loads(await resp.read())
         except TimeoutError:
-            return self._failed("timeout")
+            self._failed("timeout")
+            return None
         except (aiohttp.ClientError, OSError):
-            return self._failed("unreachable")
+            self._failed("unreachable")
+            return None
         except orjson.JSONDecodeError:
-            return self._failed("invalid json")
+            self._failed("invalid json")
+            return None
         if not isinstance(body, dict):
-            return self._failed("invalid body")
+            self._failed("invalid body")
+            return None
         if body.get("is_limited") is not True:
             return None
         return {key: body.get(key) for key in STATUS_FIELDS}

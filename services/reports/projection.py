@@ -1,4 +1,4 @@
-"""The write side: one batch of events into the archive and the rollups, in the caller's transaction.
+"""The write side: a batch of events into the archive and the rollups, in the caller's transaction.
 
 A batch is copied into a temporary staging table, inserted into the archive with
 `ON CONFLICT (id) DO NOTHING`, and every staged row whose id was already archived is dropped
@@ -65,21 +65,8 @@ WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.id = s.id)
 RETURNING s.id
 """
 
-_CHAT_MEASURES = """
-    cost_micros = t.cost_micros + EXCLUDED.cost_micros,
-    messages = t.messages + EXCLUDED.messages,
-    priced_messages = t.priced_messages + EXCLUDED.priced_messages,
-    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-    cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
-    cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens"""
-
-_CHAT_SUMS = """
-    COALESCE(sum(c.cost), 0), count(*), count(c.cost), sum(c.input_tokens), sum(c.output_tokens),
-    sum(c.cache_read_tokens), sum(c.cache_write_tokens)"""
-
 # Title generation is left out here, so it is out of every cost view.
-ROLLUP_CHAT: Final = f"""
+ROLLUP_CHAT: Final = """
 WITH chat AS MATERIALIZED (
     SELECT user_id, occurred_at,
            data->>'model' AS model,
@@ -96,27 +83,45 @@ WITH chat AS MATERIALIZED (
     INSERT INTO reports_chat_totals AS t
         (grain, period, user_id, cost_micros, messages, priced_messages, input_tokens,
          output_tokens, cache_read_tokens, cache_write_tokens)
-    SELECT g.grain, date_trunc(g.unit, c.occurred_at), c.user_id, {_CHAT_SUMS}
+    SELECT g.grain, date_trunc(g.unit, c.occurred_at), c.user_id,
+           COALESCE(sum(c.cost), 0), count(*), count(c.cost), sum(c.input_tokens),
+           sum(c.output_tokens), sum(c.cache_read_tokens), sum(c.cache_write_tokens)
     FROM chat c
     CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day'), ('m', 'month')) AS g (grain, unit)
     GROUP BY 1, 2, 3
     ORDER BY 1, 2, 3
-    ON CONFLICT (grain, period, user_id) DO UPDATE SET {_CHAT_MEASURES}
+    ON CONFLICT (grain, period, user_id) DO UPDATE SET
+        cost_micros = t.cost_micros + EXCLUDED.cost_micros,
+        messages = t.messages + EXCLUDED.messages,
+        priced_messages = t.priced_messages + EXCLUDED.priced_messages,
+        input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+        cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
+        cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens
 )
 INSERT INTO reports_chat_detail AS t
     (user_id, grain, period, model, provider, root_chat_id, cost_micros, messages,
      priced_messages, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
 SELECT c.user_id, g.grain, date_trunc(g.unit, c.occurred_at), c.model, c.provider,
-       c.root_chat_id, {_CHAT_SUMS}
+       c.root_chat_id, COALESCE(sum(c.cost), 0), count(*), count(c.cost),
+       sum(c.input_tokens), sum(c.output_tokens), sum(c.cache_read_tokens),
+       sum(c.cache_write_tokens)
 FROM chat c
-CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day')) AS g (grain, unit)
+CROSS JOIN (VALUES ('d'::"char", 'day')) AS g (grain, unit)
 GROUP BY 1, 2, 3, 4, 5, 6
 ORDER BY 1, 2, 3, 4, 5, 6
-ON CONFLICT (user_id, grain, period, model, provider, root_chat_id) DO UPDATE SET {_CHAT_MEASURES}
+ON CONFLICT (user_id, grain, period, model, provider, root_chat_id) DO UPDATE SET
+    cost_micros = t.cost_micros + EXCLUDED.cost_micros,
+    messages = t.messages + EXCLUDED.messages,
+    priced_messages = t.priced_messages + EXCLUDED.priced_messages,
+    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+    cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
+    cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens
 """
 
-# A session is [occurred_at, occurred_at + duration_ms). It is cut at every hour, day, ISO week
-# and month boundary; each piece adds its overlap (µs) to its period, and the period holding the
+# A session is [occurred_at, occurred_at + duration_ms). It is cut at every day, ISO week and
+# month boundary; each piece adds its overlap (µs) to its period, and the period holding the
 # start adds the session's count. Every piece is added under its category and under '*'.
 ROLLUP_ACTIVITY_TEMPLATE: Final = """
 WITH s AS MATERIALIZED (
@@ -133,10 +138,10 @@ WITH s AS MATERIALIZED (
                                - GREATEST(s.started_at, p.period)) * 1000000)::bigint
                AS duration_us,
            CASE WHEN p.period = date_trunc(g.unit, s.started_at) THEN s.sessions ELSE 0 END
-               AS sessions
+               AS sessions,
+           s.started_at
     FROM s
-    CROSS JOIN (VALUES ('h'::"char", 'hour', interval '1 hour'),
-                       ('d', 'day', interval '1 day'),
+    CROSS JOIN (VALUES ('d'::"char", 'day', interval '1 day'),
                        ('w', 'week', interval '1 week'),
                        ('m', 'month', interval '1 month')) AS g (grain, unit, step)
     CROSS JOIN LATERAL generate_series(
@@ -145,16 +150,17 @@ WITH s AS MATERIALIZED (
         g.step) AS p (period)
 )
 INSERT INTO reports_activity AS a
-    (grain, category, period, org_id, user_id, duration_us, sessions)
+    (grain, category, period, org_id, user_id, duration_us, sessions, first_start)
 SELECT pieces.grain, c.category, pieces.period, pieces.org_id, pieces.user_id,
-       sum(pieces.duration_us), sum(pieces.sessions)
+       sum(pieces.duration_us), sum(pieces.sessions), min(pieces.started_at)
 FROM pieces
 CROSS JOIN LATERAL (VALUES (pieces.category), ('*')) AS c (category)
 GROUP BY 1, 2, 3, 4, 5
 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (grain, category, period, org_id, user_id) DO UPDATE SET
     duration_us = a.duration_us + EXCLUDED.duration_us,
-    sessions = a.sessions + EXCLUDED.sessions
+    sessions = a.sessions + EXCLUDED.sessions,
+    first_start = LEAST(a.first_start, EXCLUDED.first_start)
 """
 
 ROLLUP_API_USAGE: Final = """
@@ -206,16 +212,7 @@ WHERE (s.occurred_at, s.log_partition, s.log_offset)
     < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)
 """
 
-_NEWER = """
-WHERE (d.occurred_at, d.log_partition, d.log_offset)
-    < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)"""
-
-_VERSION_SET = """
-    occurred_at = EXCLUDED.occurred_at,
-    log_partition = EXCLUDED.log_partition,
-    log_offset = EXCLUDED.log_offset"""
-
-ROLLUP_USERS: Final = f"""
+ROLLUP_USERS: Final = """
 INSERT INTO reports_users AS d
     (user_id, org_id, username, name, email, roles, avatar_hash, created_at, suspended,
      licensed, occurred_at, log_partition, log_offset)
@@ -236,11 +233,15 @@ ON CONFLICT (user_id) DO UPDATE SET
     avatar_hash = EXCLUDED.avatar_hash,
     created_at = EXCLUDED.created_at,
     suspended = EXCLUDED.suspended,
-    licensed = EXCLUDED.licensed,{_VERSION_SET}
-{_NEWER}
+    licensed = EXCLUDED.licensed,
+    occurred_at = EXCLUDED.occurred_at,
+    log_partition = EXCLUDED.log_partition,
+    log_offset = EXCLUDED.log_offset
+WHERE (d.occurred_at, d.log_partition, d.log_offset)
+    < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)
 """
 
-ROLLUP_GROUPS: Final = f"""
+ROLLUP_GROUPS: Final = """
 INSERT INTO reports_groups AS d
     (group_id, org_id, name, member_ids, occurred_at, log_partition, log_offset)
 SELECT DISTINCT ON (data->>'group_id')
@@ -253,11 +254,15 @@ ORDER BY data->>'group_id', occurred_at DESC, log_partition DESC, log_offset DES
 ON CONFLICT (group_id) DO UPDATE SET
     org_id = EXCLUDED.org_id,
     name = EXCLUDED.name,
-    member_ids = EXCLUDED.member_ids,{_VERSION_SET}
-{_NEWER}
+    member_ids = EXCLUDED.member_ids,
+    occurred_at = EXCLUDED.occurred_at,
+    log_partition = EXCLUDED.log_partition,
+    log_offset = EXCLUDED.log_offset
+WHERE (d.occurred_at, d.log_partition, d.log_offset)
+    < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)
 """
 
-ROLLUP_TEAMS: Final = f"""
+ROLLUP_TEAMS: Final = """
 INSERT INTO reports_teams AS d
     (team_id, org_id, name, member_ids, occurred_at, log_partition, log_offset)
 SELECT DISTINCT ON (data->>'team_id')
@@ -270,11 +275,15 @@ ORDER BY data->>'team_id', occurred_at DESC, log_partition DESC, log_offset DESC
 ON CONFLICT (team_id) DO UPDATE SET
     org_id = EXCLUDED.org_id,
     name = EXCLUDED.name,
-    member_ids = EXCLUDED.member_ids,{_VERSION_SET}
-{_NEWER}
+    member_ids = EXCLUDED.member_ids,
+    occurred_at = EXCLUDED.occurred_at,
+    log_partition = EXCLUDED.log_partition,
+    log_offset = EXCLUDED.log_offset
+WHERE (d.occurred_at, d.log_partition, d.log_offset)
+    < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)
 """
 
-ROLLUP_PROJECTS: Final = f"""
+ROLLUP_PROJECTS: Final = """
 INSERT INTO reports_projects AS d
     (project_id, org_id, team_id, name, occurred_at, log_partition, log_offset)
 SELECT DISTINCT ON (data->>'project_id')
@@ -286,8 +295,12 @@ ORDER BY data->>'project_id', occurred_at DESC, log_partition DESC, log_offset D
 ON CONFLICT (project_id) DO UPDATE SET
     org_id = EXCLUDED.org_id,
     team_id = EXCLUDED.team_id,
-    name = EXCLUDED.name,{_VERSION_SET}
-{_NEWER}
+    name = EXCLUDED.name,
+    occurred_at = EXCLUDED.occurred_at,
+    log_partition = EXCLUDED.log_partition,
+    log_offset = EXCLUDED.log_offset
+WHERE (d.occurred_at, d.log_partition, d.log_offset)
+    < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)
 """
 
 _NUL = "\x00"
@@ -384,9 +397,11 @@ class Projector:
                 data = event.data
                 if data.purpose == "chat" and data.cost_micros:
                     outcome.cost_by_model[data.model] += data.cost_micros
-            elif isinstance(event, ActivitySessionRecorded):
-                if event.data.duration_ms > self.max_session_ms:
-                    outcome.clamped_sessions += 1
+            elif (
+                isinstance(event, ActivitySessionRecorded)
+                and event.data.duration_ms > self.max_session_ms
+            ):
+                outcome.clamped_sessions += 1
         script = ";\n".join(sql for kind, sql in self._rollups if kind in types)
         if script:
             await conn.execute(script)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from collections import Counter
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Protocol
 
@@ -33,8 +35,8 @@ from services.reports.domain import (
     ALL_CATEGORIES_KEY,
     COST_DETAIL_GRAINS,
     COST_TOTAL_GRAINS,
-    ActivityFigures,
     Bucket,
+    BucketActivity,
     ChargebackData,
     ChatCost,
     ChatFigures,
@@ -50,6 +52,7 @@ from services.reports.domain import (
     Window,
     cost_order_key,
     cover,
+    floor_day,
     sort_chats,
     sort_models,
 )
@@ -66,7 +69,7 @@ class ReportStore(Protocol):
 
     async def activity(
         self, buckets: Sequence[Bucket], *, category: str, org: str | None
-    ) -> list[dict[str, ActivityFigures]]:
+    ) -> list[BucketActivity]:
         """Per bucket, each active user's overlap and session count (`category` '*' = any)."""
         ...
 
@@ -89,8 +92,57 @@ class ReportStore(Protocol):
         ...
 
 
-def _spans_arrays(spans: Sequence[Span]) -> tuple[list[str], list[datetime], list[datetime]]:
-    return [s.grain for s in spans], [s.lo for s in spans], [s.hi for s in spans]
+def _split(spans: Sequence[Span]) -> tuple[list[object], list[object]]:
+    """Rollup spans as (grains, los, his) arrays and exact spans as (los, his) arrays."""
+    rollup = [s for s in spans if s.grain != "x"]
+    exact = [s for s in spans if s.grain == "x"]
+    return (
+        [[s.grain for s in rollup], [s.lo for s in rollup], [s.hi for s in rollup]],
+        [[s.lo for s in exact], [s.hi for s in exact]],
+    )
+
+
+@dataclass
+class _ActivityPlan:
+    """Each bucket's rollup spans and exact spans as the arrays the queries unnest."""
+
+    index: list[int] = field(default_factory=list)
+    grains: list[str] = field(default_factory=list)
+    los: list[datetime] = field(default_factory=list)
+    his: list[datetime] = field(default_factory=list)
+    x_index: list[int] = field(default_factory=list)
+    x_day: list[datetime] = field(default_factory=list)
+    x_los: list[datetime] = field(default_factory=list)
+    x_his: list[datetime] = field(default_factory=list)
+    one_period_each: bool = True
+
+    @classmethod
+    def of(cls, buckets: Sequence[Bucket]) -> _ActivityPlan:
+        plan = cls()
+        periods = Counter[int]()
+        for i, bucket in enumerate(buckets):
+            for span in cover(bucket.start, bucket.end, ACTIVITY_GRAINS):
+                if span.grain == "x":
+                    plan.x_index.append(i)
+                    plan.x_day.append(floor_day(span.lo))
+                    plan.x_los.append(span.lo)
+                    plan.x_his.append(span.hi)
+                else:
+                    plan.index.append(i)
+                    plan.grains.append(span.grain)
+                    plan.los.append(span.lo)
+                    plan.his.append(span.hi)
+                    periods[i] += span.periods
+        plan.one_period_each = all(n == 1 for n in periods.values())
+        return plan
+
+
+def _merge_orgs(bucket: BucketActivity) -> BucketActivity:
+    figures: dict[str, tuple[int, int]] = {}
+    for user_id, d, c in zip(bucket.user_ids, bucket.durations_us, bucket.counts, strict=True):
+        before = figures.get(user_id, (0, 0))
+        figures[user_id] = (before[0] + d, before[1] + c)
+    return BucketActivity.of(figures)
 
 
 def like_pattern(search: str) -> str:
@@ -99,79 +151,208 @@ def like_pattern(search: str) -> str:
     return f"%{escaped}%"
 
 
-# Rows are read by rollup period spans: (grain, lo, hi) triples unnested and joined on the
-# primary key's leading columns, so each span is one index range scan.
+# Rows are read span by span: (grain, lo, hi) triples are unnested and each one drives a
+# LATERAL range scan of the rollup's primary key, so a query reads only the rows it sums.
+# `OFFSET 0` keeps the planner from flattening the LATERAL into a join that it would answer
+# with a sequential scan: it cannot know that a handful of spans select a sliver of the table.
 SELECT_ACTIVITY: Final = """
-SELECT r.bucket, a.user_id, sum(a.duration_us)::bigint AS duration_us,
-       sum(a.sessions)::bigint AS sessions
-FROM unnest($1::int4[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-     AS r (bucket, grain, lo, hi)
-JOIN reports_activity a
-  ON a.grain = r.grain::"char" AND a.category = $5 AND a.period >= r.lo AND a.period < r.hi
-GROUP BY r.bucket, a.user_id
+WITH per_user AS (
+    SELECT r.bucket, a.user_id, sum(a.duration_us)::bigint AS duration_us,
+           sum(a.sessions)::bigint AS sessions
+    FROM unnest($1::int4[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+         AS r (bucket, grain, lo, hi)
+    CROSS JOIN LATERAL (
+        SELECT a.user_id, a.duration_us, a.sessions
+        FROM reports_activity a
+        WHERE a.grain = r.grain::"char" AND a.category = $5
+          AND a.period >= r.lo AND a.period < r.hi
+          AND ($6::text IS NULL OR a.org_id = $6)
+        OFFSET 0
+    ) AS a
+    GROUP BY r.bucket, a.user_id
+)
+SELECT bucket,
+       array_agg(user_id ORDER BY duration_us DESC, user_id COLLATE "C") AS user_ids,
+       array_agg(duration_us ORDER BY duration_us DESC, user_id COLLATE "C") AS durations,
+       array_agg(sessions ORDER BY duration_us DESC, user_id COLLATE "C") AS counts
+FROM per_user
+GROUP BY bucket
 """
 
-SELECT_ACTIVITY_IN_ORG: Final = """
-SELECT r.bucket, a.user_id, sum(a.duration_us)::bigint AS duration_us,
-       sum(a.sessions)::bigint AS sessions
+# When every bucket is exactly one rollup period (weeks from a Monday, months from the 1st,
+# days from midnight), a user has one row per bucket and org, so the rows go straight into
+# each bucket's columns without being summed per user first.
+SELECT_ACTIVITY_PERIODS: Final = """
+SELECT r.bucket,
+       array_agg(a.user_id ORDER BY a.duration_us DESC, a.user_id COLLATE "C") AS user_ids,
+       array_agg(a.duration_us ORDER BY a.duration_us DESC, a.user_id COLLATE "C") AS durations,
+       array_agg(a.sessions ORDER BY a.duration_us DESC, a.user_id COLLATE "C") AS counts
 FROM unnest($1::int4[], $2::text[], $3::timestamptz[], $4::timestamptz[])
      AS r (bucket, grain, lo, hi)
-JOIN reports_activity a
-  ON a.grain = r.grain::"char" AND a.category = $5 AND a.period >= r.lo AND a.period < r.hi
- AND a.org_id = $6
-GROUP BY r.bucket, a.user_id
+CROSS JOIN LATERAL (
+    SELECT a.user_id, a.duration_us, a.sessions
+    FROM reports_activity a
+    WHERE a.grain = r.grain::"char" AND a.category = $5
+      AND a.period >= r.lo AND a.period < r.hi
+      AND ($6::text IS NULL OR a.org_id = $6)
+    OFFSET 0
+) AS a
+GROUP BY r.bucket
 """
 
-_PROFILE_COLUMNS = """u.username, u.name, u.email, u.roles, u.avatar_hash, u.created_at,
-       u.suspended, u.licensed"""
+# Sorts and hashes of a year of a thousand users' weeks fit in memory with room to spare.
+ACTIVITY_WORK_MEM: Final = "SET LOCAL work_mem = '64MB'"
 
-SELECT_PROFILES: Final = f"""
-SELECT u.user_id, {_PROFILE_COLUMNS}
+# A part of a day, [lo, hi) inside `day`: the day's rollup rows say which users had a session
+# there and how early the earliest began; their sessions come from the archive and are
+# clipped exactly as the projection clips them ($5: the longest session counted, in ms).
+_SESSION_END = (
+    "e.occurred_at + LEAST((e.data->>'duration_ms')::bigint, $5) * interval '1 millisecond'"
+)
+SELECT_ACTIVITY_EXACT: Final = f"""
+SELECT r.bucket, e.user_id,
+       sum(GREATEST(0, extract(epoch FROM LEAST({_SESSION_END}, r.hi)
+                                          - GREATEST(e.occurred_at, r.lo)) * 1000000))::bigint
+           AS duration_us,
+       sum(CASE WHEN e.occurred_at >= r.lo THEN (e.data->>'count')::bigint ELSE 0 END)::bigint
+           AS sessions
+FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
+     AS r (bucket, day, lo, hi)
+CROSS JOIN LATERAL (
+    SELECT h.user_id, h.org_id, h.first_start
+    FROM reports_activity h
+    WHERE h.grain = 'd' AND h.category = $6 AND h.period = r.day
+      AND ($7::text IS NULL OR h.org_id = $7)
+    OFFSET 0
+) AS h
+CROSS JOIN LATERAL (
+    SELECT e.user_id, e.occurred_at, e.data
+    FROM reports_events e
+    WHERE e.type = 'activity.session.v1' AND e.user_id = h.user_id
+      AND e.occurred_at >= h.first_start AND e.occurred_at < r.hi
+      AND COALESCE(e.org_id, '') = h.org_id
+      AND ($6 = '*' OR e.data->>'category' = $6)
+    OFFSET 0
+) AS e
+WHERE e.occurred_at >= r.lo OR {_SESSION_END} > r.lo
+GROUP BY r.bucket, e.user_id
+"""  # noqa: S608  # composed from constants only
+
+SELECT_PROFILES: Final = """
+SELECT u.user_id, u.username, u.name, u.email, u.roles, u.avatar_hash, u.created_at,
+       u.suspended, u.licensed
 FROM reports_users u
 WHERE u.user_id = ANY($1::text[])
 """
 
-SELECT_ALL_PROFILES: Final = f"SELECT u.user_id, {_PROFILE_COLUMNS} FROM reports_users u"
+SELECT_ALL_PROFILES: Final = """
+SELECT u.user_id, u.username, u.name, u.email, u.roles, u.avatar_hash, u.created_at,
+       u.suspended, u.licensed
+FROM reports_users u
+"""
 
-_CHAT_SUMS = """sum(t.cost_micros)::bigint AS cost_micros, sum(t.messages)::bigint AS messages,
-           sum(t.priced_messages)::bigint AS priced_messages,
-           sum(t.input_tokens)::bigint AS input_tokens,
-           sum(t.output_tokens)::bigint AS output_tokens,
-           sum(t.cache_read_tokens)::bigint AS cache_read_tokens,
-           sum(t.cache_write_tokens)::bigint AS cache_write_tokens"""
+# Chat usage of what a range cuts off the rollups' finest periods, straight from the archive:
+# every user's (parts of hours, for the cost list), or some users' (parts of days, $6).
+_EXACT_CHAT = """
+    FROM unnest($4::timestamptz[], $5::timestamptz[]) AS x (lo, hi)
+    CROSS JOIN LATERAL (
+        SELECT e.user_id, e.data
+        FROM reports_events e
+        WHERE e.type = 'chat.usage.v1' AND e.occurred_at >= x.lo AND e.occurred_at < x.hi
+          AND e.data->>'purpose' = 'chat'
+        OFFSET 0
+    ) AS e"""
+
+_EXACT_USERS_CHAT = """
+    FROM unnest($4::timestamptz[], $5::timestamptz[]) AS x (lo, hi)
+    CROSS JOIN unnest($6::text[]) AS u (user_id)
+    CROSS JOIN LATERAL (
+        SELECT e.user_id, e.data
+        FROM reports_events e
+        WHERE e.type = 'chat.usage.v1' AND e.user_id = u.user_id
+          AND e.occurred_at >= x.lo AND e.occurred_at < x.hi
+          AND e.data->>'purpose' = 'chat'
+        OFFSET 0
+    ) AS e"""
+
+_EXACT_SUMS = """(e.data->>'cost_micros')::bigint, 1,
+           (e.data->>'cost_micros' IS NOT NULL)::int, (e.data->>'input_tokens')::bigint,
+           (e.data->>'output_tokens')::bigint, (e.data->>'cache_read_tokens')::bigint,
+           (e.data->>'cache_write_tokens')::bigint"""
+
+_ROLLUP_SUMS = """t.cost_micros, t.messages, t.priced_messages, t.input_tokens,
+           t.output_tokens, t.cache_read_tokens, t.cache_write_tokens"""
+
+_SUMS = """COALESCE(sum(cost_micros), 0)::bigint AS cost_micros,
+       sum(messages)::bigint AS messages,
+       sum(priced_messages)::bigint AS priced_messages,
+       sum(input_tokens)::bigint AS input_tokens,
+       sum(output_tokens)::bigint AS output_tokens,
+       sum(cache_read_tokens)::bigint AS cache_read_tokens,
+       sum(cache_write_tokens)::bigint AS cache_write_tokens"""
+
+_TOTALS_SPANS = """
+    FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
+    CROSS JOIN LATERAL (
+        SELECT t.*
+        FROM reports_chat_totals t
+        WHERE t.grain = r.grain::"char" AND t.period >= r.lo AND t.period < r.hi
+        OFFSET 0
+    ) AS t"""
 
 SELECT_COST_USERS: Final = f"""
-WITH totals AS (
-    SELECT t.user_id, {_CHAT_SUMS}
-    FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
-    JOIN reports_chat_totals t
-      ON t.grain = r.grain::"char" AND t.period >= r.lo AND t.period < r.hi
-    GROUP BY t.user_id
+WITH parts (user_id, cost_micros, messages, priced_messages, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens) AS (
+    SELECT t.user_id, {_ROLLUP_SUMS}{_TOTALS_SPANS}
+    UNION ALL
+    SELECT e.user_id, {_EXACT_SUMS}{_EXACT_CHAT}
+), totals AS (
+    SELECT user_id, {_SUMS}
+    FROM parts
+    GROUP BY user_id
 )
-SELECT totals.*, {_PROFILE_COLUMNS}, count(*) OVER () AS matched
+SELECT totals.*, u.username, u.name, u.email, u.roles, u.avatar_hash, u.created_at,
+       u.suspended, u.licensed, count(*) OVER () AS matched
 FROM totals
 LEFT JOIN reports_users u ON u.user_id = totals.user_id
-WHERE $4::text IS NULL OR u.username ILIKE $4 OR u.name ILIKE $4 OR totals.user_id = $5
+WHERE $6::text IS NULL OR u.username ILIKE $6 OR u.name ILIKE $6 OR totals.user_id = $7
 ORDER BY totals.cost_micros DESC, u.username ASC NULLS LAST, totals.user_id ASC
-LIMIT $6 OFFSET $7
-"""
+LIMIT $8 OFFSET $9
+"""  # noqa: S608  # composed from constants only
 
-SELECT_CHAT_COUNTS: Final = """
-SELECT t.user_id, count(DISTINCT t.root_chat_id) AS chats
-FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
-JOIN reports_chat_detail t
-  ON t.user_id = ANY($4::text[]) AND t.grain = r.grain::"char"
- AND t.period >= r.lo AND t.period < r.hi
-GROUP BY t.user_id
-"""
+_DETAIL_SPANS = """
+    FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
+    CROSS JOIN unnest($6::text[]) AS u (user_id)
+    CROSS JOIN LATERAL (
+        SELECT t.*
+        FROM reports_chat_detail t
+        WHERE t.user_id = u.user_id AND t.grain = r.grain::"char"
+          AND t.period >= r.lo AND t.period < r.hi
+        OFFSET 0
+    ) AS t"""
+
+SELECT_CHAT_COUNTS: Final = f"""
+SELECT user_id, count(DISTINCT root_chat_id) AS chats
+FROM (
+    SELECT t.user_id, t.root_chat_id{_DETAIL_SPANS}
+    UNION ALL
+    SELECT e.user_id, COALESCE(e.data->>'root_chat_id', e.data->>'chat_id'){_EXACT_USERS_CHAT}
+) AS parts
+GROUP BY user_id
+"""  # noqa: S608  # composed from constants only
 
 SELECT_COST_DETAIL: Final = f"""
-SELECT t.model, t.provider, t.root_chat_id, {_CHAT_SUMS}
-FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
-JOIN reports_chat_detail t
-  ON t.user_id = $4 AND t.grain = r.grain::"char" AND t.period >= r.lo AND t.period < r.hi
-GROUP BY t.model, t.provider, t.root_chat_id
-"""
+WITH parts (model, provider, root_chat_id, cost_micros, messages, priced_messages,
+            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) AS (
+    SELECT t.model, t.provider, t.root_chat_id, {_ROLLUP_SUMS}{_DETAIL_SPANS}
+    UNION ALL
+    SELECT e.data->>'model', COALESCE(e.data->>'provider', ''),
+           COALESCE(e.data->>'root_chat_id', e.data->>'chat_id'), {_EXACT_SUMS}{_EXACT_USERS_CHAT}
+)
+SELECT model, provider, root_chat_id, {_SUMS}
+FROM parts
+GROUP BY model, provider, root_chat_id
+"""  # noqa: S608  # composed from constants only
 
 SELECT_USER_KNOWN: Final = """
 SELECT EXISTS (SELECT 1 FROM reports_users WHERE user_id = $1)
@@ -230,8 +411,11 @@ def _figures(row: asyncpg.Record) -> ChatFigures:
 class PostgresReportStore:
     """Reads the rollups that `projection.Projector` writes."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, max_session_hours: int = 744, timeout_s: float = 10.0
+    ) -> None:
         self.pool = pool
+        self.max_session_ms = max_session_hours * 3_600_000
         self.timeout_s = timeout_s
 
     async def ping(self) -> bool:
@@ -244,27 +428,40 @@ class PostgresReportStore:
 
     async def activity(
         self, buckets: Sequence[Bucket], *, category: str, org: str | None
-    ) -> list[dict[str, ActivityFigures]]:
-        """Sum the activity rollup over each bucket's covering spans."""
-        index: list[int] = []
-        grains: list[str] = []
-        los: list[datetime] = []
-        his: list[datetime] = []
-        for i, bucket in enumerate(buckets):
-            for span in cover(bucket.start, bucket.end, ACTIVITY_GRAINS):
-                index.append(i)
-                grains.append(span.grain)
-                los.append(span.lo)
-                his.append(span.hi)
-        args: list[object] = [index, grains, los, his, category]
-        sql = SELECT_ACTIVITY
-        if org is not None:
-            sql = SELECT_ACTIVITY_IN_ORG
-            args.append(org)
-        rows = await self.pool.fetch(sql, *args, timeout=self.timeout_s)
-        result: list[dict[str, ActivityFigures]] = [{} for _ in buckets]
-        for bucket_index, user_id, duration_us, sessions in rows:
-            result[bucket_index][user_id] = ActivityFigures(duration_us, sessions)
+    ) -> list[BucketActivity]:
+        """Sum the rollup over each bucket's spans, and the archive over its parts of days."""
+        plan = _ActivityPlan.of(buckets)
+        result = [BucketActivity() for _ in buckets]
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            await conn.execute(ACTIVITY_WORK_MEM)
+            if plan.index:
+                rows = await conn.fetch(
+                    SELECT_ACTIVITY_PERIODS if plan.one_period_each else SELECT_ACTIVITY,
+                    plan.index, plan.grains, plan.los, plan.his, category, org,
+                    timeout=self.timeout_s,
+                )  # fmt: skip
+                for bucket_index, user_ids, durations, counts in rows:
+                    found = BucketActivity(user_ids, durations, counts)
+                    if plan.one_period_each and len(set(user_ids)) != len(user_ids):
+                        found = _merge_orgs(found)  # a user active in several orgs
+                    result[bucket_index] = found
+            edges: list[asyncpg.Record] = []
+            if plan.x_index:
+                edges = await conn.fetch(
+                    SELECT_ACTIVITY_EXACT, plan.x_index, plan.x_day, plan.x_los, plan.x_his,
+                    self.max_session_ms, category, org, timeout=self.timeout_s,
+                )  # fmt: skip
+        # Parts of days that bucket edges cut off come from the archive: add them in.
+        merged: dict[int, dict[str, tuple[int, int]]] = {}
+        for bucket_index, user_id, duration_us, sessions in edges:
+            if bucket_index not in merged:
+                merged[bucket_index] = {
+                    u: (f.duration_us, f.count) for u, f in result[bucket_index].by_user().items()
+                }
+            d, c = merged[bucket_index].get(user_id, (0, 0))
+            merged[bucket_index][user_id] = (d + duration_us, c + sessions)
+        for bucket_index, figures in merged.items():
+            result[bucket_index] = BucketActivity.of(figures)
         return result
 
     async def profiles(self, user_ids: Collection[str]) -> dict[str, UserProfile]:
@@ -279,35 +476,26 @@ class PostgresReportStore:
         self, window: Window, *, search: str | None, limit: int | None, offset: int
     ) -> CostUsersPage:
         """A page of the per-user rollup, with the distinct chat count of the page's users."""
-        grains, los, his = _spans_arrays(cover(window.start, window.end, COST_TOTAL_GRAINS))
+        rollup, exact = _split(cover(window.start, window.end, COST_TOTAL_GRAINS))
         pattern = like_pattern(search) if search else None
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                SELECT_COST_USERS,
-                grains,
-                los,
-                his,
-                pattern,
-                search,
-                limit,
-                offset,
+                SELECT_COST_USERS, *rollup, *exact, pattern, search, limit, offset,
                 timeout=self.timeout_s,
-            )
+            )  # fmt: skip
             if not rows and offset > 0:
                 # Past the end: still say how many matched.
                 head = await conn.fetch(
-                    SELECT_COST_USERS, grains, los, his, pattern, search, 1, 0,
+                    SELECT_COST_USERS, *rollup, *exact, pattern, search, 1, 0,
                     timeout=self.timeout_s,
                 )  # fmt: skip
                 return CostUsersPage(count=head[0]["matched"] if head else 0, rows=[])
             user_ids = [r["user_id"] for r in rows]
             chats: dict[str, int] = {}
             if user_ids:
-                d_grains, d_los, d_his = _spans_arrays(
-                    cover(window.start, window.end, COST_DETAIL_GRAINS)
-                )
+                d_rollup, d_exact = _split(cover(window.start, window.end, COST_DETAIL_GRAINS))
                 counted = await conn.fetch(
-                    SELECT_CHAT_COUNTS, d_grains, d_los, d_his, user_ids, timeout=self.timeout_s
+                    SELECT_CHAT_COUNTS, *d_rollup, *d_exact, user_ids, timeout=self.timeout_s
                 )
                 chats = {r["user_id"]: r["chats"] for r in counted}
         page = [
@@ -322,11 +510,11 @@ class PostgresReportStore:
         return CostUsersPage(count=rows[0]["matched"] if rows else 0, rows=page)
 
     async def cost_user(self, window: Window, user_id: str) -> CostSummary | None:
-        """Totals, by model and by root chat from the detail rollup."""
-        grains, los, his = _spans_arrays(cover(window.start, window.end, COST_DETAIL_GRAINS))
+        """Totals, by model and by root chat from the detail rollup (and the archive's edges)."""
+        rollup, exact = _split(cover(window.start, window.end, COST_DETAIL_GRAINS))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                SELECT_COST_DETAIL, grains, los, his, user_id, timeout=self.timeout_s
+                SELECT_COST_DETAIL, *rollup, *exact, [user_id], timeout=self.timeout_s
             )
             if not rows and not await conn.fetchval(SELECT_USER_KNOWN, user_id):
                 return None
@@ -431,7 +619,7 @@ class InMemoryReportStore:
     def _latest(self, kind: type[Envelope], key: str) -> dict[str, Consumed]:
         latest: dict[str, Consumed] = {}
         for item in self._of(kind):
-            subject = getattr(item.event.data, key) if key else item.event.user_id
+            subject = str(getattr(item.event.data, key) if key else item.event.user_id)
             if _newer(item, latest.get(subject)):
                 latest[subject] = item
         return latest
@@ -442,14 +630,14 @@ class InMemoryReportStore:
 
     async def activity(
         self, buckets: Sequence[Bucket], *, category: str, org: str | None
-    ) -> list[dict[str, ActivityFigures]]:
+    ) -> list[BucketActivity]:
         """Overlap of every session with every bucket; the count goes where it started."""
         starts = [b.start for b in buckets]
         result: list[dict[str, list[int]]] = [{} for _ in buckets]
         for item in self._of(ActivitySessionRecorded):
             event = item.event
             assert isinstance(event, ActivitySessionRecorded)
-            if category != ALL_CATEGORIES_KEY and event.data.category != category:
+            if category not in (ALL_CATEGORIES_KEY, event.data.category):
                 continue
             if org is not None and (event.org_id or "") != org:
                 continue
@@ -466,7 +654,7 @@ class InMemoryReportStore:
                     figures = result[i].setdefault(event.user_id, [0, 0])
                     figures[0] += overlap // _US
                     figures[1] += event.data.count if started_here else 0
-        return [{u: ActivityFigures(d, c) for u, (d, c) in r.items()} for r in result]
+        return [BucketActivity.of({u: (d, c) for u, (d, c) in r.items()}) for r in result]
 
     def _profiles(self) -> dict[str, UserProfile]:
         profiles: dict[str, UserProfile] = {}
@@ -547,7 +735,11 @@ class InMemoryReportStore:
     async def cost_user(self, window: Window, user_id: str) -> CostSummary | None:
         """A user's messages in the window, by model and by root chat."""
         if not any(
-            isinstance(c.event, ChatUsageRecorded | UserUpdated) and c.event.user_id == user_id
+            c.event.user_id == user_id
+            and (
+                isinstance(c.event, UserUpdated)
+                or (isinstance(c.event, ChatUsageRecorded) and c.event.data.purpose == "chat")
+            )
             for c in self.events.values()
         ):
             return None
@@ -626,4 +818,3 @@ class InMemoryReportStore:
                 usage = data.usage.setdefault(event.user_id, UsageMonth())
                 usage.cost_micros += event.data.cost_micros or 0
         return data
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -158,3 +159,28 @@ async def test_openapi_document_describes_routes(
     assert {"401", "422", "200"} <= set(emit["responses"])
     assert "Body" in doc["components"]["schemas"]
     assert "/healthz" in doc["paths"]
+
+
+async def test_a_stalled_body_times_out_with_408() -> None:
+    """A client that stops sending its body gets 408 instead of holding the handler forever."""
+    settings = CommonSettings(
+        DATABASE_URL="postgresql://unused", TOLLGATE_EMITTER_TOKENS="e1", TOLLGATE_BODY_TIMEOUT=0.2
+    )
+    app = create_app(
+        service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
+    )
+    app.router.add_post("/emit", emitter_route)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            b"POST /emit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer e1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"amo'
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert b" 408 " in status_line
+        writer.close()
+    finally:
+        await server.close()

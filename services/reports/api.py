@@ -1,0 +1,765 @@
+"""Reports' HTTP handlers: the Activity API, cost tracking and the chargeback report.
+
+Handlers parse and validate the query string (a clear 400 naming the parameter), ask the store,
+and shape JSON or CSV. What a figure means is decided in `domain.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from libs.service.errors import BadRequest, DependencyUnavailable, NotFound
+from libs.service.openapi import OpenApi
+from libs.service.web import Role, json_response, requires
+from services.reports.domain import (
+    MAX_BUCKETS,
+    CostSummary,
+    CostUserRow,
+    InvalidQueryError,
+    Window,
+    activity_body,
+    ceil_day,
+    chargeback_body,
+    default_cost_window,
+    make_buckets,
+    month_window,
+    parse_category,
+    parse_interval,
+    parse_month,
+    parse_time,
+)
+from services.reports.limits import LimitsClient
+from services.reports.metrics import ReportsMetrics
+from services.reports.storage import ReportStore
+
+STORE = web.AppKey("reports_store", ReportStore)
+LIMITS = web.AppKey("reports_limits", LimitsClient)
+METRICS = web.AppKey("reports_metrics", ReportsMetrics)
+
+MAX_PAGE: Final = 1000
+DEFAULT_PAGE: Final = 25
+MAX_OFFSET: Final = 2**31 - 1
+MAX_TEXT: Final = 256
+_30_DAYS: Final = timedelta(days=30)
+
+# A store that does not answer is a 503 the caller may retry, never a 500.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.QueryCanceledError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+# -- query string ------------------------------------------------------------------------------
+
+
+class Query:
+    """The query string of one request, read once, with 400s that name the parameter."""
+
+    def __init__(self, request: web.Request, allowed: Sequence[str]) -> None:
+        params = request.rel_url.query
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise BadRequest(
+                f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+                f"this route takes {', '.join(allowed)}",
+                detail={"allowed": list(allowed)},
+            )
+        self.values: dict[str, str] = {}
+        for key in params:
+            found = params.getall(key)
+            if len(found) > 1:
+                raise BadRequest(f"{key}: given {len(found)} times; give it once")
+            value = found[0]
+            if "\x00" in value:
+                raise BadRequest(f"{key}: must not contain NUL characters")
+            if len(value) > MAX_TEXT:
+                raise BadRequest(f"{key}: longer than {MAX_TEXT} characters")
+            self.values[key] = value
+
+    def text(self, name: str) -> str | None:
+        """A parameter as given, None when absent or blank."""
+        value = self.values.get(name, "").strip()
+        return value or None
+
+    def time(self, name: str) -> datetime | None:
+        """An RFC 3339 time (or a date), in UTC."""
+        raw = self.text(name)
+        return None if raw is None else parse_time(name, raw)
+
+    def integer(self, name: str, *, default: int | None, low: int, high: int) -> int | None:
+        """An integer within [low, high]."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BadRequest(f"{name}: {raw!r} is not an integer") from None
+        if not low <= value <= high:
+            raise BadRequest(f"{name}: must be between {low} and {high}, got {value}")
+        return value
+
+
+def wants_csv(request: web.Request, query: Query) -> bool:
+    """`?format=csv`, or an Accept header asking for text/csv."""
+    fmt = query.text("format")
+    if fmt is not None:
+        if fmt.lower() not in ("json", "csv"):
+            raise BadRequest(f"format: {fmt!r} is not json or csv")
+        return fmt.lower() == "csv"
+    return "text/csv" in request.headers.get("Accept", "").lower()
+
+
+def _cost_window(query: Query, now: datetime) -> Window:
+    start = query.time("start_date")
+    end = query.time("end_date")
+    default = default_cost_window(now)
+    if start is None and end is None:
+        return default
+    try:
+        if end is None:
+            end = default.end if start is None or start < default.end else start + _30_DAYS
+        if start is None:
+            start = end - _30_DAYS
+    except OverflowError:
+        raise InvalidQueryError("start_date", "is too close to the ends of the calendar") from None
+    if end <= start:
+        raise InvalidQueryError("end_date", "must be after start_date")
+    return Window(start, end)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+# Spreadsheet programs run cells that start like a formula; text cells never should.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return value
+
+
+def csv_response(
+    filename: str, header: Sequence[str], rows: Iterable[Sequence[object]]
+) -> web.Response:
+    """A CSV attachment with a header row."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(v) for v in row])
+    return web.Response(
+        body=out.getvalue().encode(),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def usd(micros: int) -> str:
+    """Micro-dollars as an exact decimal dollar string, e.g. 1234567 -> 1.234567."""
+    return str(Decimal(micros).scaleb(-6).quantize(Decimal("0.000001")))
+
+
+@asynccontextmanager
+async def _timed(request: web.Request, endpoint: str) -> AsyncIterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise DependencyUnavailable(
+            "the reports database is unavailable; retry shortly", detail=type(exc).__name__
+        ) from exc
+    except InvalidQueryError as exc:
+        raise BadRequest(exc.message, detail={"field": exc.field}) from exc
+    finally:
+        request.app[METRICS].query_seconds.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def _bad(exc: InvalidQueryError) -> BadRequest:
+    return BadRequest(exc.message, detail={"field": exc.field})
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+ACTIVITY_PARAMS: Final = ("start", "end", "interval", "category", "org")
+
+
+async def get_activity(request: web.Request) -> web.Response:
+    """Active users per bucket and their time, in Coder's Activity shape."""
+    query = Query(request, ACTIVITY_PARAMS)
+    try:
+        now = datetime.now(UTC)
+        end = query.time("end")
+        start = query.time("start")
+        if end is None:
+            end = ceil_day(now) if start is None or start < ceil_day(now) else start
+        if start is None:
+            try:
+                start = end - _30_DAYS
+            except OverflowError:
+                raise InvalidQueryError("end", "is too early for the default start") from None
+        interval = parse_interval(query.text("interval") or "1 day")
+        category = parse_category(query.text("category") or "any")
+        buckets = make_buckets(start, end, interval, limit=MAX_BUCKETS)
+    except InvalidQueryError as exc:
+        raise _bad(exc) from exc
+    org = query.text("org")
+    store = request.app[STORE]
+    async with _timed(request, "activity"):
+        figures = await store.activity(buckets, category=category, org=org)
+        active = {user_id for bucket in figures for user_id in bucket.user_ids}
+        profiles = await store.profiles(active)
+    return json_response(activity_body(buckets, figures, profiles))
+
+
+COST_USERS_PARAMS: Final = ("start_date", "end_date", "q", "limit", "offset", "format")
+
+COST_CSV_HEADER: Final = (
+    "user_id",
+    "username",
+    "name",
+    "total_cost_micros",
+    "total_cost_usd",
+    "message_count",
+    "priced_message_count",
+    "unpriced_message_count",
+    "chat_count",
+    "total_input_tokens",
+    "total_output_tokens",
+    "total_cache_read_tokens",
+    "total_cache_creation_tokens",
+)
+
+
+def _cost_csv_row(row: CostUserRow) -> list[object]:
+    f = row.figures
+    p = row.profile
+    return [
+        row.user_id,
+        p.username if p else "",
+        p.name if p else "",
+        f.cost_micros,
+        usd(f.cost_micros),
+        f.messages,
+        f.priced_messages,
+        f.unpriced_messages,
+        row.chat_count,
+        f.input_tokens,
+        f.output_tokens,
+        f.cache_read_tokens,
+        f.cache_write_tokens,
+    ]
+
+
+async def get_cost_users(request: web.Request) -> web.Response:
+    """Per-user chat spend in a window, cost descending; JSON pages or the whole list as CSV."""
+    query = Query(request, COST_USERS_PARAMS)
+    as_csv = wants_csv(request, query)
+    try:
+        window = _cost_window(query, datetime.now(UTC))
+    except InvalidQueryError as exc:
+        raise _bad(exc) from exc
+    limit = query.integer(
+        "limit",
+        default=None if as_csv else DEFAULT_PAGE,
+        low=1,
+        high=MAX_OFFSET if as_csv else MAX_PAGE,
+    )
+    offset = query.integer("offset", default=0, low=0, high=MAX_OFFSET) or 0
+    search = query.text("q")
+    async with _timed(request, "cost_users"):
+        page = await request.app[STORE].cost_users(
+            window, search=search, limit=limit, offset=offset
+        )
+    if as_csv:
+        stamp = f"{window.start:%Y%m%dT%H}-{window.end:%Y%m%dT%H}"
+        return csv_response(
+            f"tollgate-costs-{stamp}.csv", COST_CSV_HEADER, map(_cost_csv_row, page.rows)
+        )
+    return json_response(
+        {
+            "start_date": window.start,
+            "end_date": window.end,
+            "count": page.count,
+            "users": [row.as_json() for row in page.rows],
+        }
+    )
+
+
+COST_USER_PARAMS: Final = ("start_date", "end_date")
+
+
+def _summary_json(summary: CostSummary, window: Window) -> dict[str, Any]:
+    p = summary.profile
+    return {
+        "start_date": window.start,
+        "end_date": window.end,
+        "user_id": summary.user_id,
+        "username": p.username if p else "",
+        "name": p.name if p else "",
+        "avatar_hash": p.avatar_hash if p else None,
+        **summary.figures.as_json(),
+        "chat_count": summary.chat_count,
+        "by_model": [m.as_json() for m in summary.by_model],
+        "by_chat": [c.as_json() for c in summary.by_chat],
+    }
+
+
+async def get_cost_user(request: web.Request) -> web.Response:
+    """One user's chat spend: totals, by model, by root chat, and their usage limit status."""
+    query = Query(request, COST_USER_PARAMS)
+    user_id = request.match_info["user_id"]
+    if not 1 <= len(user_id) <= 128 or "\x00" in user_id:
+        raise BadRequest("user_id: must be 1 to 128 characters without NUL")
+    try:
+        window = _cost_window(query, datetime.now(UTC))
+    except InvalidQueryError as exc:
+        raise _bad(exc) from exc
+    limit_status = asyncio.ensure_future(request.app[LIMITS].status(user_id))
+    try:
+        async with _timed(request, "cost_user"):
+            summary = await request.app[STORE].cost_user(window, user_id)
+    except BaseException:
+        limit_status.cancel()
+        raise
+    if summary is None:
+        limit_status.cancel()
+        raise NotFound(f"user {user_id!r} has no directory entry and no chat usage")
+    body = _summary_json(summary, window)
+    body["usage_limit"] = await limit_status
+    return json_response(body)
+
+
+CHARGEBACK_PARAMS: Final = ("reportMonth", "format", "table")
+CHARGEBACK_TABLES: Final = ("workspaces", "members", "users")
+
+
+def _chargeback_csv(report: Mapping[str, Any], table: str) -> web.Response:
+    month = report["reportDate"]
+    workspaces: list[dict[str, Any]] = report["workspaces"]
+    if table == "workspaces":
+        return csv_response(
+            f"tollgate-chargeback-{month}-workspaces.csv",
+            (
+                "report_month",
+                "workspace_id",
+                "workspace",
+                "members",
+                "projects",
+                "experiments",
+                "size_mb",
+                "llm_cost_micros",
+                "llm_cost_usd",
+                "agent_builds",
+            ),
+            (
+                (
+                    month,
+                    w["id"],
+                    w["name"],
+                    w["numberOfMembers"],
+                    len(w["projects"]),
+                    w["numberOfExperiments"],
+                    w["totalSizeInMb"],
+                    w["llmCostMicros"],
+                    usd(w["llmCostMicros"]),
+                    w["agentBuilds"],
+                )
+                for w in workspaces
+            ),
+        )
+    if table == "members":
+        return csv_response(
+            f"tollgate-chargeback-{month}-members.csv",
+            (
+                "report_month",
+                "workspace_id",
+                "workspace",
+                "user_id",
+                "username",
+                "email",
+                "experiments",
+                "size_mb",
+                "llm_cost_micros",
+                "llm_cost_usd",
+                "agent_builds",
+            ),
+            (
+                (
+                    month,
+                    w["id"],
+                    w["name"],
+                    m["userId"],
+                    m["userName"],
+                    m["email"],
+                    m["numberOfExperiments"],
+                    m["totalSizeInMb"],
+                    m["llmCostMicros"],
+                    usd(m["llmCostMicros"]),
+                    m["agentBuilds"],
+                )
+                for w in workspaces
+                for m in w["members"]
+            ),
+        )
+    users: list[dict[str, Any]] = report["users"]["licensedUsers"]
+    return csv_response(
+        f"tollgate-chargeback-{month}-users.csv",
+        (
+            "report_month",
+            "user_id",
+            "username",
+            "email",
+            "created_at",
+            "ui_usage_count",
+            "ui_usage_update_ts",
+            "sdk_usage_count",
+            "sdk_usage_update_ts",
+            "suspended",
+            "llm_cost_micros",
+            "llm_cost_usd",
+            "agent_builds",
+        ),
+        (
+            (
+                month,
+                u["userId"],
+                u["username"],
+                u["email"],
+                u["created_at"],
+                u["uiUsageCount"],
+                u["uiUsageUpdateTs"],
+                u["sdkUsageCount"],
+                u["sdkUsageUpdateTs"],
+                u["suspended"],
+                u["llmCostMicros"],
+                usd(u["llmCostMicros"]),
+                u["agentBuilds"],
+            )
+            for u in users
+        ),
+    )
+
+
+@requires(Role.ADMIN)
+async def get_chargeback(request: web.Request) -> web.Response:
+    """Comet's chargeback report for a month, with LLM cost and agent builds; admin only."""
+    query = Query(request, CHARGEBACK_PARAMS)
+    raw_month = query.text("reportMonth")
+    if raw_month is None:
+        raise BadRequest("reportMonth: required, a month like 2026-11 (YYYY-MM)")
+    try:
+        month = month_window(parse_month(raw_month))
+    except InvalidQueryError as exc:
+        raise _bad(exc) from exc
+    as_csv = wants_csv(request, query)
+    table = (query.text("table") or "workspaces").lower()
+    if table not in CHARGEBACK_TABLES:
+        raise BadRequest(f"table: {table!r} is not one of {', '.join(CHARGEBACK_TABLES)}")
+    async with _timed(request, "chargeback"):
+        data = await request.app[STORE].chargeback(month)
+    report = chargeback_body(month.start, data, datetime.now(UTC))
+    if as_csv:
+        return _chargeback_csv(report, table)
+    return json_response(report)
+
+
+# -- OpenAPI -----------------------------------------------------------------------------------
+
+
+class UserActivity(BaseModel):
+    """One user's activity in one bucket."""
+
+    user_id: str
+    duration: int = Field(description="Milliseconds of the bucket this user was active")
+    count: int = Field(description="Sessions that started in the bucket")
+
+
+class ActivityBucket(BaseModel):
+    """One bucket of the interval."""
+
+    time: datetime
+    duration: int = Field(description="Length of the bucket in milliseconds")
+    user_activity: list[UserActivity]
+
+
+class ActivityUserInfo(BaseModel):
+    """A user active in the range, with totals over every bucket."""
+
+    id: str
+    name: str
+    username: str
+    roles: list[str]
+    avatar_hash: str | None
+    total_count: int
+    total_duration: int
+
+
+class ActivityResponse(BaseModel):
+    """Coder's Activity shape."""
+
+    activity: list[ActivityBucket]
+    users: dict[str, ActivityUserInfo]
+
+
+class Sums(BaseModel):
+    """Chat spend and tokens (title generation excluded)."""
+
+    total_cost_micros: int
+    message_count: int
+    priced_message_count: int
+    unpriced_message_count: int
+    total_input_tokens: int
+    total_output_tokens: int
+    total_cache_read_tokens: int
+    total_cache_creation_tokens: int
+
+
+class CostUserRollup(Sums):
+    """One user's line in the cost list."""
+
+    user_id: str
+    username: str
+    name: str
+    avatar_hash: str | None
+    chat_count: int
+
+
+class CostUsersResponse(BaseModel):
+    """A page of the cost list."""
+
+    start_date: datetime
+    end_date: datetime
+    count: int = Field(description="Users matching the search in the window, all pages")
+    users: list[CostUserRollup]
+
+
+class ModelBreakdown(Sums):
+    """Spend on one model."""
+
+    model: str
+    provider: str
+
+
+class ChatBreakdown(Sums):
+    """Spend in one root chat, its sub-chats included."""
+
+    root_chat_id: str
+
+
+class UsageLimitStatus(BaseModel):
+    """The limits service's status for the user."""
+
+    is_limited: bool
+    period: str | None
+    limit_micros: int | None
+    spent_micros: int | None
+    period_start: str | None
+    period_end: str | None
+
+
+class CostSummaryResponse(Sums):
+    """One user's spend in the window."""
+
+    start_date: datetime
+    end_date: datetime
+    user_id: str
+    username: str
+    name: str
+    avatar_hash: str | None
+    chat_count: int
+    by_model: list[ModelBreakdown]
+    by_chat: list[ChatBreakdown]
+    usage_limit: UsageLimitStatus | None
+
+
+class ChargebackMember(BaseModel):
+    """A team member's figures for the month."""
+
+    userId: str  # noqa: N815  # Comet's field names
+    userName: str  # noqa: N815
+    email: str
+    numberOfExperiments: int  # noqa: N815
+    totalSizeInMb: float  # noqa: N815
+    llmCostMicros: int  # noqa: N815
+    agentBuilds: int  # noqa: N815
+
+
+class ChargebackProject(BaseModel):
+    """A project and its latest storage sample of the month."""
+
+    id: str
+    name: str
+    numberOfExperiments: int  # noqa: N815
+    totalSizeInMb: float  # noqa: N815
+
+
+class ChargebackWorkspace(BaseModel):
+    """A team."""
+
+    id: str
+    name: str
+    numberOfMembers: int  # noqa: N815
+    totalSizeInMb: float  # noqa: N815
+    numberOfExperiments: int  # noqa: N815
+    llmCostMicros: int  # noqa: N815
+    agentBuilds: int  # noqa: N815
+    members: list[ChargebackMember]
+    projects: list[ChargebackProject]
+
+
+class LicensedUser(BaseModel):
+    """A licensed user's usage in the month (times in ms since the epoch, 0 for none)."""
+
+    userId: str  # noqa: N815
+    username: str
+    email: str
+    created_at: int
+    uiUsageCount: int  # noqa: N815
+    uiUsageUpdateTs: int  # noqa: N815
+    sdkUsageCount: int  # noqa: N815
+    sdkUsageUpdateTs: int  # noqa: N815
+    suspended: bool
+    llmCostMicros: int  # noqa: N815
+    agentBuilds: int  # noqa: N815
+
+
+class ChargebackUsers(BaseModel):
+    """Licensed users."""
+
+    licensedUsers: list[LicensedUser]  # noqa: N815
+    numberOfUsers: int  # noqa: N815
+    createdAt: int  # noqa: N815
+
+
+class ChargebackReport(BaseModel):
+    """Comet's chargeback report."""
+
+    reportDate: str  # noqa: N815
+    workspaces: list[ChargebackWorkspace]
+    users: ChargebackUsers
+
+
+def _param(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+_TIME_DOC = "RFC 3339 time with a timezone, or a date (meaning its midnight UTC)"
+_CSV_DOC = {"text/csv": {"schema": {"type": "string"}}}
+
+
+def add_routes(app: web.Application, openapi: OpenApi) -> None:
+    """Register the handlers and describe them in the OpenAPI document."""
+    app.router.add_get("/api/v1/metrics/activity", get_activity)
+    app.router.add_get("/api/v1/costs/users", get_cost_users)
+    app.router.add_get("/api/v1/costs/users/{user_id}", get_cost_user)
+    app.router.add_get("/api/v1/chargeback/report", get_chargeback)
+    openapi.add(
+        "get",
+        "/api/v1/metrics/activity",
+        summary="Active users and their time per bucket (Coder's Activity API; durations in ms)",
+        parameters=[
+            _param("start", f"Start of the first bucket: {_TIME_DOC}. Default: end - 30 days"),
+            _param(
+                "end",
+                f"End of the last bucket (exclusive): {_TIME_DOC}. Default: next midnight UTC",
+            ),
+            _param(
+                "interval",
+                "Bucket length",
+                enum=["1 day", "1 week", "1 month", "90 day", "1 year"],
+            ),
+            _param(
+                "category",
+                "Activity category",
+                enum=["any", "ide", "login", "app", "tunnel", "web_terminal"],
+            ),
+            _param("org", "Only activity in this organization"),
+        ],
+        responses={200: ActivityResponse, 400: None, 503: None},
+        tag="activity",
+    )
+    openapi.add(
+        "get",
+        "/api/v1/costs/users",
+        summary="Per-user chat spend, cost descending (CSV with Accept: text/csv or format=csv)",
+        parameters=[
+            _param("start_date", f"{_TIME_DOC}. Default: end_date - 30 days"),
+            _param("end_date", f"Exclusive. {_TIME_DOC}. Default: now"),
+            _param("q", "Case-insensitive substring of the name or username, or a user id"),
+            _param("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE}; CSV: all)"),
+            _param("offset", "Rows to skip"),
+            _param("format", "json (default) or csv", enum=["json", "csv"]),
+        ],
+        responses={200: CostUsersResponse, 400: None, 503: None},
+        tag="costs",
+    )
+    openapi.add(
+        "get",
+        "/api/v1/costs/users/{user_id}",
+        summary="One user's chat spend by model and by root chat, with their usage limit",
+        parameters=[
+            _param("start_date", f"{_TIME_DOC}. Default: end_date - 30 days"),
+            _param("end_date", f"Exclusive. {_TIME_DOC}. Default: now"),
+        ],
+        responses={200: CostSummaryResponse, 400: None, 404: None, 503: None},
+        tag="costs",
+    )
+    openapi.add(
+        "get",
+        "/api/v1/chargeback/report",
+        summary="Comet's chargeback report for a month, with LLM cost and agent builds",
+        parameters=[
+            {
+                "name": "reportMonth",
+                "in": "query",
+                "required": True,
+                "description": "The month, YYYY-MM",
+                "schema": {"type": "string", "pattern": r"^\d{4}-\d{2}$"},
+            },
+            _param("format", "json (default) or csv", enum=["json", "csv"]),
+            _param(
+                "table",
+                "For CSV: workspaces (default), members or users",
+                enum=list(CHARGEBACK_TABLES),
+            ),
+        ],
+        admin=True,
+        responses={200: ChargebackReport, 400: None, 503: None},
+        tag="chargeback",
+    )
+    # CSV is a second representation of the same 200.
+    for path in ("/api/v1/costs/users", "/api/v1/chargeback/report"):
+        content = openapi.document()["paths"][path]["get"]["responses"]["200"]["content"]
+        content.update(_CSV_DOC)

@@ -1,0 +1,151 @@
+"""Reports' composition root: the database pool, the consumer group, the limits client, the API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from libs.service.consumer import ConsumerLoop
+from libs.service.db import create_pool
+from libs.service.kafka import bounded, make_producer
+from libs.service.openapi import OpenApi
+from libs.service.runtime import background
+from libs.service.web import READINESS_KEY, create_app
+from services.reports.api import LIMITS, METRICS, STORE, add_routes
+from services.reports.config import ReportsSettings
+from services.reports.consumer import ReportsSink, build_consumer
+from services.reports.limits import HttpLimitsClient, LimitsClient, NoLimits
+from services.reports.metrics import ReportsMetrics
+from services.reports.storage import PostgresReportStore, ReportStore
+
+CONSUMER = web.AppKey("reports_consumer", ConsumerLoop)
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+class Runtime:
+    """What the readiness checks look at: the database probe and the consumer, once started."""
+
+    def __init__(self) -> None:
+        self.database = False
+        self.loop: ConsumerLoop | None = None
+        self.sink: ReportsSink | None = None
+
+    async def database_ready(self) -> tuple[bool, str]:
+        """The last database probe answered."""
+        return self.database, "database"
+
+    async def consumer_ready(self) -> tuple[bool, str]:
+        """The projection has read and committed the log as it stood at start."""
+        if self.loop is None or self.sink is None:
+            return True, "consumer"
+        return self.loop.caught_up.is_set() and self.sink.idle, "consumer"
+
+
+def _database(
+    settings: ReportsSettings,
+    store: ReportStore | None,
+    registry: CollectorRegistry,
+    metrics: ReportsMetrics,
+    runtime: Runtime,
+) -> CleanupCtx:
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        if store is not None:
+            app[STORE] = store
+            runtime.database = True
+            yield
+            return
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+        reports = PostgresReportStore(pool, max_session_hours=settings.max_session_hours)
+        app[STORE] = reports
+
+        async def probe() -> None:
+            while True:
+                runtime.database = await reports.ping()
+                await asyncio.sleep(1)
+
+        producer = make_producer(settings.kafka_bootstrap_servers, idempotent=False)
+        await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
+        loop, sink = build_consumer(
+            settings, pool=pool, dlq_producer=producer, registry=registry, metrics=metrics
+        )
+        runtime.loop, runtime.sink = loop, sink
+        app[CONSUMER] = loop
+        try:
+            async with (
+                background(probe(), name="db-probe"),
+                background(loop.run(), name="consumer"),
+            ):
+                yield
+        finally:
+            await sink.close()
+            with suppress(Exception):
+                await asyncio.wait_for(producer.stop(), settings.kafka_timeout_s)
+            await pool.close()
+
+    return database
+
+
+def _limits(
+    settings: ReportsSettings, limits: LimitsClient | None, metrics: ReportsMetrics
+) -> CleanupCtx:
+    async def limits_client(app: web.Application) -> AsyncIterator[None]:
+        if limits is not None or not settings.limits_url:
+            app[LIMITS] = limits or NoLimits()
+            yield
+            return
+        async with aiohttp.ClientSession() as session:
+            app[LIMITS] = HttpLimitsClient(
+                session,
+                base_url=settings.limits_url,
+                token=settings.limits_token,
+                timeout_s=settings.limits_timeout_s,
+                on_error=lambda reason: metrics.limits_errors.labels(reason).inc(),
+            )
+            yield
+
+    return limits_client
+
+
+def build_app(
+    settings: ReportsSettings,
+    *,
+    store: ReportStore | None = None,
+    limits: LimitsClient | None = None,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The reports application; real dependencies are built when none are given.
+
+    With a `store` given, nothing connects to PostgreSQL or Kafka: the app serves that store
+    (tests pass an in-memory one) and is ready at once.
+    """
+    registry = registry or CollectorRegistry()
+    openapi = OpenApi(
+        title="Tollgate reports",
+        description=(
+            "Projections of the usage log in PostgreSQL: Coder's Activity API, chat cost "
+            "tracking, and Comet's chargeback report."
+        ),
+    )
+    app = create_app(service="reports", settings=settings, registry=registry, openapi=openapi)
+    metrics = ReportsMetrics.build(registry)
+    app[METRICS] = metrics
+    runtime = Runtime()
+    app.cleanup_ctx.extend(
+        [
+            _database(settings, store, registry, metrics, runtime),
+            _limits(settings, limits, metrics),
+        ]
+    )
+    checks: list[Callable[[], Awaitable[tuple[bool, str]]]] = [
+        runtime.database_ready,
+        runtime.consumer_ready,
+    ]
+    app[READINESS_KEY].extend(checks)
+    add_routes(app, openapi)
+    return app

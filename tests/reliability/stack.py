@@ -1,0 +1,287 @@
+"""A whole Tollgate for one fault run, on the session's broker and PostgreSQL.
+
+It gets a database and topics of its own, so its figures hold only what the run sent,
+and starts every service that exists in this checkout, plus the local billing sink when
+the publisher exists. Faults are injected here too: SIGKILL and restart, a paused broker,
+a paused PostgreSQL (the postmaster and every backend), a failing billing sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+from libs.service.db import migrate
+from libs.service.embedded import free_port, port_open
+from libs.service.kafka import ensure_topics
+from tests.support import ADMIN_TOKEN, ROOT, Infra, ServiceProcess
+
+SERVICES: Final = ("ingest", "limits", "reports", "publisher")
+CONSUMERS: Final = ("limits", "reports", "publisher")
+
+
+#: Narrows the run to some services while one is being worked on, e.g. `ingest,limits`.
+ONLY_ENV: Final = "TOLLGATE_RELIABILITY_SERVICES"
+
+
+def existing_services() -> list[str]:
+    """The services whose `services/<name>/__main__.py` exists (and that `ONLY_ENV` keeps)."""
+    only = {n.strip() for n in os.environ.get(ONLY_ENV, "").split(",") if n.strip()}
+    return [
+        name
+        for name in SERVICES
+        if (ROOT / "services" / name / "__main__.py").exists() and (not only or name in only)
+    ]
+
+
+def missing_reason(name: str) -> str:
+    """Why a check about `name` cannot run."""
+    if (ROOT / "services" / name / "__main__.py").exists():
+        return f"the {name} service was left out by {ONLY_ENV}"
+    return f"the {name} service is not available yet (services/{name}/__main__.py is missing)"
+
+
+class ToolProcess(ServiceProcess):
+    """A `tollgate <tool> ...` process (the billing sink), started like a service."""
+
+    def start(self, *, timeout_s: float = 30.0) -> None:
+        """Start the tool and wait until its port accepts connections."""
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "libs.service.cli", *self.extra_args],
+                env=dict(self.env),
+                stdout=out,
+                stderr=out,
+                cwd=ROOT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.logs()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not listen within {timeout_s}s")
+            time.sleep(0.05)
+
+
+async def create_database(infra: Infra, name: str) -> str:
+    """A new, migrated database on the session's PostgreSQL; returns its URL."""
+    conn = await asyncpg.connect(infra.database_url, timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(infra.database_url)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    await migrate(url)
+    return url
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+@dataclass
+class Stack:
+    """The services of one run, their sink, and the faults injected into them."""
+
+    infra: Infra
+    workdir: Path
+    database_url: str
+    events_topic: str
+    dlq_topic: str
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    sink: ToolProcess | None = None
+    sink_control: str | None = None
+    faults: list[str] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    async def start(cls, infra: Infra, workdir: Path, *, names: list[str]) -> Stack:
+        """Create the database and topics, then start `names` (and the sink for the publisher)."""
+        run = uuid.uuid4().hex[:10]
+        url = await create_database(infra, f"rel_{run}")
+        events, dlq = f"rel.{run}.events", f"rel.{run}.dlq"
+        await ensure_topics(infra.bootstrap, events_topic=events, dlq_topic=dlq)
+        stack = cls(infra, workdir, url, events, dlq)
+        ports = {name: free_port() for name in names}
+        env = infra.env(
+            DATABASE_URL=url,
+            TOLLGATE_EVENTS_TOPIC=events,
+            TOLLGATE_DLQ_TOPIC=dlq,
+            # Restarts load a recent snapshot and replay the tail, as in production.
+            TOLLGATE_LIMITS_SNAPSHOT_INTERVAL="2",
+            # A dead member's partitions come back within seconds, not the production default.
+            TOLLGATE_PUBLISHER_SESSION_TIMEOUT="4s",
+            TOLLGATE_REPORTS_SESSION_TIMEOUT_MS="4000",
+        )
+        if "limits" in ports:
+            env["TOLLGATE_LIMITS_URL"] = f"http://127.0.0.1:{ports['limits']}"
+        if "publisher" in names:
+            sink_port, control_port = free_port(), free_port()
+            env.update(
+                BILLING_URL=f"http://127.0.0.1:{sink_port}",
+                LICENSE_KEY="reliability-license",
+                DEPLOYMENT_ID=f"reliability-{run}",
+                PUBLISH_INTERVAL="500ms",
+                PUBLISH_FIRST_DELAY="500ms",
+                PUBLISH_TIMEOUT="2s",
+                PUBLISH_CLAIM_TIMEOUT="10s",
+                PUBLISH_BACKOFF_BASE="200ms",
+                PUBLISH_BACKOFF_MAX="2s",
+            )
+            stack.sink = ToolProcess(
+                name="billing-sink",
+                port=sink_port,
+                env=env,
+                log_path=workdir / "billing-sink.log",
+                extra_args=[
+                    "billing-sink",
+                    "--port",
+                    str(sink_port),
+                    "--control-port",
+                    str(control_port),
+                ],
+            )
+            stack.sink_control = f"http://127.0.0.1:{control_port}"
+        try:
+            if stack.sink is not None:
+                await asyncio.to_thread(stack.sink.start)
+            for name in names:
+                svc = ServiceProcess(
+                    name=name,
+                    port=ports[name],
+                    env={**env, f"TOLLGATE_{name.upper()}_PORT": str(ports[name])},
+                    log_path=workdir / f"{name}.log",
+                )
+                stack.services[name] = svc
+                stack.restarts[name] = 0
+                await asyncio.to_thread(svc.start)
+            for name in names:
+                await stack.wait_ready(name)
+        except BaseException:
+            await stack.stop()
+            raise
+        return stack
+
+    def url(self, name: str) -> str:
+        """Base URL of a running service."""
+        return self.services[name].url
+
+    async def stop(self) -> None:
+        """Stop every process (the database and topics stay; they are unique to the run)."""
+        for svc in [*self.services.values(), *([self.sink] if self.sink else [])]:
+            await asyncio.to_thread(svc.stop)
+
+    async def wait_ready(self, name: str, *, timeout_s: float = 120.0) -> None:
+        """Poll `/readyz` until the service says it is ready (consumers: caught up)."""
+        url = f"{self.url(name)}/readyz"
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                self.assert_alive(name)
+                try:
+                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=3)) as r:
+                        if r.status == 200:
+                            return
+                        last = f"{r.status} {await r.text()}"
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    last = repr(exc)
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"{name} not ready within {timeout_s}s: {last}")
+
+    def assert_alive(self, name: str) -> None:
+        """Fail with the log tail when a service died by itself."""
+        svc = self.services[name]
+        if svc.process is None or svc.process.poll() is not None:
+            raise AssertionError(f"{name} died on its own:\n{svc.logs()[-3000:]}")
+
+    def unexpected_exits(self) -> list[str]:
+        """Services that are not running although no fault is in progress."""
+        return [
+            n for n, s in self.services.items() if s.process is None or s.process.poll() is not None
+        ]
+
+    # ----- faults --------------------------------------------------------------------------
+
+    async def kill_and_restart(self, name: str, *, down_s: float = 0.5) -> None:
+        """SIGKILL a service, leave it down briefly, start it again and wait until ready."""
+        svc = self.services[name]
+        await asyncio.to_thread(svc.kill)
+        self.faults.append(f"SIGKILL {name}")
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(svc.start)
+        self.restarts[name] += 1
+        await self.wait_ready(name)
+
+    async def pause_broker(self, seconds: float) -> None:
+        """SIGSTOP the broker for `seconds`, then SIGCONT."""
+        self.infra.broker.pause()
+        self.faults.append(f"broker paused {seconds:g}s")
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.infra.broker.resume()
+
+    async def pause_postgres(self, seconds: float) -> None:
+        """SIGSTOP the postmaster and every backend for `seconds`, then SIGCONT them all."""
+        async with self.postgres_paused():
+            self.faults.append(f"PostgreSQL paused {seconds:g}s")
+            await asyncio.sleep(seconds)
+
+    @asynccontextmanager
+    async def postgres_paused(self) -> AsyncIterator[None]:
+        """PostgreSQL frozen for the length of the block (resumed however the block ends)."""
+        master = self.infra.postgres.pid()
+        assert master is not None, "the session's PostgreSQL has no postmaster pid"
+        # The postmaster first, so it forks nothing new while its children are frozen.
+        os.kill(master, signal.SIGSTOP)
+        children = _children(master)
+        try:
+            for pid in children:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            yield
+        finally:
+            for pid in children:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            os.kill(master, signal.SIGCONT)
+
+    async def fail_sink(self, seconds: float) -> None:
+        """Make the billing sink answer 503, then hang, then refuse connections, then recover."""
+        assert self.sink_control is not None
+        phase = max(1.0, seconds / 3)
+        async with aiohttp.ClientSession() as http:
+            for mode in ("error", "hang", "refuse"):
+                async with http.post(
+                    f"{self.sink_control}/_sink/mode", json={"mode": mode, "status": 503}
+                ) as r:
+                    assert r.status == 200, await r.text()
+                self.faults.append(f"billing sink {mode} {phase:g}s")
+                await asyncio.sleep(phase)
+            async with http.post(f"{self.sink_control}/_sink/mode", json={"mode": "ok"}) as r:
+                assert r.status == 200, await r.text()
+
+
+def admin_headers() -> dict[str, str]:
+    """The admin token the stack's services accept."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
