@@ -1,0 +1,1 @@
+"""Tollgate's services, one package each."""

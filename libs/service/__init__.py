@@ -1,0 +1,1 @@
+"""The shared service runtime: settings, logging, HTTP skeleton, consumer loop, infrastructure."""

@@ -1,0 +1,1 @@
+"""Ingest: validates, prices and logs usage events."""

@@ -1,0 +1,1 @@
+"""Limits: per-user spend in memory and the check before every chat message."""

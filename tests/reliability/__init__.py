@@ -1,0 +1,1 @@
+"""Fault-injection tests: nothing lost, nothing counted twice."""

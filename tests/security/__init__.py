@@ -1,0 +1,1 @@
+"""Bad input and security tests against the running services."""
