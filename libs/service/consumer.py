@@ -207,6 +207,7 @@ class ConsumerLoop:
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         retry_delay_s: float = 1.0,
+        yield_every: int = 0,
     ) -> None:
         self.name = name
         self.bootstrap = bootstrap
@@ -221,6 +222,9 @@ class ConsumerLoop:
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.retry_delay_s = retry_delay_s
+        # Decoding is synchronous work on the event loop; with `yield_every` > 0 the loop gets
+        # a turn (an HTTP request is answered) after every that many records.
+        self.yield_every = yield_every
         self.metrics = _Metrics.build(registry)
         self.caught_up = asyncio.Event()
         self.last_error: str | None = None
@@ -335,13 +339,22 @@ class ConsumerLoop:
                 for item in batch.events:
                     self.metrics.events.labels(self.name, item.event.type).inc()
             self._measure(consumer)
+            if fetched:
+                # `getmany` hands over records already fetched without ever suspending, so a
+                # backlog would be worked through in one go while nothing else runs.
+                await asyncio.sleep(0)
 
     async def _decode(self, fetched: dict[TopicPartition, list[object]]) -> Batch:
         events: list[Consumed] = []
         positions: dict[int, int] = {}
         dead = 0
+        every = self.yield_every
+        seen = 0
         for tp, records in fetched.items():
             for record in records:
+                seen += 1
+                if every and seen % every == 0:
+                    await asyncio.sleep(0)
                 raw: bytes = record.value  # type: ignore[attr-defined]
                 try:
                     event = decode(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +37,11 @@ log = structlog.get_logger(__name__)
 
 #: The name the consumer loop's metrics and logs carry.
 CONSUMER_NAME = "limits"
+#: Most records per fetch, and how many are decoded between turns of the event loop. Checks
+#: share the loop with the log: a fetch of 5,000 records took about 70 ms to decode and fold
+#: in, during which no check was answered; 256 records fold in within about a millisecond.
+BATCH_RECORDS = 256
+DECODE_CHUNK = 64
 
 SINK = web.AppKey("limits_sink", LimitsSink)
 SNAPSHOTTER = web.AppKey("limits_snapshotter", Snapshotter)
@@ -51,11 +57,14 @@ def build_app(
     feed: FeedFactory | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
+    freeze_heap: bool = False,
 ) -> web.Application:
     """The limits application; real dependencies are built when none are given.
 
     `feed` builds what reads the log into the sink; without it, a `ConsumerLoop` over
-    every partition of the events topic.
+    every partition of the events topic. `freeze_heap` (for the service's own process, never
+    for tests sharing one) moves everything alive once the log is read into the garbage
+    collector's permanent generation (see `_freeze_heap_when_caught_up`).
     """
     registry = registry or CollectorRegistry()
     openapi = OpenApi(
@@ -91,6 +100,7 @@ def build_app(
         feed=feed,
         ready=ready,
         clock=clock,
+        freeze_heap=freeze_heap,
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -126,6 +136,7 @@ class _Wiring:
     feed: FeedFactory | None
     ready: Callable[[], bool]
     clock: Callable[[], float]
+    freeze_heap: bool = False
 
     @asynccontextmanager
     async def running(
@@ -188,6 +199,10 @@ class _Wiring:
                     snapshotter.run_forever(settings.snapshot_interval_s, self.ready),
                     name="limits-snapshots",
                 ),
+                background(
+                    _freeze_heap_when_caught_up(reader.caught_up, enabled=self.freeze_heap),
+                    name="limits-heap",
+                ),
             ):
                 yield
             # The consumer has stopped: the ledger is final for this process.
@@ -220,6 +235,23 @@ async def _stores(
         await pool.close()
 
 
+async def _freeze_heap_when_caught_up(caught_up: asyncio.Event, *, enabled: bool) -> None:
+    """Once the log is read, leave what is alive then out of every later garbage collection.
+
+    A full collection walks every container the process holds: the imported libraries, and
+    the restored ledger. In this process it paused the event loop, and every check waiting
+    on it, for 30-40 ms each time. Nothing alive at this point (modules, the ledger's maps and
+    id sets, connections) is garbage in a cycle, and what is freed later is still freed by
+    reference counting; collections then walk only what was made since.
+    """
+    if not enabled:
+        return
+    await caught_up.wait()
+    gc.collect()
+    gc.freeze()
+    log.info("limits_heap_frozen", objects=gc.get_freeze_count())
+
+
 def _consumer_loop(
     settings: LimitsSettings,
     sink: LimitsSink,
@@ -236,8 +268,10 @@ def _consumer_loop(
         dlq_producer=producer,
         registry=registry,
         group_id=None,
+        max_records=BATCH_RECORDS,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         timeout_s=max(10.0, settings.kafka_timeout_s * 2),
+        yield_every=DECODE_CHUNK,
     )
 
 

@@ -29,7 +29,6 @@ from services.reports.domain import (
     CostUserRow,
     InvalidQueryError,
     Window,
-    activity_body,
     ceil_day,
     chargeback_body,
     default_cost_window,
@@ -231,10 +230,8 @@ async def get_activity(request: web.Request) -> web.Response:
     org = query.text("org")
     store = request.app[STORE]
     async with _timed(request, "activity"):
-        figures = await store.activity(buckets, category=category, org=org)
-        active = {user_id for bucket in figures for user_id in bucket.user_ids}
-        profiles = await store.profiles(active)
-    return json_response(activity_body(buckets, figures, profiles))
+        body = await store.activity_report(buckets, category=category, org=org)
+    return json_response(body)
 
 
 COST_USERS_PARAMS: Final = ("start_date", "end_date", "q", "limit", "offset", "format")

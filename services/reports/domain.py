@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, Literal
 
+import orjson
+
 __all__ = [
     "ACTIVITY_GRAINS",
     "ANY_CATEGORY",
@@ -41,6 +43,7 @@ __all__ = [
     "UserProfile",
     "Window",
     "activity_body",
+    "activity_body_of_json",
     "add_months",
     "chargeback_body",
     "cover",
@@ -626,6 +629,28 @@ def activity_body(
         for user_id in sorted(durations)
     }
     return {"activity": activity, "users": users}
+
+
+def activity_body_of_json(
+    buckets: Sequence[Bucket], items: Mapping[int, str], users: str | None
+) -> dict[str, object]:
+    """`activity_body` from its per-user parts already written as JSON text.
+
+    `items[i]` is the inside of bucket i's `user_activity` array (absent: nobody), and `users`
+    the inside of the `users` object, both exactly as `activity_body` would write them; they
+    go into the response as they are, without becoming Python objects.
+    """
+    return {
+        "activity": [
+            {
+                "time": bucket.start,
+                "duration": bucket.duration_ms,
+                "user_activity": orjson.Fragment(f"[{items.get(i, '')}]"),
+            }
+            for i, bucket in enumerate(buckets)
+        ],
+        "users": orjson.Fragment(f"{{{users or ''}}}"),
+    }
 
 
 # -- chargeback -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -53,6 +54,7 @@ from tests.support import unique
 pytestmark = pytest.mark.integration
 
 MAX_SESSION_HOURS = 30
+JSON = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS  # as the API writes it
 CATEGORIES = ("ide", "login", "app", "tunnel", "web_terminal")
 
 
@@ -399,6 +401,12 @@ async def test_postgres_figures_equal_the_events_for_any_range(db: asyncpg.Pool,
         got = await store.activity(buckets, category=category, org=org)
         want = await reference.activity(buckets, category=category, org=org)
         assert got == want, (start, end, interval, category, org)
+        # The response PostgreSQL writes as JSON is the one the figures and profiles make.
+        body = await store.activity_report(buckets, category=category, org=org)
+        want_body = await reference.activity_report(buckets, category=category, org=org)
+        assert orjson.dumps(body, option=JSON) == orjson.dumps(want_body, option=JSON), (
+            start, end, interval, category, org,
+        )  # fmt: skip
         window = Window(start, end)
         limit = rng.choice((None, 2))
         offset = rng.choice((0, 1))
