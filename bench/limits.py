@@ -3,24 +3,39 @@
 - `decision_time`: the in-process decision (`Limiter.decide`) in microseconds.
 - `memory_per_user`: bytes per tracked user, per million dedup ids, and snapshot size.
 - `http_check_latency`: `POST /api/v1/limits/check` against a running service, at a fixed
-  rate (open loop: latency counts from when a request was due, so a stall is not hidden)
-  or at the highest rate a number of concurrent callers reach (closed loop).
+  rate (open loop: a request goes out when it is due whether or not earlier ones have
+  answered) or at the highest rate a number of concurrent callers reach (closed loop). The
+  requests come from a load generator in a process of its own (`python -m bench.limits
+  load …`, see `generate_load`), so the caller's work never competes with the service for
+  the event loop, and a caller's own lateness is told apart from the service's.
+- `background_usage`: simulated usage flowing through ingest meanwhile.
 - `visibility_latency`: from ingest accepting a chat usage to a check showing it.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
+import json
 import random
+import re
+import selectors
+import socket
 import statistics
+import struct
+import sys
 import time
 import tracemalloc
 import zlib
 from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from libs.simulator.generate import Simulation, SimulationConfig
+from libs.simulator.send import IngestSender, register_prices
 from services.limits.domain import (
     DAY,
     MONTH,
@@ -171,6 +186,242 @@ def memory_per_user(*, users: int = 100_000, dedup_ids: int = 1_000_000) -> dict
     }
 
 
+# Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS): the kernel stamps each received segment with
+# the time it arrived, before the receiving process is even scheduled.
+_SO_TIMESTAMPNS: Final = 35
+_TIMESPEC: Final = struct.Struct("qq")
+_CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection with at most one request in flight."""
+
+    __slots__ = ("buffer", "due_ns", "kernel_stamps", "sent_ns", "sock")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            self.kernel_stamps = True
+        except OSError:  # not Linux: the generator's own clock at read time
+            self.kernel_stamps = False
+        self.sock.settimeout(0.0)  # non-blocking
+        self.buffer = bytearray()
+        self.sent_ns = 0
+        self.due_ns = 0
+
+    def send(self, request: bytes, due_ns: int) -> None:
+        self.due_ns = due_ns
+        self.sent_ns = time.time_ns()
+        self.sock.sendall(request)  # a few hundred bytes: the socket buffer always takes them
+
+    def receive(self) -> tuple[int, int, int] | None:
+        """(status, arrival ns, read ns) once a whole response is in, else None."""
+        read_ns = time.time_ns()
+        data, ancillary, _, _ = self.sock.recvmsg(65536, 64)
+        if not data:
+            raise ConnectionError("the service closed the connection")
+        arrived_ns = read_ns
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                seconds, nanoseconds = _TIMESPEC.unpack(payload[: _TIMESPEC.size])
+                arrived_ns = seconds * 1_000_000_000 + nanoseconds
+        self.buffer += data
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return None
+        match = _CONTENT_LENGTH.search(self.buffer, 0, head_end + 2)
+        length = int(match.group(1)) if match else 0
+        if len(self.buffer) < head_end + 4 + length:
+            return None
+        status = int(self.buffer[9:12])
+        del self.buffer[: head_end + 4 + length]
+        return status, arrived_ns, read_ns
+
+
+class _LoadGenerator:
+    """Connections to the service, what they have in flight, and what came back."""
+
+    def __init__(self, url: str, *, token: str, users: int) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.requests = [
+            (
+                f"POST /api/v1/limits/check HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+            for body in (f'{{"user_id":"bench-user-{n}"}}' for n in range(users))
+        ]
+        self.selector = selectors.DefaultSelector()
+        self.idle: list[_Connection] = []
+        self.busy: set[_Connection] = set()
+        self.opened = 0
+        self.latencies: list[int] = []
+        self.lags: list[int] = []
+        self.read_delays: list[int] = []
+        self.statuses: dict[int, int] = {}
+        self.kernel_stamps = True
+
+    def connection(self) -> _Connection:
+        """An idle connection, or a new one when every one has a request in flight."""
+        if self.idle:
+            return self.idle.pop()
+        conn = _Connection(self.host, self.port)
+        self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self.opened += 1
+        return conn
+
+    def send(self, conn: _Connection, n: int, due_ns: int) -> None:
+        conn.send(self.requests[n % len(self.requests)], due_ns)
+        self.busy.add(conn)
+
+    def pump(self, timeout_s: float) -> list[_Connection]:
+        """Read what has arrived within `timeout_s`; the connections whose answer is complete."""
+        answered = []
+        for key, _ in self.selector.select(timeout_s):
+            conn: _Connection = key.data
+            got = conn.receive()
+            if got is None:
+                continue
+            status, arrived_ns, read_ns = got
+            self.latencies.append(arrived_ns - conn.sent_ns)
+            self.lags.append(max(0, conn.sent_ns - conn.due_ns))
+            self.read_delays.append(read_ns - arrived_ns)
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            self.kernel_stamps &= conn.kernel_stamps
+            self.busy.discard(conn)
+            answered.append(conn)
+        return answered
+
+    def drain(self) -> None:
+        """Wait for every answer in flight."""
+        while self.busy:
+            self.idle.extend(self.pump(1.0))
+
+    def reset(self) -> None:
+        """Forget what was measured so far (the warm-up)."""
+        self.latencies.clear()
+        self.lags.clear()
+        self.read_delays.clear()
+        self.statuses.clear()
+
+    def open_loop(self, rate: float, duration_s: float) -> None:
+        """Request n leaves at start + n/rate, answered or not."""
+        total = int(rate * duration_s)
+        step_ns = 1e9 / rate
+        n = 0
+        started = time.time_ns()
+        while n < total:
+            due_by_now = min(total, int((time.time_ns() - started) / step_ns) + 1)
+            while n < due_by_now:
+                self.send(self.connection(), n, started + int(n * step_ns))
+                n += 1
+            next_due_s = (started + n * step_ns - time.time_ns()) / 1e9
+            self.idle.extend(self.pump(max(0.0, next_due_s)))
+
+    def closed_loop(self, concurrency: int, duration_s: float) -> None:
+        """`concurrency` callers, each sending again as soon as it is answered."""
+        stop_ns = time.time_ns() + int(duration_s * 1e9)
+        n = 0
+        for _ in range(concurrency):
+            self.send(self.connection(), n, time.time_ns())
+            n += 1
+        while time.time_ns() < stop_ns:
+            for conn in self.pump(0.05):
+                self.send(conn, n, time.time_ns())
+                n += 1
+
+    def close(self) -> None:
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.selector.close()
+
+
+def generate_load(
+    url: str,
+    *,
+    token: str,
+    rate: float | None,
+    duration_s: float,
+    users: int = 1000,
+    concurrency: int = 32,
+    warmup: int = 200,
+) -> dict[str, Any]:
+    """Send checks for `duration_s` and time them; meant to run in a process of its own.
+
+    With a `rate`, request n goes out at start + n/rate (open loop), on a connection that has
+    nothing in flight (a new one is opened when none is free). Without one, `concurrency`
+    callers each send their next request as soon as their last one is answered (closed loop).
+    A request's latency runs from just before it is written to the socket to the kernel's
+    timestamp of the response's arrival, so neither this process being late to send (the
+    schedule lag, reported apart) nor it being late to read counts against the service.
+    Timers tick in milliseconds, so at 2,000/s requests leave in pairs.
+    """
+    load = _LoadGenerator(url, token=token, users=users)
+    try:
+        for n in range(warmup):  # connections, the service's caches and this process warm
+            load.send(load.connection(), n, time.time_ns())
+            load.drain()
+        for _ in range(concurrency - len(load.idle)):
+            load.idle.append(load.connection())
+        load.reset()
+        gc.collect()
+        gc.disable()  # this process's own pauses must not land in the figures
+        started = time.perf_counter()
+        if rate:
+            load.open_loop(rate, duration_s)
+        else:
+            load.closed_loop(concurrency, duration_s)
+        load.drain()
+        elapsed_s = time.perf_counter() - started
+    finally:
+        gc.enable()
+        load.close()
+    ms = sorted(v / 1e6 for v in load.latencies)
+    lag_ms = sorted(v / 1e6 for v in load.lags)
+    read_ms = sorted(v / 1e6 for v in load.read_delays)
+    return {
+        "target_rate": rate or 0.0,
+        "achieved_rate": len(ms) / elapsed_s,
+        "requests": len(ms),
+        "unexpected_status": sum(c for s, c in load.statuses.items() if s not in (200, 409)),
+        "p50_ms": _percentile(ms, 0.50),
+        "p99_ms": _percentile(ms, 0.99),
+        "p999_ms": _percentile(ms, 0.999),
+        "max_ms": ms[-1] if ms else float("nan"),
+        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
+        "schedule_lag_p99_ms": _percentile(lag_ms, 0.99),
+        "read_delay_p99_ms": _percentile(read_ms, 0.99),
+        "kernel_timestamps": load.kernel_stamps,
+        "connections": load.opened,
+    }
+
+
+_HISTOGRAM_BUCKET: Final = re.compile(
+    r'^tollgate_limit_check_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.MULTILINE
+)
+
+
+async def _check_histogram(session: aiohttp.ClientSession, base_url: str) -> dict[float, float]:
+    async with session.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    return {float(le): float(count) for le, count in _HISTOGRAM_BUCKET.findall(text)}
+
+
+def _histogram_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """Upper bound of the bucket holding the 99th percentile of the checks in between."""
+    counts = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = counts[-1][1] if counts else 0.0
+    if not total:
+        return None
+    for le, cumulative in counts:
+        if cumulative >= 0.99 * total:
+            return le * 1000
+    return None
+
+
 async def http_check_latency(
     base_url: str,
     *,
@@ -179,87 +430,45 @@ async def http_check_latency(
     duration_s: float = 10.0,
     users: int = 1000,
     concurrency: int = 32,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Check latency over HTTP at `rate` checks/s, or flat out with `concurrency` callers (None).
 
-    At a fixed rate requests are started on schedule whether or not earlier ones have
-    answered (open loop). Latency is measured from the moment a request is sent; how late
-    the client itself was against the schedule is reported apart (`schedule_lag_p99_ms`),
-    so a stalled client is visible rather than blamed on the service.
+    The load comes from `generate_load` in a child process. Beside its figures this returns
+    `server_p99_ms`, the service's own view (parse, decide, encode) from its latency
+    histogram: the bucket bound that holds its 99th percentile.
     """
-    url = base_url.rstrip("/") + CHECK_PATH
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    bodies = [f'{{"user_id":"bench-user-{n}"}}'.encode() for n in range(users)]
-    latencies: list[float] = []
-    lags: list[float] = []
-    statuses: dict[int, int] = {}
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency * 8 if rate else concurrency)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=10),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-    ) as session:
+    base_url = base_url.rstrip("/")
+    argv = [
+        sys.executable, "-m", "bench.limits", "load", base_url, "--token", token,
+        "--seconds", str(duration_s), "--users", str(users), "--concurrency", str(concurrency),
+    ]  # fmt: skip
+    if rate:
+        argv += ["--rate", str(rate)]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        before = await _check_histogram(session, base_url)
+        child = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await child.communicate()
+        if child.returncode:
+            raise RuntimeError(f"load generator failed: {err.decode(errors='replace')[-2000:]}")
+        after = await _check_histogram(session, base_url)
+    figures: dict[str, Any] = json.loads(out)
+    figures["server_p99_ms"] = _histogram_p99_ms(before, after)
+    return figures
 
-        async def one(body: bytes, due: float) -> None:
-            nonlocal errors
-            sent = time.perf_counter()
-            try:
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
-            except (aiohttp.ClientError, TimeoutError):
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - sent)
-            lags.append(max(0.0, sent - due))
 
-        for body in bodies[:200]:  # connections and caches warm
-            await one(body, time.perf_counter())
-        latencies.clear()
-        lags.clear()
-        statuses.clear()
-        started = time.perf_counter()
-        if rate:
-            total = int(rate * duration_s)
-            tasks: set[asyncio.Task[None]] = set()
-            n = 0
-            while n < total:
-                # Start everything due by now: timers tick in milliseconds on some loops.
-                due_by_now = min(total, int((time.perf_counter() - started) * rate) + 1)
-                while n < due_by_now:
-                    task = asyncio.create_task(one(bodies[n % users], started + n / rate))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    n += 1
-                await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
-            await asyncio.gather(*tasks)
-        else:
+async def background_usage(
+    ingest_url: str, *, admin_token: str, emitter_token: str, rate: float
+) -> None:
+    """Simulated usage of 200 users sent through ingest at `rate` events/s until cancelled.
 
-            async def caller(offset: int) -> None:
-                n = offset
-                while time.perf_counter() - started < duration_s:
-                    await one(bodies[n % users], time.perf_counter())
-                    n += concurrency
-
-            await asyncio.gather(*(caller(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    ms = sorted(v * 1000 for v in latencies)
-    lag_ms = sorted(v * 1000 for v in lags)
-    return {
-        "target_rate": rate or 0.0,
-        "achieved_rate": len(ms) / elapsed,
-        "requests": len(ms),
-        "errors": errors,
-        "unexpected_status": sum(c for s, c in statuses.items() if s not in (200, 409)),
-        "p50_ms": _percentile(ms, 0.50),
-        "p99_ms": _percentile(ms, 0.99),
-        "p999_ms": _percentile(ms, 0.999),
-        "max_ms": ms[-1] if ms else float("nan"),
-        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
-        "schedule_lag_p99_ms": _percentile(lag_ms, 0.99),
-    }
+    The service under test folds every event in while it answers checks, as in production.
+    """
+    sim = Simulation(SimulationConfig(seed=int(time.time()), users=200, days=365))
+    await register_prices(ingest_url, admin_token, sim.prices)
+    sender = IngestSender(ingest_url=ingest_url, token=emitter_token, rate=rate, batch_size=100)
+    await sender.send(sim.events())
 
 
 async def visibility_latency(
@@ -327,6 +536,31 @@ async def visibility_latency(
     }
 
 
-if __name__ == "__main__":
+def _main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.limits")
+    commands = parser.add_subparsers(dest="command")
+    load = commands.add_parser("load", help="run the HTTP load generator; prints JSON figures")
+    load.add_argument("url")
+    load.add_argument("--token", required=True)
+    load.add_argument("--rate", type=float, default=None, help="checks/s (default: closed loop)")
+    load.add_argument("--seconds", type=float, default=10.0)
+    load.add_argument("--users", type=int, default=1000)
+    load.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args(argv)
+    if args.command == "load":
+        figures = generate_load(
+            args.url,
+            token=args.token,
+            rate=args.rate,
+            duration_s=args.seconds,
+            users=args.users,
+            concurrency=args.concurrency,
+        )
+        sys.stdout.write(json.dumps(figures) + "\n")
+        return
     print(decision_time())
     print(memory_per_user())
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
