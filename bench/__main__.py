@@ -254,8 +254,9 @@ async def _limits(ctx: BenchContext, module: Any) -> list[Figure]:
             "ms",
             target="< 2 ms",
             meets=fixed["p99_ms"] < 2 and not problems,
-            note=f"{flowing}; generator schedule lag p99 {fixed['schedule_lag_p99_ms']:.2f} ms "
-            "(not counted); inside the service p99 "
+            note=f"{flowing}; the generator itself was late to send by "
+            f"{fixed['schedule_lag_p99_ms']:.2f} ms and to read by "
+            f"{fixed['read_delay_p99_ms']:.2f} ms (p99, not counted); inside the service p99 "
             + (f"≤ {server:g} ms" if server is not None else "unknown")
             + (f"; {problems} unexpected answers" if problems else ""),
         ),

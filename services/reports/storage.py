@@ -54,6 +54,7 @@ from services.reports.domain import (
     cost_order_key,
     cover,
     floor_day,
+    month_start,
     sort_chats,
     sort_models,
 )
@@ -127,13 +128,17 @@ class _ActivityPlan:
     x_days: list[datetime] = field(default_factory=list)
     x_los: list[datetime] = field(default_factory=list)
     x_his: list[datetime] = field(default_factory=list)
+    # Whether a bucket is exactly one rollup period (a week from a Monday, a month from the
+    # 1st, a day from midnight): then each of its users has one row per org.
+    single: list[bool] = field(default_factory=list)
 
     @classmethod
     def of(cls, ranges: Iterable[tuple[datetime, datetime]]) -> _ActivityPlan:
         plan = cls()
         for i, (start, end) in enumerate(ranges):
             plan.first.append(len(plan.grains) + 1)
-            for span in cover(start, end, ACTIVITY_GRAINS):
+            spans = cover(start, end, ACTIVITY_GRAINS)
+            for span in spans:
                 if span.grain == "x":
                     plan.x_index.append(i)
                     plan.x_days.append(floor_day(span.lo))
@@ -144,6 +149,7 @@ class _ActivityPlan:
                     plan.los.append(span.lo)
                     plan.his.append(span.hi)
             plan.last.append(len(plan.grains))
+            plan.single.append(len(spans) == 1 and spans[0].grain != "x" and spans[0].periods == 1)
         return plan
 
 
@@ -230,10 +236,7 @@ GROUP BY r.bucket, e.user_id
 # $1-$3 rollup spans (grain, lo, hi) and $7-$8 each bucket's slice of them; $4-$6 the edges'
 # (user, µs, sessions) and $9-$10 each bucket's slice of those; $11 category, $12 org or NULL.
 _ACTIVITY_BUCKETS = "unnest($7::int4[], $8::int4[], $9::int4[], $10::int4[]) WITH ORDINALITY"
-_BUCKET_USERS: Final = """
-    SELECT p.user_id, sum(p.duration_us)::bigint AS duration_us,
-           sum(p.sessions)::bigint AS sessions
-    FROM (
+_ROLLUP_ROWS = """
         SELECT a.user_id, a.duration_us, a.sessions
         FROM unnest(($1::text[])[b.first:b.last], ($2::timestamptz[])[b.first:b.last],
                     ($3::timestamptz[])[b.first:b.last]) AS r (grain, lo, hi)
@@ -244,14 +247,19 @@ _BUCKET_USERS: Final = """
               AND a.period >= r.lo AND a.period < r.hi
               AND ($12::text IS NULL OR a.org_id = $12)
             OFFSET 0
-        ) AS a
+        ) AS a"""
+_BUCKET_USERS: Final = f"""
+    SELECT p.user_id, sum(p.duration_us)::bigint AS duration_us,
+           sum(p.sessions)::bigint AS sessions
+    FROM (
+        {_ROLLUP_ROWS}
         UNION ALL
         SELECT x.user_id, x.duration_us, x.sessions
         FROM unnest(($4::text[])[b.x_first:b.x_last], ($5::int8[])[b.x_first:b.x_last],
                     ($6::int8[])[b.x_first:b.x_last]) AS x (user_id, duration_us, sessions)
     ) AS p
     GROUP BY p.user_id
-"""
+"""  # noqa: S608  # composed from constants only
 
 # Each bucket's users, longest first (then by id, byte-wise), as parallel columns.
 SELECT_ACTIVITY: Final = f"""
@@ -275,21 +283,38 @@ WHERE f.user_ids IS NOT NULL
 # of their bucket figures (the rollups of every grain add up to the same microseconds), read
 # from as few rollup rows as cover the range. So fifty thousand entries never become Python
 # objects. Durations are never negative, so `/` is the floor division the body uses.
+# A bucket that is one rollup period is read as it is stored, without summing per user, unless
+# the range's months ($14-$15) hold activity of several orgs and no org was asked for ($13:
+# which buckets are one period).
+_ITEM = """concat('{"user_id":', to_json(u.user_id), ',"duration":', u.duration_us / 1000,
+                      ',"count":', u.sessions, '}')"""
+_ITEMS = f"""string_agg({_ITEM}, ',' ORDER BY u.duration_us DESC, u.user_id COLLATE "C")"""
 SELECT_ACTIVITY_JSON: Final = f"""
+WITH orgs AS (
+    SELECT CASE WHEN $12::text IS NULL THEN (
+               SELECT min(a.org_id) IS DISTINCT FROM max(a.org_id)
+               FROM reports_activity a
+               WHERE a.grain = 'm' AND a.category = $11 AND a.period >= $14 AND a.period < $15
+           ) ELSE false END AS several
+)
 SELECT (b.n - 1)::int4 AS bucket, f.items
-FROM {_ACTIVITY_BUCKETS} AS b (first, last, x_first, x_last, n)
+FROM unnest($7::int4[], $8::int4[], $9::int4[], $10::int4[], $13::bool[]) WITH ORDINALITY
+     AS b (first, last, x_first, x_last, single, n)
+CROSS JOIN orgs AS o
 CROSS JOIN LATERAL (
-    SELECT string_agg(
-               concat('{{"user_id":', to_json(u.user_id), ',"duration":', u.duration_us / 1000,
-                      ',"count":', u.sessions, '}}'),
-               ',' ORDER BY u.duration_us DESC, u.user_id COLLATE "C") AS items
-    FROM ({_BUCKET_USERS}) AS u
-    WHERE u.duration_us <> 0 OR u.sessions <> 0
+    SELECT CASE WHEN b.single AND NOT o.several
+        THEN (SELECT {_ITEMS} FROM ({_ROLLUP_ROWS}) AS u
+              WHERE u.duration_us <> 0 OR u.sessions <> 0)
+        ELSE (SELECT {_ITEMS} FROM ({_BUCKET_USERS}) AS u
+              WHERE u.duration_us <> 0 OR u.sessions <> 0)
+    END AS items
+    OFFSET 0
 ) AS f
 WHERE b.n < cardinality($7::int4[]) AND f.items IS NOT NULL
 UNION ALL
 SELECT -1, f.items
-FROM {_ACTIVITY_BUCKETS} AS b (first, last, x_first, x_last, n)
+FROM unnest($7::int4[], $8::int4[], $9::int4[], $10::int4[]) WITH ORDINALITY
+     AS b (first, last, x_first, x_last, n)
 CROSS JOIN LATERAL (
     SELECT string_agg(
                concat(to_json(u.user_id), ':{{"id":', to_json(u.user_id),
@@ -513,12 +538,17 @@ class PostgresReportStore:
         *,
         category: str,
         org: str | None,
+        json: bool = False,
     ) -> list[asyncpg.Record]:
         """Run an activity statement over these ranges (one bucket each), edges included.
 
         Both statements read one snapshot, so the edges and the rollups agree.
         """
         plan = _ActivityPlan.of(ranges)
+        extra: tuple[object, ...] = ()
+        if json:
+            months = month_start(min(start for start, _ in ranges)), max(end for _, end in ranges)
+            extra = (plan.single, *months)
         async with (
             self.pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
@@ -533,8 +563,9 @@ class PostgresReportStore:
             edges = _Edges.of(found, len(ranges))
             await conn.execute(ACTIVITY_PLANNER)
             return await conn.fetch(
-                statement, *_activity_args(plan, edges), category, org, timeout=self.timeout_s
-            )
+                statement, *_activity_args(plan, edges), category, org, *extra,
+                timeout=self.timeout_s,
+            )  # fmt: skip
 
     async def activity(
         self, buckets: Sequence[Bucket], *, category: str, org: str | None
@@ -555,7 +586,9 @@ class PostgresReportStore:
         if not buckets:
             return activity_body(buckets, [], {})
         ranges = [*((b.start, b.end) for b in buckets), (buckets[0].start, buckets[-1].end)]
-        rows = await self._activity_rows(SELECT_ACTIVITY_JSON, ranges, category=category, org=org)
+        rows = await self._activity_rows(
+            SELECT_ACTIVITY_JSON, ranges, category=category, org=org, json=True
+        )
         parts: dict[int, str] = {r["bucket"]: r["items"] for r in rows}
         return activity_body_of_json(buckets, parts, parts.get(-1))
 

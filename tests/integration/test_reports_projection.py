@@ -551,12 +551,61 @@ async def test_nul_characters_and_huge_durations_do_not_wedge_the_projection(
     assert got[0].by_user()[clean].duration_us == MAX_SESSION_HOURS * 3_600_000_000
 
 
+async def test_activity_json_by_week_in_one_org_and_with_a_user_in_two(db: asyncpg.Pool) -> None:
+    """Whole weeks read as stored in one org, and summed per user once a second org appears."""
+    prefix = unique("weeks")
+    monday = datetime(random.randrange(1600, 1700), 3, 1, tzinfo=UTC)
+    monday -= timedelta(days=monday.weekday())
+    users = [f"{prefix}-u{i}" for i in range(3)]
+    org, other = f"{prefix}-o1", f"{prefix}-o2"
+    n = 0
+
+    def session(user_id: str, org_id: str, days: float, hours: float) -> ActivitySessionRecorded:
+        nonlocal n
+        n += 1
+        return ActivitySessionRecorded(
+            id=f"{prefix}-s{n}",
+            occurred_at=monday + timedelta(days=days),
+            user_id=user_id,
+            org_id=org_id,
+            data=ActivitySession(
+                category="ide", duration_ms=int(hours * 3_600_000), count=1 + n % 3
+            ),
+        )
+
+    one_org: list[Envelope] = [
+        session(users[0], org, 0.5, 2),
+        session(users[1], org, 1.25, 30),
+        session(users[0], org, 6.9, 5),  # into the second week
+        session(users[2], org, 9, 0),
+        session(users[1], org, 15, 1),
+    ]
+    store = PostgresReportStore(db, max_session_hours=MAX_SESSION_HOURS)
+    reference = InMemoryReportStore(max_session_hours=MAX_SESSION_HOURS)
+    weeks = make_buckets(monday, monday + timedelta(weeks=4), parse_interval("1 week"))
+
+    async def same(events: list[Envelope], offset: int) -> None:
+        items = consumed(events, first_offset=offset)
+        await project(db, items)
+        reference.add(items)
+        for category, org_id in (("*", None), ("ide", None), ("*", org), ("ide", other)):
+            got = await store.activity_report(weeks, category=category, org=org_id)
+            want = await reference.activity_report(weeks, category=category, org=org_id)
+            assert orjson.dumps(got, option=JSON) == orjson.dumps(want, option=JSON), org_id
+
+    await same(one_org, 0)
+    await same([session(users[0], other, 0.75, 3), session(users[2], other, 8, 4)], 10)
+
+
 async def test_ranges_at_the_ends_of_the_calendar_answer(db: asyncpg.Pool) -> None:
     """Year 1 and year 9999 ranges, cut anywhere, read PostgreSQL without an error."""
     store = PostgresReportStore(db)
     late = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
     buckets = make_buckets(datetime(9999, 1, 1, 7, tzinfo=UTC), late, parse_interval("1 week"))
     assert all(not b.user_ids for b in await store.activity(buckets, category="*", org=None))
+    body = orjson.loads(orjson.dumps(await store.activity_report(buckets, category="*", org=None)))
+    assert body["users"] == {}
+    assert all(not b["user_activity"] for b in body["activity"])
     early = Window(datetime(1, 1, 1, tzinfo=UTC), datetime(1, 2, 3, 4, 5, tzinfo=UTC))
     assert (await store.cost_users(early, search=None, limit=10, offset=0)).count == 0
     assert await store.cost_user(Window(early.start, late), unique("nobody")) is None
