@@ -203,6 +203,7 @@ class ConsumerLoop:
         group_id: str | None = None,
         max_records: int = 5000,
         fetch_max_wait_ms: int = 20,
+        fetch_min_bytes: int = 1,
         timeout_s: float = 10.0,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
@@ -218,6 +219,7 @@ class ConsumerLoop:
         self.group_id = group_id
         self.max_records = max_records
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
         self.timeout_s = timeout_s
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -260,6 +262,7 @@ class ConsumerLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            fetch_min_bytes=self.fetch_min_bytes,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
@@ -336,8 +339,11 @@ class ConsumerLoop:
                 self.metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
                 self.last_error = None
                 self._state.positions.update(batch.positions)
+                by_type: dict[str, int] = {}
                 for item in batch.events:
-                    self.metrics.events.labels(self.name, item.event.type).inc()
+                    by_type[item.event.type] = by_type.get(item.event.type, 0) + 1
+                for event_type, count in by_type.items():
+                    self.metrics.events.labels(self.name, event_type).inc(count)
             self._measure(consumer)
             if fetched:
                 # `getmany` hands over records already fetched without ever suspending, so a

@@ -18,7 +18,7 @@ from typing import Protocol
 import structlog
 
 from libs.events.models import ChatUsageRecorded
-from libs.service.consumer import Batch
+from libs.service.consumer import Batch, Consumed
 from services.limits.domain import SNAPSHOT_FORMAT, Ledger, LedgerImage, Limiter
 from services.limits.metrics import LimitsMetrics
 from services.limits.storage import Snapshot, SnapshotStore
@@ -27,6 +27,10 @@ log = structlog.get_logger(__name__)
 
 # Level 3 compresses the spend maps about as well as 6 at a third of the time.
 _ZLIB_LEVEL = 3
+#: Events folded in between turns of the event loop. Folding one in takes a few µs; a batch
+#: of a hundred folded in one go kept the checks that came meanwhile waiting half a
+#: millisecond.
+APPLY_CHUNK = 32
 
 
 class Feed(Protocol):
@@ -123,27 +127,48 @@ class LimitsSink:
         )
 
     async def apply(self, batch: Batch) -> None:
-        """Fold the batch in and move the positions; nothing here waits, so it is atomic."""
+        """Fold the batch in a chunk at a time, moving the positions with the events.
+
+        Checks are answered between chunks and see the log up to the last event folded in;
+        the ledger's positions always match what it holds, so a snapshot taken between two
+        chunks resumes right after it.
+        """
         ledger = self.limiter.ledger
+        events = batch.events
+        for start in range(0, len(events), APPLY_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            self._fold(ledger, events[start : start + APPLY_CHUNK])
+        # Records that were dead-lettered instead of folded in move the positions too.
+        ledger.positions.update(batch.positions)
+        ledger.prune(self.limiter.current_periods(self.clock()))
+
+    def _fold(self, ledger: Ledger, chunk: Sequence[Consumed]) -> None:
         metrics = self.metrics
-        applied = 0
-        for item in batch.events:
+        positions = ledger.positions
+        applied = duplicates = 0
+        spend: dict[str, int] = {}
+        for item in chunk:
             event = item.event
             outcome = ledger.apply(
                 event, partition=item.partition, offset=item.offset, log_ms=item.timestamp_ms
             )
+            positions[item.partition] = item.offset + 1
             if outcome == "spend":
                 applied += 1
                 assert isinstance(event, ChatUsageRecorded)
-                metrics.spend_micros.labels(event.data.model).inc(event.data.cost_micros or 0)
+                model = event.data.model
+                spend[model] = spend.get(model, 0) + (event.data.cost_micros or 0)
             elif outcome in ("unpriced", "free", "group"):
                 applied += 1
             elif outcome == "duplicate":
-                metrics.duplicates.inc()
+                duplicates += 1
+        for model, micros in spend.items():
+            metrics.spend_micros.labels(model).inc(micros)
         if applied:
             metrics.events_applied.inc(applied)
-        ledger.positions.update(batch.positions)
-        ledger.prune(self.limiter.current_periods(self.clock()))
+        if duplicates:
+            metrics.duplicates.inc(duplicates)
 
 
 def _encode(image: LedgerImage) -> tuple[bytes, bytes]:

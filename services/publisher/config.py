@@ -58,6 +58,12 @@ class PublisherSettings(CommonSettings):
         timedelta(seconds=10), alias="TOLLGATE_PUBLISHER_SESSION_TIMEOUT"
     )
     gauge_refresh: Duration = Field(timedelta(seconds=5), alias="TOLLGATE_PUBLISHER_GAUGE_REFRESH")
+    # Billable usage is sent every quarter of an hour: the queue can trail the log by a second,
+    # and fewer, larger fetches cost the broker and PostgreSQL less CPU.
+    fetch_max_wait_ms: int = Field(500, alias="TOLLGATE_PUBLISHER_FETCH_WAIT_MS", ge=1, le=5000)
+    fetch_min_bytes: int = Field(
+        256 * 1024, alias="TOLLGATE_PUBLISHER_FETCH_MIN_BYTES", ge=1, le=64 * 1024 * 1024
+    )
 
     _blanks = field_validator(
         "billing_url", "license_key", "deployment_id", "first_delay", mode="before"

@@ -57,6 +57,8 @@ def make_consumer(
         dlq_producer=dlq_producer,
         registry=registry,
         group_id=settings.group,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_min_bytes=settings.fetch_min_bytes,
         timeout_s=settings.kafka_timeout_s,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(100, session_ms // 5),

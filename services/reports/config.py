@@ -13,6 +13,12 @@ class ReportsSettings(CommonSettings):
     port: int = Field(8083, alias="TOLLGATE_REPORTS_PORT", ge=1, le=65535)
     consumer_group: str = Field("reports", alias="TOLLGATE_REPORTS_GROUP", min_length=1)
     batch_max_events: int = Field(5000, alias="TOLLGATE_REPORTS_BATCH", ge=1, le=100_000)
+    # A fetch is answered once this much is there or the wait is over: the projection's target
+    # is 2 s behind the log, and fewer, larger batches cost the broker and PostgreSQL less CPU.
+    fetch_max_wait_ms: int = Field(250, alias="TOLLGATE_REPORTS_FETCH_WAIT_MS", ge=1, le=5000)
+    fetch_min_bytes: int = Field(
+        256 * 1024, alias="TOLLGATE_REPORTS_FETCH_MIN_BYTES", ge=1, le=64 * 1024 * 1024
+    )
     # Transactions a batch is split into (by partition), each on its own connection.
     writers: int = Field(2, alias="TOLLGATE_REPORTS_WRITERS", ge=1, le=16)
     session_timeout_ms: int = Field(

@@ -248,6 +248,8 @@ def build_consumer(
         registry=registry,
         group_id=settings.consumer_group,
         max_records=settings.batch_max_events,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_min_bytes=settings.fetch_min_bytes,
         timeout_s=max(settings.kafka_timeout_s, 10.0),
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,

@@ -169,6 +169,18 @@ def test_limits_is_replicated_and_gated_on_readyz(production_docs: list[dict[str
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
 
 
+def test_production_limits_pods_get_a_whole_cpu(production_docs: list[dict[str, Any]]) -> None:
+    """Limits pods are Guaranteed with an integer CPU: the static CPU manager gives them one."""
+    pod = _pod_spec(named(production_docs, "Deployment", _fullname("limits")))
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        resources = container["resources"]
+        assert resources["requests"] == resources["limits"], container["name"]
+        assert set(resources["limits"]) >= {"cpu", "memory"}, container["name"]
+    cpu = str(pod["containers"][0]["resources"]["limits"]["cpu"])
+    assert cpu.isdigit(), cpu
+    assert int(cpu) >= 1
+
+
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_tollgate_containers_are_locked_down(values: str) -> None:
     """Every Tollgate container runs non-root, read-only, unprivileged, with only /tmp writable."""

@@ -90,9 +90,14 @@ async def converge(check: Check, *, timeout_s: float) -> CheckResult:
         await asyncio.sleep(1.0)
 
 
-async def _get(http: aiohttp.ClientSession, url: str, **params: str) -> Any:
+async def _get(
+    http: aiohttp.ClientSession, url: str, *, missing_ok: bool = False, **params: str
+) -> Any:
+    """The JSON body of a 200; None for a 404 when `missing_ok` (not projected yet)."""
     async with http.get(url, params=params, headers=admin_headers()) as r:
         body = await r.json(content_type=None)
+        if r.status == 404 and missing_ok:
+            return None
         if r.status != 200:
             raise AssertionError(f"GET {url} {params} answered {r.status}: {body}")
         return body
@@ -273,9 +278,13 @@ async def _check_costs(
         detail = await _get(
             http,
             f"{base}/api/v1/costs/users/{user}",
+            missing_ok=True,
             start_date=_day(first),
             end_date=_day(last + timedelta(days=1)),
         )
+        if detail is None:
+            result.differ(f"cost detail {user}", "a row", "404: no usage projected yet")
+            continue
         result.compare(
             f"cost detail {user} total", want["total_cost_micros"], detail.get("total_cost_micros")
         )

@@ -16,7 +16,8 @@ from libs.events.models import ChatUsage, ChatUsageRecorded, DirectoryGroup, Eve
 from libs.service.consumer import Batch, Consumed
 from services.limits.app import SINK, SNAPSHOTTER, build_app
 from services.limits.config import LimitsSettings
-from services.limits.consumer import LimitsSink
+from services.limits.consumer import APPLY_CHUNK, LimitsSink
+from services.limits.domain import MONTH
 from services.limits.storage import InMemoryConfigStore, InMemorySnapshotStore
 
 EMITTER = {"Authorization": "Bearer emit"}
@@ -245,6 +246,30 @@ async def test_title_usage_and_duplicates_do_not_count(limits: Harness) -> None:
     await limits.feed(spend("e", "ann", 10))
     assert (await check(limits, "ann"))[1]["spent_micros"] == 10
     assert limits.metric("tollgate_limits_duplicate_events_total") == 1
+
+
+async def test_a_large_batch_is_folded_in_while_checks_are_answered(limits: Harness) -> None:
+    """Between chunks the loop serves checks; what they see is a prefix of the batch, and the
+    positions (which a snapshot would store) always match that prefix."""
+    sink = limits.app[SINK]
+    ledger = sink.limiter.ledger
+    month = sink.limiter.current_periods(NOW.timestamp())[MONTH].key
+    events = [spend(f"big-{n}", "ann", 10_000) for n in range(10 * APPLY_CHUNK + 5)]
+    seen: list[tuple[int, int]] = []
+    feeding = asyncio.create_task(limits.feed(*events, partition=3))
+    while not feeding.done():
+        seen.append((ledger.positions.get(3, 0), ledger.spent(MONTH, month, "ann")))
+        await asyncio.sleep(0)
+    await feeding
+    assert all(spent == folded * 10_000 for folded, spent in seen), seen
+    between = {folded for folded, _ in seen if 0 < folded < len(events)}
+    assert len(between) >= 9, seen
+    assert ledger.positions[3] == len(events)
+    assert ledger.spent(MONTH, month, "ann") == len(events) * 10_000
+    assert limits.metric("tollgate_limits_events_applied_total") == len(events)
+    assert limits.metric("tollgate_limits_spend_micros_total", {"model": "sonnet"}) == (
+        len(events) * 10_000
+    )
 
 
 async def test_status_reports_the_contract_fields(limits: Harness) -> None:
