@@ -187,6 +187,10 @@ class _State:
     targets: dict[int, int] = field(default_factory=dict)
 
 
+#: Pause between metadata requests while the topic is not known to the broker yet.
+METADATA_RETRY_S = 0.25
+
+
 class ConsumerLoop:
     """Consume `topic` into a sink, as a group member (`group_id`) or over every partition."""
 
@@ -289,6 +293,10 @@ class ConsumerLoop:
                 raise BrokerUnavailableError(f"no metadata for topic {self.topic}")
             await bounded(consumer._client.force_metadata_update(), self.timeout_s, "metadata")  # noqa: SLF001  # aiokafka has no public metadata refresh for manual assignment
             partitions = consumer.partitions_for_topic(self.topic)
+            if not partitions:
+                # A missing topic is answered at once: asking again straight away would keep
+                # this process and the broker busy until the deadline.
+                await asyncio.sleep(METADATA_RETRY_S)
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await self._seek_to_stored(consumer, tps)

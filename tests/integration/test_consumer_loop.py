@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.client import AIOKafkaClient
 from prometheus_client import CollectorRegistry
 
 from libs.events.codec import encode
 from libs.events.models import ApiUsage, ApiUsageRecorded
-from libs.service.consumer import Consumed, ConsumerLoop, PostgresSink, load_offsets
+from libs.service.consumer import (
+    METADATA_RETRY_S,
+    Consumed,
+    ConsumerLoop,
+    PostgresSink,
+    load_offsets,
+)
 from libs.service.db import Connection
-from libs.service.kafka import make_producer
+from libs.service.kafka import ensure_topics, make_producer
 from tests.support import Infra, eventually, unique
 
 pytestmark = pytest.mark.integration
@@ -123,3 +131,31 @@ async def test_consumer_applies_events_stores_offsets_and_dead_letters_garbage(
 
 async def _ready(loop: ConsumerLoop) -> bool:
     return loop.caught_up.is_set()
+
+
+async def test_a_missing_topic_is_waited_for_without_asking_the_broker_nonstop(
+    infra: Infra, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until the topic exists the loop asks for metadata a few times a second, then reads it."""
+    asked = 0
+    original = AIOKafkaClient.force_metadata_update
+
+    def counting(self: AIOKafkaClient) -> Any:  # aiokafka hands back a future to await
+        nonlocal asked
+        asked += 1
+        return original(self)
+
+    monkeypatch.setattr(AIOKafkaClient, "force_metadata_update", counting)
+    suffix = unique("late")
+    events_topic, dlq_topic = f"t.{suffix}.events", f"t.{suffix}.dlq"
+    seen: list[Consumed] = []
+    loop, task = await _run_loop(infra, db, (events_topic, dlq_topic), unique("c"), seen)
+    try:
+        await asyncio.sleep(2.0)
+        assert not loop.caught_up.is_set()
+        assert 1 <= asked <= 2.0 / METADATA_RETRY_S + 4, asked
+        await ensure_topics(infra.bootstrap, events_topic=events_topic, dlq_topic=dlq_topic)
+        await asyncio.wait_for(loop.caught_up.wait(), 20)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
