@@ -204,12 +204,12 @@ async def check(request: web.Request) -> web.Response:
     metrics = runtime.metrics
     if decision.allowed:
         response = json_response(body)
-        metrics.checks.labels("allowed" if decision.limited else "unlimited").inc()
+        (metrics.checks_allowed if decision.limited else metrics.checks_unlimited).inc()
     else:
         body["message"] = LIMIT_EXCEEDED_MESSAGE
         body["detail"] = None
         response = json_response(body, status=409)
-        metrics.checks.labels("blocked").inc()
+        metrics.checks_blocked.inc()
     metrics.check_seconds.observe(time.perf_counter() - started)
     return response
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -82,6 +82,15 @@ class LimitsMetrics:
     snapshot_seconds: Histogram
     snapshot_bytes: Gauge
     dedup_ids: Gauge
+    # The series a check counts in, looked up once: `labels()` locks and checks its arguments
+    # on every call, a noticeable share of a check's time.
+    checks_allowed: Counter = field(init=False)
+    checks_blocked: Counter = field(init=False)
+    checks_unlimited: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        for result in ("allowed", "blocked", "unlimited"):
+            object.__setattr__(self, f"checks_{result}", self.checks.labels(result))
 
     @classmethod
     def build(cls, registry: CollectorRegistry) -> LimitsMetrics:
@@ -148,6 +157,4 @@ class LimitsMetrics:
                 registry=registry,
             ),
         )
-        for result in ("allowed", "blocked", "unlimited"):
-            metrics.checks.labels(result)
         return metrics

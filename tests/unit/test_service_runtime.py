@@ -148,6 +148,25 @@ async def test_readiness_reflects_checks(client: TestClient[web.Request, web.App
     assert "e1" not in metrics.split("tollgate_http")[0]
 
 
+async def test_request_metrics_count_each_route_method_and_status(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """Each answer lands in its route/method/status series; other methods share `other`."""
+    auth = {"Authorization": "Bearer e1"}
+    for _ in range(3):
+        assert (await client.get("/conflict", headers=auth)).status == 409
+    assert (await client.request("PROPFIND", "/conflict", headers=auth)).status == 405
+    assert (await client.request("TRACE", "/conflict", headers=auth)).status == 405
+    metrics = await (await client.get("/metrics")).text()
+    conflict = 'method="GET",route="/conflict",service="t",status="409"'
+    assert f"tollgate_http_requests_total{{{conflict}}} 3.0" in metrics
+    assert f"tollgate_http_request_duration_seconds_count{{{conflict}}} 3.0" in metrics
+    other = 'method="other",route="unmatched",service="t",status="405"'
+    assert f"tollgate_http_requests_total{{{other}}} 2.0" in metrics
+    assert "PROPFIND" not in metrics
+    assert "TRACE" not in metrics
+
+
 async def test_openapi_document_describes_routes(
     client: TestClient[web.Request, web.Application],
 ) -> None:
