@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from libs.service.embedded import port_open
+from libs.service.embedded import start_cli
 
 __all__ = [
     "ROOT",
@@ -110,21 +109,15 @@ class ServiceHandle:
 
     def start(self, *, timeout_s: float = 30.0) -> None:
         """Start the process and wait until its port accepts connections."""
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(  # our own interpreter and module
-                [sys.executable, "-m", "libs.service.cli", *self.argv],
-                env=dict(self.env),
-                stdout=out,
-                stderr=out,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + timeout_s
-        while not port_open("127.0.0.1", self.port):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not listen within {timeout_s}s")
-            time.sleep(0.05)
+        self.process = start_cli(
+            self.argv,
+            name=self.name,
+            port=self.port,
+            env=self.env,
+            log_path=self.log_path,
+            cwd=ROOT,
+            timeout_s=timeout_s,
+        )
 
     def alive(self) -> bool:
         """Whether the process still runs."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, port_open
+from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, start_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EMITTER_TOKEN = "test-emitter-token"
@@ -83,24 +82,21 @@ class ServiceProcess:
         """Base URL of the service."""
         return f"http://127.0.0.1:{self.port}"
 
+    def argv(self) -> list[str]:
+        """The `tollgate` arguments that start it."""
+        return ["serve", self.name, *self.extra_args]
+
     def start(self, *, timeout_s: float = 30.0) -> None:
         """Start the process and wait until its port accepts connections."""
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "libs.service.cli", "serve", self.name, *self.extra_args],
-                env=dict(self.env),
-                stdout=out,
-                stderr=out,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + timeout_s
-        while not port_open("127.0.0.1", self.port):
-            if self.process.poll() is not None:
-                tail = self.log_path.read_text()[-4000:]
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not listen within {timeout_s}s")
-            time.sleep(0.05)
+        self.process = start_cli(
+            self.argv(),
+            name=self.name,
+            port=self.port,
+            env=self.env,
+            log_path=self.log_path,
+            cwd=ROOT,
+            timeout_s=timeout_s,
+        )
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks run."""

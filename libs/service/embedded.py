@@ -11,9 +11,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,6 +38,39 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
+
+
+def start_cli(
+    argv: Sequence[str],
+    *,
+    name: str,
+    port: int,
+    env: Mapping[str, str],
+    log_path: Path,
+    cwd: Path,
+    timeout_s: float = 30.0,
+) -> subprocess.Popen[bytes]:
+    """Run `tollgate ARGV` (this interpreter) with its output in `log_path`; return once it
+    accepts connections on `port`, or raise with the end of its log."""
+    with log_path.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603  # our own interpreter and module
+            [sys.executable, "-m", "libs.service.cli", *argv],
+            env=dict(env),
+            stdout=out,
+            stderr=out,
+            cwd=cwd,
+        )
+    deadline = time.monotonic() + timeout_s
+    while not port_open("127.0.0.1", port):
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"{name} exited with {process.returncode} at start:\n{tail}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait(10)
+            raise RuntimeError(f"{name} did not listen on port {port} within {timeout_s}s")
+        time.sleep(0.05)
+    return process
 
 
 def tansu_binary() -> Path:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +24,7 @@ import aiohttp
 import asyncpg
 
 from libs.service.db import migrate
-from libs.service.embedded import free_port, port_open
+from libs.service.embedded import free_port
 from libs.service.kafka import ensure_topics
 from tests.support import ADMIN_TOKEN, ROOT, Infra, ServiceProcess
 
@@ -58,23 +56,9 @@ def missing_reason(name: str) -> str:
 class ToolProcess(ServiceProcess):
     """A `tollgate <tool> ...` process (the billing sink), started like a service."""
 
-    def start(self, *, timeout_s: float = 30.0) -> None:
-        """Start the tool and wait until its port accepts connections."""
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "libs.service.cli", *self.extra_args],
-                env=dict(self.env),
-                stdout=out,
-                stderr=out,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + timeout_s
-        while not port_open("127.0.0.1", self.port):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start:\n{self.logs()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not listen within {timeout_s}s")
-            time.sleep(0.05)
+    def argv(self) -> list[str]:
+        """The tool's own arguments: no `serve`."""
+        return list(self.extra_args)
 
 
 async def create_database(infra: Infra, name: str) -> str:
