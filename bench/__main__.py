@@ -260,7 +260,7 @@ async def _limits(ctx: BenchContext, module: Any) -> list[Figure]:
         if pinned
         else "limits sharing every CPU (a CPU of its own cannot be arranged here)"
     )
-    problems = alone["unexpected_status"] + shared["unexpected_status"]
+    problems = alone["unexpected_status"] + (shared["unexpected_status"] if pinned else 0)
     server = alone["server_p99_ms"]
     figures += [
         Figure(

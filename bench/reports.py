@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -54,6 +54,7 @@ from libs.events.models import (
     DirectoryTeam,
     DirectoryUser,
     Envelope,
+    EventData,
     ProjectUpdated,
     StorageSample,
     StorageSampled,
@@ -128,6 +129,14 @@ class SyntheticUsage:
             )
             for i in range(200)
         ]
+        # About the simulator's mix: chat 70%, sessions 20%, API 5%, builds 3%, storage 2%.
+        self._mix: tuple[tuple[float, type[Envelope], Sequence[EventData]], ...] = (
+            (0.70, ChatUsageRecorded, self._chats),
+            (0.90, ActivitySessionRecorded, self._sessions),
+            (0.95, ApiUsageRecorded, self._api),
+            (0.98, WorkspaceBuilt, self._builds),
+            (1.01, StorageSampled, self._samples),
+        )
 
     def _chat_pool(self) -> list[ChatUsage]:
         rng = self.rng
@@ -216,50 +225,17 @@ class SyntheticUsage:
         user = self._user_ids[rng.randrange(self.users)]
         eid = f"bench-{self.run}-e{n}"
         roll = rng.random()
-        # About the simulator's mix: chat 70%, sessions 20%, API 5%, builds 3%, storage 2%.
-        if roll < 0.70:
-            return ChatUsageRecorded.model_construct(
-                id=eid,
-                type="chat.usage.v1",
-                occurred_at=at,
-                org_id=self.org,
-                user_id=user,
-                data=self._chats[rng.randrange(len(self._chats))],
-            )
-        if roll < 0.90:
-            return ActivitySessionRecorded.model_construct(
-                id=eid,
-                type="activity.session.v1",
-                occurred_at=at,
-                org_id=self.org,
-                user_id=user,
-                data=self._sessions[rng.randrange(len(self._sessions))],
-            )
-        if roll < 0.95:
-            return ApiUsageRecorded.model_construct(
-                id=eid,
-                type="api.usage.v1",
-                occurred_at=at,
-                org_id=self.org,
-                user_id=user,
-                data=self._api[rng.randrange(len(self._api))],
-            )
-        if roll < 0.98:
-            return WorkspaceBuilt.model_construct(
-                id=eid,
-                type="workspace.build.v1",
-                occurred_at=at,
-                org_id=self.org,
-                user_id=user,
-                data=self._builds[rng.randrange(len(self._builds))],
-            )
-        return StorageSampled.model_construct(
+        for upto, model, pool in self._mix:  # noqa: B007  # the first bracket that holds `roll`
+            if roll < upto:
+                break
+        # Built without validation: the pools hold valid payloads.
+        return model.model_construct(
             id=eid,
-            type="storage.sample.v1",
+            type=model.model_fields["type"].default,
             occurred_at=at,
             org_id=self.org,
             user_id=user,
-            data=self._samples[rng.randrange(len(self._samples))],
+            data=pool[rng.randrange(len(pool))],
         )
 
     def consumed(self, events: list[Envelope]) -> list[Consumed]:
