@@ -4,7 +4,10 @@ Two rules live here so that no caller has to get them right alone:
 emitting retries transient failures with the very same event ids (ingest
 deduplicates on them, so a retry can never double-count), and a limit
 check that errors or times out allows the message (fail-open) and says
-so in a metric.
+so in a metric. A check the limits service refuses (a wrong token or URL)
+also allows the message, since blocking chat on a configuration mistake
+would be worse, but it is no passing failure: it is counted under its own
+reason and logged as an error once per cause, so an alert can name it.
 """
 
 import asyncio
@@ -31,6 +34,8 @@ __all__ = [
     "LIMIT_CHECK_PATH",
     "LIMIT_EXCEEDED_MESSAGE",
     "MAX_EMIT_BATCH",
+    "MISCONFIGURATION_REASONS",
+    "TRANSIENT_REASONS",
     "EmitError",
     "EmitResult",
     "FailOpenReason",
@@ -45,7 +50,16 @@ LIMIT_CHECK_PATH: Final = "/api/v1/limits/check"
 MAX_EMIT_BATCH: Final = 1000
 LIMIT_EXCEEDED_MESSAGE: Final = "Chat usage limit exceeded."
 
-FailOpenReason = Literal["timeout", "error", "status"]
+FailOpenReason = Literal[
+    "timeout",
+    "error",
+    "status",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "rejected",
+    "invalid_answer",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +114,25 @@ class LimitDecision:
 _EMIT_RESULT: Final = TypeAdapter(EmitResult)
 _LIMIT_DECISION: Final = TypeAdapter(LimitDecision)
 
-_FAILOPEN_REASONS: Final[tuple[FailOpenReason, ...]] = ("timeout", "error", "status")
+#: Failures of the moment: the limits service is slow, unreachable or failing (5xx, 408, 429).
+TRANSIENT_REASONS: Final[tuple[FailOpenReason, ...]] = ("timeout", "error", "status")
+#: Answers that will not change until someone fixes the caller's configuration.
+MISCONFIGURATION_REASONS: Final[tuple[FailOpenReason, ...]] = (
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "rejected",
+    "invalid_answer",
+)
+_FAILOPEN_REASONS: Final = TRANSIENT_REASONS + MISCONFIGURATION_REASONS
+# What to fix, for the one error log each misconfiguration gets.
+_MISCONFIGURATION_HINTS: Final[dict[FailOpenReason, str]] = {
+    "unauthorized": "the limits service does not accept this client's token",
+    "forbidden": "this client's token may not check limits (an emitter or admin token may)",
+    "not_found": "limits_url does not lead to a limits service (the check route is not there)",
+    "rejected": "the limits service refuses the check requests this client sends",
+    "invalid_answer": "limits_url answers 200 with something that is not a limit decision",
+}
 # One counter per registry: several clients may share a registry, and a
 # collector can be registered only once. Weak keys let test registries go.
 _failopen_counters: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = (
@@ -117,7 +149,7 @@ def failopen_counter(registry: CollectorRegistry) -> Counter:
         if counter is None:
             counter = Counter(
                 "tollgate_limit_check_failopen_total",
-                "Limit checks that allowed the message because the limits service did not answer.",
+                "Limit checks that allowed the message without a limit decision, by reason.",
                 ["reason"],
                 registry=registry,
             )
@@ -163,6 +195,8 @@ class TollgateClient:
         self._session = session
         self._owns_session = session is None
         self._failopen = failopen_counter(REGISTRY if registry is None else registry)
+        # Misconfigurations already logged as errors: each (reason, status) once per client.
+        self._misconfigurations_logged: set[tuple[FailOpenReason, int | None]] = set()
         self._check_timeout = check_timeout
         self._emit_timeout = emit_timeout
         self._max_attempts = max_attempts
@@ -263,7 +297,12 @@ class TollgateClient:
         return delay
 
     async def check_limit(self, user_id: str) -> LimitDecision:
-        """Ask the limits service whether `user_id` may chat; allow on any failure (fail-open)."""
+        """Ask the limits service whether `user_id` may chat; allow on any failure (fail-open).
+
+        Timeouts, transport errors and 5xx are counted and logged as warnings; answers that
+        mean the client is misconfigured (401, 403, 404, other refusals, a 200 that is not a
+        decision) are counted under their own reason and logged as errors once per cause.
+        """
         if self._check_url is None:
             raise RuntimeError("check_limit needs the client to be built with a limits_url")
         body = orjson.dumps({"user_id": user_id})
@@ -280,15 +319,51 @@ class TollgateClient:
             # Any failure of the check itself must not block a user's message.
             return self._fail_open("error", user_id, error=repr(exc))
         if status == 200:
+            if not _is_decision(payload, allowed=True):
+                return self._misconfigured("invalid_answer", status, payload)
             return _decision(payload, allowed=True)
         if status == 409:
             return _decision(payload, allowed=False)
-        return self._fail_open("status", user_id, status=status)
+        reason = _failopen_reason(status)
+        if reason in MISCONFIGURATION_REASONS:
+            return self._misconfigured(reason, status, payload)
+        return self._fail_open(reason, user_id, status=status)
 
     def _fail_open(self, reason: FailOpenReason, user_id: str, **details: object) -> LimitDecision:
         self._failopen.labels(reason=reason).inc()
         log.warning("limit_check_failed_open", reason=reason, user_id=user_id, **details)
         return LimitDecision(allowed=True, fail_open=True)
+
+    def _misconfigured(self, reason: FailOpenReason, status: int, payload: bytes) -> LimitDecision:
+        self._failopen.labels(reason=reason).inc()
+        cause = (reason, status)
+        if cause not in self._misconfigurations_logged:
+            self._misconfigurations_logged.add(cause)
+            # Once per cause: a wrong token fails every check, and one error says it all.
+            log.error(
+                "limit_check_misconfigured",
+                reason=reason,
+                status=status,
+                url=self._check_url,
+                answer=_error_message(payload),
+                hint=_MISCONFIGURATION_HINTS[reason],
+                consequence="every message is allowed without a limit check until this is fixed",
+            )
+        return LimitDecision(allowed=True, fail_open=True)
+
+
+def _failopen_reason(status: int) -> FailOpenReason:
+    """The reason a check answered with `status` (neither 200 nor 409) counts under."""
+    if status == 401:
+        return "unauthorized"
+    if status == 403:
+        return "forbidden"
+    # 405 and 410 also mean that the URL does not lead to the check route.
+    if status in {404, 405, 410}:
+        return "not_found"
+    if 400 <= status < 500 and not _is_transient(status):
+        return "rejected"
+    return "status"
 
 
 def _is_transient(status: int) -> bool:
@@ -302,6 +377,15 @@ def _parse_emit_result(payload: bytes, status: int) -> EmitResult:
         raise EmitError(
             f"ingest answered {status} with a body that is not an emit result", status=status
         ) from None
+
+
+def _is_decision(payload: bytes, *, allowed: bool) -> bool:
+    # A server that is not limits (a catch-all web page, another API) must not pass for a yes.
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and body.get("allowed") is allowed
 
 
 def _decision(payload: bytes, *, allowed: bool) -> LimitDecision:

@@ -26,11 +26,12 @@ from libs.events import (
     Rejection,
     TollgateClient,
 )
-from libs.events.client import _parse_retry_after
+from libs.events.client import MISCONFIGURATION_REASONS, TRANSIENT_REASONS, _parse_retry_after
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN = "emitter-secret"
 FAILOPEN = "tollgate_limit_check_failopen_total"
+FAILOPEN_REASONS = TRANSIENT_REASONS + MISCONFIGURATION_REASONS
 
 
 @dataclass
@@ -521,6 +522,99 @@ async def test_check_limit_fails_open_when_refused() -> None:
         decision = await tollgate.check_limit("u-1")
     assert decision == LimitDecision(allowed=True, fail_open=True)
     assert registry.get_sample_value(FAILOPEN, {"reason": "error"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (401, "unauthorized"),
+        (403, "forbidden"),
+        (404, "not_found"),
+        (405, "not_found"),
+        (400, "rejected"),
+        (422, "rejected"),
+    ],
+)
+async def test_check_limit_counts_a_misconfiguration_under_its_own_reason(
+    status: int, reason: str
+) -> None:
+    """A refused check allows the message and counts under its own reason, not as a failure."""
+    registry = CollectorRegistry()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"message": "no"}, status=status)
+
+    async with serve(handler) as url, client(url, registry=registry) as tollgate:
+        decision = await tollgate.check_limit("u-1")
+
+    assert decision == LimitDecision(allowed=True, fail_open=True)
+    counts = {r: registry.get_sample_value(FAILOPEN, {"reason": r}) for r in FAILOPEN_REASONS}
+    assert counts == {r: 1.0 if r == reason else 0.0 for r in FAILOPEN_REASONS}
+
+
+async def test_check_limit_logs_each_misconfiguration_once_as_an_error() -> None:
+    """A wrong token logs one error for many checks, a wrong URL afterwards logs its own."""
+    registry = CollectorRegistry()
+    answer = {"status": 401}
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"message": "unknown token"}, status=answer["status"])
+
+    async with serve(handler) as url, client(url, registry=registry) as tollgate:
+        with capture_logs() as logs:
+            for _ in range(5):
+                assert (await tollgate.check_limit("u-1")).fail_open
+            answer["status"] = 404
+            for _ in range(3):
+                assert (await tollgate.check_limit("u-1")).fail_open
+
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert [(e["event"], e["reason"], e["status"]) for e in errors] == [
+        ("limit_check_misconfigured", "unauthorized", 401),
+        ("limit_check_misconfigured", "not_found", 404),
+    ]
+    assert errors[0]["answer"] == "unknown token"
+    assert "token" in errors[0]["hint"]
+    assert "limits_url" in errors[1]["hint"]
+    assert [e for e in logs if e["log_level"] == "warning"] == []
+    assert registry.get_sample_value(FAILOPEN, {"reason": "unauthorized"}) == 5
+    assert registry.get_sample_value(FAILOPEN, {"reason": "not_found"}) == 3
+
+
+@pytest.mark.parametrize("body", [b"<html>welcome</html>", b'{"status": "ok"}', b"[]"])
+async def test_check_limit_does_not_take_any_200_for_a_yes(body: bytes) -> None:
+    """A 200 that is not a limit decision (another server at limits_url) counts as misconfigured."""
+    registry = CollectorRegistry()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/html")
+
+    async with serve(handler) as url, client(url, registry=registry) as tollgate:
+        with capture_logs() as logs:
+            decision = await tollgate.check_limit("u-1")
+
+    assert decision == LimitDecision(allowed=True, fail_open=True)
+    assert registry.get_sample_value(FAILOPEN, {"reason": "invalid_answer"}) == 1
+    assert logs[0]["log_level"] == "error"
+
+
+@pytest.mark.parametrize("status", [429, 502, 503])
+async def test_check_limit_treats_overload_and_server_errors_as_passing_failures(
+    status: int,
+) -> None:
+    """429 and 5xx stay `status` fail-opens, logged as a warning on every check."""
+    registry = CollectorRegistry()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"message": "busy"}, status=status)
+
+    async with serve(handler) as url, client(url, registry=registry) as tollgate:
+        with capture_logs() as logs:
+            await tollgate.check_limit("u-1")
+            await tollgate.check_limit("u-1")
+
+    assert registry.get_sample_value(FAILOPEN, {"reason": "status"}) == 2
+    assert [e["log_level"] for e in logs] == ["warning", "warning"]
 
 
 async def test_clients_share_one_counter_per_registry() -> None:
