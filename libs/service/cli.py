@@ -42,6 +42,7 @@ SERVICES = (
 #: Further subcommands, each `module:function` taking the remaining arguments.
 TOOLS: dict[str, str] = {
     "billing-sink": "services.publisher.sink:main",
+    "events": "libs.service.events_tool:main",
     "publisher": "services.publisher.tools:main",
     "simulate": "libs.simulator.cli:main",
 }
