@@ -14,13 +14,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 from libs.service.db import migrate
-from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, port_open
+from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres
 from libs.service.kafka import ensure_topics
 from libs.service.logging import configure_logging
 from libs.service.settings import EXTERNAL_EPOCH
+from libs.service.supervisor import (
+    Child,
+    PortClaim,
+    SetupError,
+    Supervisor,
+    check_ports,
+    dead_infrastructure,
+    port_from_env,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ TOOLS: dict[str, str] = {
     "publisher": "services.publisher.tools:main",
     "simulate": "libs.simulator.cli:main",
 }
+
+T = TypeVar("T")
 
 DEV_EMITTER_TOKEN = "dev-emitter-token"  # noqa: S105  # printed with a warning; dev only
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105
@@ -91,21 +104,47 @@ def _require_env(name: str) -> str:
 
 
 class Runner:
-    """`tollgate run`: infrastructure, migrations, topics, every service, one log stream."""
+    """`tollgate run`: infrastructure, migrations, topics, every service supervised, one log stream.
+
+    Every port is checked before anything starts. A service that dies is restarted with
+    backoff while the rest keep running (see `libs.service.supervisor`); the banner appears
+    once every service answers ready. SIGINT/SIGTERM stop the services first, then the
+    broker and PostgreSQL.
+    """
 
     def __init__(self, *, state_dir: Path, with_billing_sink: bool) -> None:
         self.state_dir = state_dir
         self.with_billing_sink = with_billing_sink
         self.broker: EmbeddedBroker | None = None
         self.postgres: EmbeddedPostgres | None = None
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.postgres_pid: int | None = None
+        self.supervisor: Supervisor | None = None
         self.stopping = False
+
+    def _claims(self, env: dict[str, str], services: Sequence[ServiceSpec]) -> list[PortClaim]:
+        claims = []
+        if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            port = port_from_env(env, "TOLLGATE_EMBEDDED_KAFKA_PORT", 9092)
+            claims.append(PortClaim("the embedded broker", "TOLLGATE_EMBEDDED_KAFKA_PORT", port))
+        host = env["TOLLGATE_HOST"]
+        for spec in services:
+            port = port_from_env(env, spec.port_env, spec.default_port)
+            claims.append(PortClaim(spec.name, spec.port_env, port, host))
+        if self.with_billing_sink:
+            port = port_from_env(env, "TOLLGATE_BILLING_SINK_PORT", 8090)
+            sink_host = env.get("TOLLGATE_BILLING_SINK_HOST", "127.0.0.1")
+            claims.append(
+                PortClaim("the billing sink", "TOLLGATE_BILLING_SINK_PORT", port, sink_host)
+            )
+        return claims
 
     def _infrastructure(self, env: dict[str, str]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
-            self.broker = EmbeddedBroker(port=int(env.get("TOLLGATE_EMBEDDED_KAFKA_PORT", "9092")))
-            self.broker.start(log_path=self.state_dir / "tansu.log")
+            port = port_from_env(env, "TOLLGATE_EMBEDDED_KAFKA_PORT", 9092)
+            self.broker = EmbeddedBroker(port=port)
+            broker, log_path = self.broker, self.state_dir / "tansu.log"
+            _stage("the embedded broker did not start", lambda: broker.start(log_path=log_path))
             env["KAFKA_BOOTSTRAP_SERVERS"] = self.broker.bootstrap
             env["TOLLGATE_BROKER_EPOCH"] = self.broker.epoch
             # The marker says which log the offsets stored in PostgreSQL now point into.
@@ -114,23 +153,24 @@ class Runner:
             env.setdefault("TOLLGATE_BROKER_EPOCH", EXTERNAL_EPOCH)
         if not env.get("DATABASE_URL"):
             self.postgres = EmbeddedPostgres(self.state_dir / "pgdata")
-            env["DATABASE_URL"] = self.postgres.start()
-        asyncio.run(migrate(env["DATABASE_URL"]))
-        asyncio.run(
-            ensure_topics(
-                env["KAFKA_BOOTSTRAP_SERVERS"],
-                events_topic=env.get("TOLLGATE_EVENTS_TOPIC", USAGE_EVENTS),
-                dlq_topic=env.get("TOLLGATE_DLQ_TOPIC", USAGE_EVENTS_DLQ),
+            env["DATABASE_URL"] = _stage(
+                "the embedded PostgreSQL did not start", self.postgres.start
             )
-        )
-
-    def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str]) -> None:
-        self.children[name] = subprocess.Popen(  # noqa: S603  # our own interpreter and module
-            [sys.executable, "-m", "libs.service.cli", *argv], env=env
+            self.postgres_pid = self.postgres.pid()
+        _stage("migrating the database failed", lambda: asyncio.run(migrate(env["DATABASE_URL"])))
+        _stage(
+            f"creating the topics on {env['KAFKA_BOOTSTRAP_SERVERS']} failed",
+            lambda: asyncio.run(
+                ensure_topics(
+                    env["KAFKA_BOOTSTRAP_SERVERS"],
+                    events_topic=env.get("TOLLGATE_EVENTS_TOPIC", USAGE_EVENTS),
+                    dlq_topic=env.get("TOLLGATE_DLQ_TOPIC", USAGE_EVENTS_DLQ),
+                )
+            ),
         )
 
     def run(self) -> int:
-        """Start everything, wait for a signal or a crash, then stop everything."""
+        """Start everything, restart what dies, and stop everything on a signal."""
         env = dict(os.environ)
         dev_tokens = not env.get("TOLLGATE_EMITTER_TOKENS") and not env.get("TOLLGATE_ADMIN_TOKENS")
         if dev_tokens:
@@ -139,45 +179,131 @@ class Runner:
         env.setdefault("TOLLGATE_LOG_FORMAT", "console" if sys.stderr.isatty() else "json")
         env.setdefault("TOLLGATE_HOST", "127.0.0.1")
         services = available_services()
-        ports = {s.name: int(env.get(s.port_env, s.default_port)) for s in services}
+        try:
+            claims = self._claims(env, services)
+            check_ports(claims)
+        except SetupError as exc:
+            _say(str(exc))
+            return 2
+        by_name = {claim.what: claim for claim in claims}
+        host = _local_host(env["TOLLGATE_HOST"])
+        ports = {spec.name: by_name[spec.name].port for spec in services}
         if "limits" in ports:
-            env.setdefault("TOLLGATE_LIMITS_URL", f"http://127.0.0.1:{ports['limits']}")
+            env.setdefault("TOLLGATE_LIMITS_URL", f"http://{host}:{ports['limits']}")
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
-            self._infrastructure(env)
+            try:
+                self._infrastructure(env)
+            except SetupError as exc:
+                _say(str(exc))
+                return 1
+            if self.stopping:
+                return 0
+            self.supervisor = supervisor = Supervisor(
+                spawn=lambda child: self._spawn(child.argv, env), say=_say
+            )
             if self.with_billing_sink:
-                sink_port = int(env.get("TOLLGATE_BILLING_SINK_PORT", "8090"))
-                env.setdefault("BILLING_URL", f"http://127.0.0.1:{sink_port}")
+                sink = by_name["the billing sink"]
+                env.setdefault("BILLING_URL", f"http://{_local_host(sink.host)}:{sink.port}")
                 env.setdefault("LICENSE_KEY", "dev-license-key")
-                self._spawn("billing-sink", ["billing-sink", "--port", str(sink_port)], env)
+                supervisor.add(
+                    Child(
+                        "billing-sink",
+                        ["billing-sink", "--port", str(sink.port)],
+                        ready_url=f"{env['BILLING_URL']}/healthz",
+                        port=sink,
+                    )
+                )
             for spec in services:
-                self._spawn(spec.name, ["serve", spec.name], env)
-            self._wait_listening(ports)
-            self._banner(env, ports, dev_tokens=dev_tokens)
-            return self._supervise()
+                supervisor.add(
+                    Child(
+                        spec.name,
+                        ["serve", spec.name],
+                        ready_url=f"http://{host}:{ports[spec.name]}/readyz",
+                        port=by_name[spec.name],
+                    )
+                )
+            supervisor.start_all()
+            if not self._wait_ready(supervisor):
+                return 0 if self.stopping else 1
+            self._banner(env, host, ports, dev_tokens=dev_tokens)
+            return self._watch(supervisor)
         finally:
             self._shutdown()
 
+    def _spawn(self, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: S603  # our own interpreter and module
+            [sys.executable, "-m", "libs.service.cli", *argv], env=env
+        )
+
     def _on_signal(self, _signum: int, _frame: object) -> None:
-        self.stopping = True
+        if not self.stopping:
+            self.stopping = True
+            _say("stopping: the services first, then the broker and PostgreSQL")
 
-    def _wait_listening(self, ports: dict[str, int], timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        waiting = dict(ports)
-        while waiting and time.monotonic() < deadline and not self.stopping:
-            waiting = {n: p for n, p in waiting.items() if not port_open("127.0.0.1", p)}
-            if any(c.poll() is not None for c in self.children.values()):
-                return
-            time.sleep(0.1)
+    def _trouble(self, supervisor: Supervisor) -> str | None:
+        """Why the run cannot go on: a child given up on, or dead infrastructure."""
+        if supervisor.gave_up is not None:
+            return supervisor.gave_up
+        parts: list[tuple[str, Callable[[], bool]]] = []
+        if self.broker is not None:
+            process = self.broker.process
+            parts.append(
+                ("the embedded broker", lambda: process is not None and process.poll() is None)
+            )
+        if self.postgres_pid is not None:
+            pid = self.postgres_pid
+            parts.append(("the embedded PostgreSQL", lambda: _pid_alive(pid)))
+        dead = dead_infrastructure(parts)
+        if dead is not None:
+            return f"{dead} stopped; stopping everything (`tollgate run` starts it again)"
+        return None
 
-    def _banner(self, env: dict[str, str], ports: dict[str, int], *, dev_tokens: bool) -> None:
+    def _wait_ready(self, supervisor: Supervisor, note_every_s: float = 15.0) -> bool:
+        """Keep the children alive until all of them answer ready; False when the run must end."""
+        next_note = time.monotonic() + note_every_s
+        while not self.stopping:
+            supervisor.step(stopping=lambda: self.stopping)
+            trouble = self._trouble(supervisor)
+            if trouble is not None:
+                _say(trouble)
+                return False
+            supervisor.refresh_readiness()
+            if supervisor.all_ready():
+                return True
+            if time.monotonic() >= next_note:
+                _say(f"waiting for {', '.join(supervisor.waiting_for())} to be ready")
+                next_note += note_every_s
+            time.sleep(0.2)
+        return False
+
+    def _watch(self, supervisor: Supervisor) -> int:
+        while not self.stopping:
+            supervisor.step(stopping=lambda: self.stopping)
+            trouble = self._trouble(supervisor)
+            if trouble is not None:
+                _say(trouble)
+                return 1
+            for child in supervisor.refresh_readiness():
+                _say(f"{child.name} is ready again (restart {child.restarts})")
+            time.sleep(0.2)
+        return 0
+
+    def _banner(
+        self, env: dict[str, str], host: str, ports: dict[str, int], *, dev_tokens: bool
+    ) -> None:
         lines = ["", "Tollgate is running:"]
-        lines += [f"  {name:<10} http://127.0.0.1:{port}" for name, port in ports.items()]
-        lines.append(f"  {'kafka':<10} {env['KAFKA_BOOTSTRAP_SERVERS']}")
-        lines.append(f"  {'database':<10} {env['DATABASE_URL']}")
+        lines += [f"  {name:<10} http://{host}:{port}" for name, port in ports.items()]
+        if "reports" in ports:
+            lines.append(f"  {'console':<10} http://{host}:{ports['reports']}/console/")
+        kafka = env["KAFKA_BOOTSTRAP_SERVERS"]
+        look = " (look at the events: tollgate events tail)"
+        lines.append(f"  {'kafka':<10} {kafka}{look}")
+        lines.append(f"  {'database':<10} {_without_password(env['DATABASE_URL'])}")
         if "BILLING_URL" in env and self.with_billing_sink:
             lines.append(f"  {'billing':<10} {env['BILLING_URL']} (local sink)")
+        lines.append("  Each service describes its API at /openapi.json.")
         if dev_tokens:
             lines += [
                 f"  emitter token: {DEV_EMITTER_TOKEN}",
@@ -187,34 +313,56 @@ class Runner:
                     "TOLLGATE_ADMIN_TOKENS anywhere else."
                 ),
             ]
-        lines.append("Ctrl-C stops everything.\n")
+        lines.append("A service that stops is restarted. Ctrl-C stops everything.\n")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
-    def _supervise(self) -> int:
-        while not self.stopping:
-            for name, child in self.children.items():
-                code = child.poll()
-                if code is not None:
-                    print(f"tollgate: {name} exited with {code}; stopping", file=sys.stderr)
-                    return code or 1
-            time.sleep(0.2)
-        return 0
-
     def _shutdown(self) -> None:
-        for child in self.children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for child in self.children.values():
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        if self.supervisor is not None:
+            self.supervisor.stop_all()
         if self.broker is not None:
             self.broker.stop()
         if self.postgres is not None:
             self.postgres.stop()
+
+
+def _say(message: str) -> None:
+    print(f"tollgate: {message}", file=sys.stderr, flush=True)
+
+
+def _stage(failure: str, step: Callable[[], T]) -> T:
+    """Run one start-up step; its failure becomes one line saying which step failed and why."""
+    try:
+        return step()
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SetupError(f"{failure}: {reason}") from exc
+
+
+def _local_host(host: str) -> str:
+    """The address to reach a server bound to `host` from this machine, as a URL's host."""
+    if host in {"", "0.0.0.0"}:
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run(args: argparse.Namespace) -> int:

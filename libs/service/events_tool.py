@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -283,8 +284,9 @@ async def tail(
     except (BrokerUnavailableError, KafkaError, OSError) as exc:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), options.timeout_s)
+        why = f" ({exc})" if isinstance(exc, BrokerUnavailableError) else ""
         raise TailError(
-            f"cannot reach the broker at {options.bootstrap} ({exc}); is it running? "
+            f"cannot reach the broker at {options.bootstrap}{why}; is it running? "
             "Set KAFKA_BOOTSTRAP_SERVERS or --bootstrap-server"
         ) from None
     try:
@@ -497,6 +499,8 @@ def options_from(args: argparse.Namespace) -> TailOptions:
 def main(argv: Sequence[str]) -> int:
     """`tollgate events ...`; returns the exit status."""
     args = _parser().parse_args(list(argv))
+    # aiokafka logs each failed connection attempt; the one line below says it better.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     options = options_from(args)
     out: TextIO = sys.stdout
 
