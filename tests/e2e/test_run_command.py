@@ -1,14 +1,21 @@
-"""`tollgate run` (what `make run` calls): one command starts everything and stops it cleanly."""
+"""`tollgate run` (what `make run` calls): it starts everything, keeps it running, and stops it cleanly.
+
+One run is shared by the tests of this module (starting the whole system is the expensive
+part); the last test stops it and starts a second one on the same state.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,10 +26,42 @@ from tests.support import ROOT
 
 pytestmark = pytest.mark.e2e
 
+BANNER = "Tollgate is running:"
 
-def _start(
-    state: Path, ports: dict[str, int], kafka_port: int, log: Path
-) -> subprocess.Popen[bytes]:
+
+@dataclass
+class Run:
+    """A `tollgate run` process, its ports and its combined output."""
+
+    proc: subprocess.Popen[bytes]
+    state: Path
+    ports: dict[str, int]
+    kafka_port: int
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def children(self) -> dict[str, int]:
+        """The pid of each direct child, by the last words of its command line."""
+        found = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                words = [w.decode() for w in cmdline if w]
+                name = "tansu" if words[0].endswith("tansu") else " ".join(words[-2:])
+                found[name] = int(stat.parent.name)
+        return found
+
+
+def _env(state: Path, ports: dict[str, int], kafka_port: int) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -33,65 +72,196 @@ def _start(
         TOLLGATE_EMBEDDED_KAFKA_PORT=str(kafka_port),
         **{f"TOLLGATE_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     )
+    return env
+
+
+def _start(state: Path, ports: dict[str, int], kafka_port: int, log: Path) -> Run:
     with log.open("ab") as out:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "libs.service.cli", "run"],
-            env=env,
+            env=_env(state, ports, kafka_port),
             cwd=ROOT,
             stdout=out,
             stderr=out,
         )
+    return Run(proc, state, ports, kafka_port, log)
 
 
-def _status(url: str, token: str | None = None) -> int:
-    request = urllib.request.Request(url)  # loopback URL built by the test
+def _status(url: str, token: str | None = None, body: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=body)  # loopback URL built by the test
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=2) as resp:
             status: int = resp.status
             return status
     except urllib.error.HTTPError as exc:
         return exc.code
+    except OSError:
+        return 0
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
+def _wait_for_banner(run: Run, timeout_s: float = 90) -> dict[str, int]:
+    """Wait for the banner; return each service's /readyz status at the moment it is seen."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"run exited early:\n{log.read_text()[-4000:]}")
-        try:
-            if _status(f"{url}/readyz") == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready:\n{log.read_text()[-4000:]}")
+        if run.proc.poll() is not None:
+            raise AssertionError(f"run exited early:\n{run.output()[-4000:]}")
+        if BANNER in run.output():
+            return {name: _status(f"{run.url(name)}/readyz") for name in run.ports}
+        time.sleep(0.05)
+    raise AssertionError(f"no banner within {timeout_s}s:\n{run.output()[-4000:]}")
 
 
-def test_run_starts_everything_stops_on_sigterm_and_starts_again(tmp_path: Path) -> None:
-    """Run starts broker, database and services, prints the dev tokens, stops every child on SIGTERM, and a second run reuses the data under a new epoch."""
-    state = tmp_path / "state"
+def _stop(run: Run) -> int:
+    if run.proc.poll() is None:
+        run.proc.send_signal(signal.SIGTERM)
+    try:
+        return run.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        run.proc.kill()
+        run.proc.wait(10)
+        raise
+
+
+@dataclass
+class Started:
+    """The shared run and what was seen when its banner appeared."""
+
+    run: Run
+    ready_at_banner: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    """One `tollgate run` for the module, up to its banner; stopped at the end if still running."""
+    tmp = tmp_path_factory.mktemp("run")
     ports = {s.name: free_port() for s in available_services()}
-    kafka_port = free_port()
-    epochs = []
-    for attempt in range(2):
-        log = tmp_path / f"run-{attempt}.log"
-        proc = _start(state, ports, kafka_port, log)
-        try:
-            for port in ports.values():
-                _wait_ready(f"http://127.0.0.1:{port}", proc, log)
-            ingest = f"http://127.0.0.1:{ports['ingest']}"
-            assert _status(f"{ingest}/api/v1/pricing/models", "dev-admin-token") == 200
-            epochs.append((state / "broker-epoch").read_text().strip())
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(60)
-        output = log.read_text()
-        assert code == 0, output[-4000:]
-        assert "dev-emitter-token" in output
-        assert "WARNING" in output
-        assert not port_open("127.0.0.1", kafka_port)
-        assert not any(port_open("127.0.0.1", p) for p in ports.values())
-    assert (state / "pgdata" / "PG_VERSION").exists()
+    run = _start(tmp / "state", ports, free_port(), tmp / "run-0.log")
+    try:
+        yield Started(run, _wait_for_banner(run))
+    finally:
+        _stop(run)
+
+
+def test_the_banner_comes_once_every_service_is_ready_and_names_every_url(
+    started: Started,
+) -> None:
+    """The banner appears only after each /readyz answers 200 (limits caught up) and lists every API, the console and the dev tokens."""
+    run = started.run
+    assert started.ready_at_banner == dict.fromkeys(run.ports, 200)
+    output = run.output()
+    banner_at = output.index(BANNER)
+    caught_up = [
+        line
+        for line in output[:banner_at].splitlines()
+        if '"consumer_caught_up"' in line and '"service":"limits"' in line
+    ]
+    assert caught_up, output[:banner_at][-4000:]
+    banner = output[banner_at:].split("Ctrl-C stops everything.")[0]
+    for name, port in run.ports.items():
+        assert f"{name:<10} http://127.0.0.1:{port}\n" in banner
+    assert f"console    http://127.0.0.1:{run.ports['reports']}/console/" in banner
+    assert f"kafka      127.0.0.1:{run.kafka_port}" in banner
+    assert "dev-emitter-token" in banner
+    assert "WARNING" in banner
+
+
+def test_a_killed_service_comes_back_while_the_others_keep_serving(started: Started) -> None:
+    """SIGKILL of limits: it restarts by itself and answers checks again; ingest, reports, publisher and the broker never stop."""
+    run = started.run
+    before = run.children()
+    others = [name for name in run.ports if name != "limits"]
+
+    os.kill(before["serve limits"], signal.SIGKILL)
+    answers: dict[str, list[int]] = {name: [] for name in others}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for name in others:
+            answers[name].append(_status(f"{run.url(name)}/readyz"))
+        if "limits is ready again" in run.output():
+            break
+        time.sleep(0.1)
+
+    output = run.output()
+    assert "limits exited (signal SIGKILL)" in output, output[-4000:]
+    assert "limits is ready again" in output, output[-4000:]
+    assert all(len(seen) > 3 and set(seen) == {200} for seen in answers.values()), answers
+    check = _status(
+        f"{run.url('limits')}/api/v1/limits/check", "dev-emitter-token", b'{"user_id": "u-1"}'
+    )
+    assert check == 200
+    after = run.children()
+    assert after["serve limits"] != before["serve limits"]
+    assert {k: v for k, v in after.items() if k != "serve limits"} == {
+        k: v for k, v in before.items() if k != "serve limits"
+    }
+    assert run.proc.poll() is None
+
+
+def test_sigterm_stops_everything_and_a_second_run_starts_on_the_same_state(
+    started: Started, tmp_path: Path
+) -> None:
+    """SIGTERM stops every child, the broker and PostgreSQL with exit 0; a second run reuses the data under a new epoch."""
+    first = started.run
+    epochs = [(first.state / "broker-epoch").read_text().strip()]
+    assert _stop(first) == 0, first.output()[-4000:]
+    assert "stopping: the services first" in first.output()
+    assert not port_open("127.0.0.1", first.kafka_port)
+    assert not any(port_open("127.0.0.1", p) for p in first.ports.values())
+
+    second = _start(first.state, first.ports, first.kafka_port, tmp_path / "run-1.log")
+    try:
+        _wait_for_banner(second)
+        ingest = second.url("ingest")
+        assert _status(f"{ingest}/api/v1/pricing/models", "dev-admin-token") == 200
+        epochs.append((first.state / "broker-epoch").read_text().strip())
+    finally:
+        code = _stop(second)
+    assert code == 0, second.output()[-4000:]
+    assert (first.state / "pgdata" / "PG_VERSION").exists()
     assert epochs[0] != epochs[1]
+
+
+@pytest.mark.parametrize(
+    ("taken", "what", "variable"),
+    [
+        ("kafka", "the embedded broker", "TOLLGATE_EMBEDDED_KAFKA_PORT"),
+        ("limits", "limits", "TOLLGATE_LIMITS_PORT"),
+        ("billing-sink", "the billing sink", "TOLLGATE_BILLING_SINK_PORT"),
+    ],
+)
+def test_a_port_in_use_is_one_clear_line_and_a_non_zero_exit(
+    tmp_path: Path, taken: str, what: str, variable: str
+) -> None:
+    """A taken port (broker, a service, the billing sink) ends the run before anything starts, with one line naming the port and its variable."""
+    ports = {s.name: free_port() for s in available_services()}
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        kafka_port = port if taken == "kafka" else free_port()
+        if taken in ports:
+            ports[taken] = port
+        env = _env(tmp_path / "state", ports, kafka_port)
+        env["TOLLGATE_BILLING_SINK_PORT"] = str(port if taken == "billing-sink" else free_port())
+        done = subprocess.run(
+            [sys.executable, "-m", "libs.service.cli", "run", "--with-billing-sink"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode == 2, output
+    assert output.splitlines() == [
+        (
+            f"tollgate: port {port} ({what}) is already in use; set {variable} to a free port, "
+            "or stop what is listening there"
+        )
+    ]
+    assert not (tmp_path / "state").exists()
