@@ -156,7 +156,7 @@ def json_line(record: Record) -> str:
         doc["event"] = record.event.model_dump(mode="json")
     else:
         doc["error"] = record.error
-    return orjson.dumps(doc).decode()
+    return _json_safe(orjson.dumps(doc).decode())
 
 
 def table_header() -> str:
@@ -227,6 +227,22 @@ def printable(text: str) -> str:
         else ch.encode("unicode_escape").decode()
         for ch in text
     )
+
+
+def _json_safe(text: str) -> str:
+    # JSON allows DEL, C1 controls, bidi overrides and line separators raw inside strings (the
+    # only place such characters can be in compact JSON); escaped, the line stays one line
+    # that cannot drive a terminal, and decodes to the same value.
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch == " " or not unicodedata.category(ch).startswith(("C", "Z")):
+            out.append(ch)
+            continue
+        units = ch.encode("utf-16-be")
+        out.extend(f"\\u{int.from_bytes(units[i : i + 2]):04x}" for i in range(0, len(units), 2))
+    return "".join(out)
 
 
 def _row(cells: Sequence[str]) -> str:

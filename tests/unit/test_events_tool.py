@@ -6,6 +6,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from libs.events import decode
 from libs.events.models import Event
@@ -197,3 +199,12 @@ def test_bad_arguments_are_named(
         _parser().parse_args(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@given(st.text())
+def test_any_text_prints_as_one_printable_line(text: str) -> None:
+    """Whatever a record holds, the table cell and the JSON line are printable and lose nothing."""
+    assert printable(text).isprintable()
+    line = json_line(Record(0, 0, 0, text, (("h", text),), None, error=text))
+    assert line.isprintable()
+    assert orjson.loads(line)["key"] == orjson.loads(line)["error"] == text
