@@ -257,7 +257,7 @@ class Runner:
             parts.append(("the embedded PostgreSQL", lambda: _pid_alive(pid)))
         dead = dead_infrastructure(parts)
         if dead is not None:
-            return f"{dead} stopped; stopping everything (`tollgate run` starts it again)"
+            return f"{dead} stopped; stopping everything (start `tollgate run` again)"
         return None
 
     def _wait_ready(self, supervisor: Supervisor, note_every_s: float = 15.0) -> bool:

@@ -204,7 +204,7 @@ def test_a_killed_service_comes_back_while_the_others_keep_serving(started: Star
 def test_sigterm_stops_everything_and_a_second_run_starts_on_the_same_state(
     started: Started, tmp_path: Path
 ) -> None:
-    """SIGTERM stops every child, the broker and PostgreSQL with exit 0; a second run reuses the data under a new epoch."""
+    """SIGTERM stops every child, the broker and PostgreSQL with exit 0; a second run reuses the data under a new epoch, and ends (exit 1, one line) when its broker dies."""
     first = started.run
     epochs = [(first.state / "broker-epoch").read_text().strip()]
     assert _stop(first) == 0, first.output()[-4000:]
@@ -218,9 +218,14 @@ def test_sigterm_stops_everything_and_a_second_run_starts_on_the_same_state(
         ingest = second.url("ingest")
         assert _status(f"{ingest}/api/v1/pricing/models", "dev-admin-token") == 200
         epochs.append((first.state / "broker-epoch").read_text().strip())
+        os.kill(second.children()["tansu"], signal.SIGKILL)
+        code = second.proc.wait(60)
     finally:
-        code = _stop(second)
-    assert code == 0, second.output()[-4000:]
+        _stop(second)
+    output = second.output()
+    assert code == 1, output[-4000:]
+    assert "tollgate: the embedded broker stopped; stopping everything" in output
+    assert not any(port_open("127.0.0.1", p) for p in second.ports.values())
     assert (first.state / "pgdata" / "PG_VERSION").exists()
     assert epochs[0] != epochs[1]
 
