@@ -67,6 +67,8 @@ async def running(
         "PUBLISH_INTERVAL": "1s",
         "PUBLISH_FIRST_DELAY": "100ms",
         "TOLLGATE_LIMITS_SNAPSHOT_INTERVAL": "1",
+        # Off by default (user ids); the spend dashboard's top list needs it.
+        "TOLLGATE_LIMITS_TOP_USERS": "5",
     }
     services: dict[str, ServiceProcess] = {}
     for spec in available_services():  # limits starts before reports, which calls it
@@ -137,7 +139,7 @@ async def test_every_metric_in_rules_and_dashboards_is_exported(
     for svc in running.values():
 
         async def scraped(svc: ServiceProcess = svc) -> str:
-            r = await http.get(f"{svc.url}/metrics")
+            r = await http.get(svc.metrics_url)
             return await r.text() if r.status == 200 else ""
 
         exported |= exported_names(await eventually(scraped))
@@ -158,7 +160,7 @@ async def test_prometheus_loads_the_rules_and_their_queries_return_series(
 ) -> None:
     """A real Prometheus scraping the services evaluates every rule group without error, and the recording rules return series."""
     port = free_port()
-    targets = [f"127.0.0.1:{svc.port}" for svc in running.values()]
+    targets = [f"127.0.0.1:{svc.metrics_port}" for svc in running.values()]
     config = tmp_path / "prometheus.yml"
     config.write_text(
         json.dumps(

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _start(
-    state: Path, ports: dict[str, int], kafka_port: int, log: Path
+    state: Path, ports: dict[str, int], metrics_ports: dict[str, int], kafka_port: int, log: Path
 ) -> subprocess.Popen[bytes]:
     env = {
         k: v
@@ -32,6 +32,10 @@ def _start(
         TOLLGATE_STATE_DIR=str(state),
         TOLLGATE_EMBEDDED_KAFKA_PORT=str(kafka_port),
         **{f"TOLLGATE_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        **{
+            f"TOLLGATE_{name.upper()}_METRICS_PORT": str(port)
+            for name, port in metrics_ports.items()
+        },
     )
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -70,19 +74,23 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: f
 
 
 def test_run_starts_everything_stops_on_sigterm_and_starts_again(tmp_path: Path) -> None:
-    """Run starts broker, database and services, prints the dev tokens, stops every child on SIGTERM, and a second run reuses the data under a new epoch."""
+    """Run starts broker, database and services (metrics on their own ports), prints the dev tokens, stops every child on SIGTERM, and a second run reuses the data under a new epoch."""
     state = tmp_path / "state"
     ports = {s.name: free_port() for s in available_services()}
+    metrics_ports = {s.name: free_port() for s in available_services()}
     kafka_port = free_port()
     epochs = []
     for attempt in range(2):
         log = tmp_path / f"run-{attempt}.log"
-        proc = _start(state, ports, kafka_port, log)
+        proc = _start(state, ports, metrics_ports, kafka_port, log)
         try:
             for port in ports.values():
                 _wait_ready(f"http://127.0.0.1:{port}", proc, log)
             ingest = f"http://127.0.0.1:{ports['ingest']}"
             assert _status(f"{ingest}/api/v1/pricing/models", "dev-admin-token") == 200
+            for name, port in metrics_ports.items():
+                assert _status(f"http://127.0.0.1:{port}/metrics") == 200, name
+                assert _status(f"http://127.0.0.1:{ports[name]}/metrics", "dev-admin-token") == 404
             epochs.append((state / "broker-epoch").read_text().strip())
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -92,6 +100,8 @@ def test_run_starts_everything_stops_on_sigterm_and_starts_again(tmp_path: Path)
         assert "dev-emitter-token" in output
         assert "WARNING" in output
         assert not port_open("127.0.0.1", kafka_port)
-        assert not any(port_open("127.0.0.1", p) for p in ports.values())
+        assert not any(
+            port_open("127.0.0.1", p) for p in [*ports.values(), *metrics_ports.values()]
+        )
     assert (state / "pgdata" / "PG_VERSION").exists()
     assert epochs[0] != epochs[1]

@@ -255,9 +255,10 @@ async def test_metrics_count_accepted_and_rejected_by_type(ingest: Harness) -> N
 
 
 async def test_operational_routes_need_no_token(ingest: Harness) -> None:
-    """Health, metrics and the OpenAPI document are public; the document lists the event route."""
+    """Health and the OpenAPI document are public; `/metrics` is not on the API port at all."""
     assert (await ingest.client.get("/healthz")).status == 200
-    assert (await ingest.client.get("/metrics")).status == 200
+    assert (await ingest.client.get("/metrics", headers=ADMIN)).status == 404
     doc = await (await ingest.client.get("/openapi.json")).json()
     assert "/api/v1/events" in doc["paths"]
+    assert "/metrics" not in doc["paths"]
     assert "/api/v1/pricing/models/{model}" in doc["paths"]
