@@ -64,7 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(_: argparse.Namespace) -> int:
     configure_logging(os.environ.get("TOLLGATE_LOG_LEVEL", "info"), "console")
-    applied = asyncio.run(migrate(_require_env("DATABASE_URL")))
+    grant_to = os.environ.get("TOLLGATE_MIGRATIONS_GRANT_TO") or None
+    applied = asyncio.run(migrate(_require_env("DATABASE_URL"), grant_to=grant_to))
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
     return 0
 
