@@ -16,6 +16,10 @@ from libs.service.web import create_metrics_app
 
 log = structlog.get_logger(__name__)
 
+#: Seconds a stopping service waits for requests in flight before its resources close; the
+#: chart's terminationGracePeriodSeconds must cover it (tests/deploy check that).
+SHUTDOWN_TIMEOUT_S = 10
+
 
 def serve(
     app: web.Application,
@@ -42,7 +46,7 @@ def serve(
         port=port,
         access_log=None,
         print=None,
-        shutdown_timeout=10,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         handle_signals=True,
     )
     log.info("service_stopped")

@@ -44,6 +44,8 @@ CONSUMER_NAME = "limits"
 #: `APPLY_CHUNK`).
 BATCH_RECORDS = 256
 DECODE_CHUNK = 16
+#: Seconds the last snapshot at shutdown may take (the chart's grace period covers it).
+FINAL_SNAPSHOT_TIMEOUT_S = 20
 
 SINK = web.AppKey("limits_sink", LimitsSink)
 SNAPSHOTTER = web.AppKey("limits_snapshotter", Snapshotter)
@@ -215,7 +217,7 @@ class _Wiring:
                 yield
             # The consumer has stopped: the ledger is final for this process.
             try:
-                await asyncio.wait_for(snapshotter.take(), 20)
+                await asyncio.wait_for(snapshotter.take(), FINAL_SNAPSHOT_TIMEOUT_S)
             except Exception as exc:
                 log.warning("limits_final_snapshot_failed", error=f"{type(exc).__name__}: {exc}")
         finally:
