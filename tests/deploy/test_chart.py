@@ -376,11 +376,14 @@ def test_service_monitor_scrapes_every_service(production_docs: list[dict[str, A
     assert endpoint["path"] == "/metrics"
     # `service` comes from the target, so overrideHonorLabels cannot take it away.
     assert "honorLabels" not in endpoint
-    assert endpoint["relabelings"][0] == {
-        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_component"],
-        "targetLabel": "service",
-        "action": "replace",
-    }
+    assert endpoint["relabelings"][:2] == [
+        {"targetLabel": "job", "replacement": "tollgate", "action": "replace"},
+        {
+            "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_component"],
+            "targetLabel": "service",
+            "action": "replace",
+        },
+    ]
     components = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in selected}
     assert components == set(SERVICES)
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["tollgate"]}
