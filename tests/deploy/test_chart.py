@@ -751,3 +751,21 @@ def test_prometheus_rule_leaves_out_alerts_of_disabled_services() -> None:
     publisher = [r for r in full if r.get("labels", {}).get("service") == "publisher"]
     assert publisher, "rules.yml has publisher alerts"
     assert shipped == [r for r in full if r not in publisher]
+
+
+def test_runbook_links_can_be_made_absolute() -> None:
+    """With runbookBaseUrl every alert's runbook link points into the repository at that URL."""
+    base = "https://git.example.com/platform/tollgate/-/blob/main/"
+    docs = documents(
+        ok(
+            helm_template(
+                *VALUE_SETS["production"], "--set", f"metrics.prometheusRule.runbookBaseUrl={base}"
+            )
+        )
+    )
+    (rule,) = by_kind(docs, "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        url = alert["annotations"]["runbook_url"]
+        assert url == f"{base}docs/runbooks.md#{alert['alert'].lower()}", url
