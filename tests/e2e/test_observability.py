@@ -158,18 +158,24 @@ def _get(url: str) -> dict[str, object]:
 async def test_prometheus_loads_the_rules_and_their_queries_return_series(
     running: dict[str, ServiceProcess], tmp_path: Path
 ) -> None:
-    """A real Prometheus scraping the services evaluates every rule group without error, and the recording rules return series."""
+    """A real Prometheus scraping the services' metrics ports evaluates every rule without error, the recording rules return series, and no down alert is pending."""
     port = free_port()
-    targets = [f"127.0.0.1:{svc.metrics_port}" for svc in running.values()]
+    # The labels the chart's ServiceMonitor gives every target (docs/runbooks.md).
+    static = [
+        {
+            "targets": [f"127.0.0.1:{svc.metrics_port}"],
+            "labels": {"service": name, "namespace": "e2e"},
+        }
+        for name, svc in running.items()
+    ]
+    targets = [t for s in static for t in s["targets"]]
     config = tmp_path / "prometheus.yml"
     config.write_text(
         json.dumps(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES.resolve())],
-                "scrape_configs": [
-                    {"job_name": "tollgate", "static_configs": [{"targets": targets}]}
-                ],
+                "scrape_configs": [{"job_name": "tollgate", "static_configs": static}],
             }
         )
     )
@@ -225,6 +231,22 @@ async def test_prometheus_loads_the_rules_and_their_queries_return_series(
         # The fail-open counter lives in the callers' processes (the client library), not here.
         targets_health = _get(f"{api}/targets")["data"]
         assert [n for n in empty if "failopen" not in n] == [], targets_health
+        # Every service is up and ready: no down alert stays even pending (a consumer may
+        # still be reading the log when Prometheus first looks).
+        down = 'ALERTS{alertname=~"Tollgate(Ingest|Limits|Reports|Publisher)Down"}'
+
+        async def no_down_alert() -> bool:
+            alerts = _get(f"{api}/query?query={urllib.parse.quote(down)}")["data"]
+            assert isinstance(alerts, dict)
+            return alerts["result"] == []
+
+        await eventually(no_down_alert, timeout_s=30, interval_s=0.5)
+        ready = _get(
+            f"{api}/query?query={urllib.parse.quote('namespace_service:tollgate_ready:sum')}"
+        )
+        data = ready["data"]
+        assert isinstance(data, dict)
+        assert {r["metric"]["service"] for r in data["result"]} == set(running)
     finally:
         proc.terminate()
         proc.wait(10)
