@@ -238,7 +238,8 @@ async def test_prometheus_loads_the_rules_and_their_queries_return_series(
         async def no_down_alert() -> bool:
             alerts = _get(f"{api}/query?query={urllib.parse.quote(down)}")["data"]
             assert isinstance(alerts, dict)
-            return alerts["result"] == []
+            pending: list[object] = alerts["result"]
+            return not pending
 
         await eventually(no_down_alert, timeout_s=30, interval_s=0.5)
         ready = _get(
