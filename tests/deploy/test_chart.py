@@ -534,20 +534,21 @@ def _spread(doc: Doc) -> dict[str, str]:
     return {c["topologyKey"]: c["whenUnsatisfiable"] for c in constraints}
 
 
-def test_limits_replicas_never_share_a_node_in_production(
+def test_limits_replicas_never_share_a_node(
     production_docs: list[dict[str, Any]], default_docs: list[dict[str, Any]]
 ) -> None:
-    """Production limits replicas must land on different nodes; everything else only prefers to."""
+    """Limits replicas must land on different nodes; everything else only prefers to, over nodes and zones."""
     hostname, zone = "kubernetes.io/hostname", "topology.kubernetes.io/zone"
-    assert _spread(named(production_docs, "Deployment", _fullname("limits"))) == {
-        hostname: "DoNotSchedule",
-        zone: "ScheduleAnyway",
-    }
-    for docs, service in [(production_docs, "ingest"), (default_docs, "limits")]:
-        assert _spread(named(docs, "Deployment", _fullname(service))) == {
-            hostname: "ScheduleAnyway",
+    for docs in (production_docs, default_docs):
+        assert _spread(named(docs, "Deployment", _fullname("limits"))) == {
+            hostname: "DoNotSchedule",
             zone: "ScheduleAnyway",
         }
+        for service in ("ingest", "reports", "publisher"):
+            assert _spread(named(docs, "Deployment", _fullname(service))) == {
+                hostname: "ScheduleAnyway",
+                zone: "ScheduleAnyway",
+            }
     docs = documents(ok(helm_template(*TRIAL, "--set", "topologySpread.zones=")))
     assert _spread(named(docs, "Deployment", _fullname("reports"))) == {hostname: "ScheduleAnyway"}
 
