@@ -664,7 +664,7 @@ def _policy_ports(rule: Mapping[str, Any]) -> set[tuple[object, str]]:
 
 
 def test_network_policies_guard_every_service(production_docs: list[dict[str, Any]]) -> None:
-    """Each service's policy admits API calls from clients, the ingress controller and its own release, metrics from monitoring only, and egress to DNS, Kafka, PostgreSQL, limits and billing."""
+    """Each service's policy admits API calls from clients, the ingress controller and its own release, metrics from monitoring only, and egress to DNS, Kafka, PostgreSQL, its release's APIs and billing."""
     policies = {p["metadata"]["name"]: p for p in by_kind(production_docs, "NetworkPolicy")}
     assert set(policies) == {_fullname(s) for s in SERVICES}
     for service in SERVICES:
@@ -693,19 +693,15 @@ def test_network_policies_guard_every_service(production_docs: list[dict[str, An
             }
         ]
         egress = [_policy_ports(rule) for rule in policy["egress"]]
-        assert egress[:3] == [{(53, "UDP"), (53, "TCP")}, {(9092, "TCP")}, {(5432, "TCP")}]
+        assert egress[:4] == [
+            {(53, "UDP"), (53, "TCP")},
+            {(9092, "TCP")},
+            {(5432, "TCP")},
+            {(8081, "TCP"), (8082, "TCP"), (8083, "TCP"), (8084, "TCP")},
+        ]
         assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
-        extra = egress[3:]
-        if service == "reports":
-            assert extra == [{(8082, "TCP")}]
-            limits = named(production_docs, "Deployment", _fullname("limits"))
-            assert policy["egress"][3]["to"] == [
-                {"podSelector": {"matchLabels": limits["spec"]["selector"]["matchLabels"]}}
-            ]
-        elif service == "publisher":
-            assert extra == [{(443, "TCP")}]
-        else:
-            assert extra == []
+        assert policy["egress"][3]["to"] == api["from"][2:]
+        assert egress[4:] == ([{(443, "TCP")}] if service == "publisher" else [])
 
 
 def test_network_policies_are_optional_and_follow_the_bundled_backends(
@@ -723,7 +719,7 @@ def test_network_policies_are_optional_and_follow_the_bundled_backends(
         )
     )
     policy = named(docs, "NetworkPolicy", _fullname("publisher"))["spec"]
-    kafka, postgresql, billing = policy["egress"][1:]
+    kafka, postgresql, _, billing = policy["egress"][1:]
     assert kafka["to"] == [
         {
             "podSelector": {
