@@ -446,6 +446,12 @@ def test_schema_rejects_bad_values(values: Sequence[str], message: str) -> None:
     assert message in _render_fails(*values)
 
 
+def test_metrics_port_must_differ_from_the_api_port() -> None:
+    """A metrics port equal to the API port fails the render, naming both values."""
+    stderr = _render_fails("--set", "reports.metricsPort=8083")
+    assert "reports.metricsPort must differ from reports.port (both 8083)" in stderr
+
+
 def test_external_kafka_needs_bootstrap_servers() -> None:
     """Turning the bundled Kafka off without naming an external one fails with the value to set."""
     stderr = _render_fails("--set", "kafka.enabled=false")
