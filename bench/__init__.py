@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from libs.service.embedded import start_cli
+from libs.service.embedded import free_port, start_cli
 
 __all__ = [
     "ROOT",
@@ -101,11 +101,19 @@ class ServiceHandle:
     env: Mapping[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
         """Base URL on loopback."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The service's `/metrics`, on its metrics port (never the API port)."""
+        if self.metrics_port is None:
+            raise RuntimeError(f"{self.name} has no metrics port")
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, *, timeout_s: float = 30.0) -> None:
         """Start the process and wait until its port accepts connections."""
@@ -175,13 +183,22 @@ class BenchContext:
         return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     def start_process(self, name: str, argv: list[str], *, port: int, **env: str) -> ServiceHandle:
-        """Start one more process (a dedicated replica, a sink) against this system."""
+        """Start one more process (a dedicated replica, a sink) against this system.
+
+        A service (`serve NAME`) gets a metrics port of its own, so that it never collides
+        with the replica the run started.
+        """
+        metrics_port = None
+        if argv[:1] == ["serve"]:
+            metrics_port = free_port()
+            env = {f"TOLLGATE_{argv[1].upper()}_METRICS_PORT": str(metrics_port), **env}
         handle = ServiceHandle(
             name=name,
             port=port,
             argv=argv,
             env={**self.env, **env},
             log_path=self.workdir / f"{name}.log",
+            metrics_port=metrics_port,
         )
         handle.start()
         self.extra.setdefault("processes", []).append(handle)

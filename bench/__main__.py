@@ -118,8 +118,10 @@ class System:
         }
         specs = available_services()
         ports = {s.name: free_port() for s in specs}
+        metrics_ports = {s.name: free_port() for s in specs}
         for spec in specs:
             self.env[spec.port_env] = str(ports[spec.name])
+            self.env[f"TOLLGATE_{spec.name.upper()}_METRICS_PORT"] = str(metrics_ports[spec.name])
         if "limits" in ports:
             self.env["TOLLGATE_LIMITS_URL"] = f"http://127.0.0.1:{ports['limits']}"
         if importlib.util.find_spec("services.publisher.sink") is not None:
@@ -128,7 +130,12 @@ class System:
             self.env["LICENSE_KEY"] = "bench-license-key"
             self._start("billing-sink", ["billing-sink", "--port", str(sink_port)], sink_port)
         for spec in specs:
-            self._start(spec.name, ["serve", spec.name], ports[spec.name])
+            self._start(
+                spec.name,
+                ["serve", spec.name],
+                ports[spec.name],
+                metrics_port=metrics_ports[spec.name],
+            )
         for name, handle in self.services.items():
             if name != "billing-sink":
                 asyncio.run(wait_ready(handle.url))
@@ -155,9 +162,16 @@ class System:
             pids.append(pid)
         return pids
 
-    def _start(self, name: str, argv: list[str], port: int) -> None:
+    def _start(
+        self, name: str, argv: list[str], port: int, *, metrics_port: int | None = None
+    ) -> None:
         handle = ServiceHandle(
-            name=name, port=port, argv=argv, env=self.env, log_path=self.workdir / f"{name}.log"
+            name=name,
+            port=port,
+            argv=argv,
+            env=self.env,
+            log_path=self.workdir / f"{name}.log",
+            metrics_port=metrics_port,
         )
         handle.start()
         self.services[name] = handle
@@ -217,12 +231,13 @@ async def _limits(ctx: BenchContext, module: Any) -> list[Figure]:
     # Those two leave a large heap behind in this process, which runs the background usage.
     gc.collect()
     url = ctx.url("limits")
+    metrics_url = ctx.services["limits"].metrics_url
     limits = ctx.services["limits"].process
     assert url is not None
     assert limits is not None
     seconds = min(ctx.seconds, 20.0)
     quiet = await module.http_check_latency(
-        url, token=ctx.emitter_token, rate=2000.0, duration_s=seconds
+        url, token=ctx.emitter_token, metrics_url=metrics_url, rate=2000.0, duration_s=seconds
     )
     rate = float(os.environ.get("TOLLGATE_BENCH_BACKGROUND_RATE", "1000"))
     ingest = ctx.url("ingest")
@@ -236,12 +251,16 @@ async def _limits(ctx: BenchContext, module: Any) -> list[Figure]:
         await asyncio.sleep(5)  # flowing, and folded in by limits, before the first check
     try:
         shared = await module.http_check_latency(
-            url, token=ctx.emitter_token, rate=2000.0, duration_s=seconds
+            url, token=ctx.emitter_token, metrics_url=metrics_url, rate=2000.0, duration_s=seconds
         )
         with own_cpu(limits.pid, ctx.extra.get("infrastructure_pids", [])) as pinned:
             alone = (
                 await module.http_check_latency(
-                    url, token=ctx.emitter_token, rate=2000.0, duration_s=seconds
+                    url,
+                    token=ctx.emitter_token,
+                    metrics_url=metrics_url,
+                    rate=2000.0,
+                    duration_s=seconds,
                 )
                 if pinned
                 else shared
@@ -252,7 +271,11 @@ async def _limits(ctx: BenchContext, module: Any) -> list[Figure]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await background
     flat = await module.http_check_latency(
-        url, token=ctx.emitter_token, rate=None, duration_s=min(seconds, 10.0)
+        url,
+        token=ctx.emitter_token,
+        metrics_url=metrics_url,
+        rate=None,
+        duration_s=min(seconds, 10.0),
     )
     flowing = f"{rate:,.0f} events/s background" if background is not None else "no background"
     where = (

@@ -404,8 +404,8 @@ _HISTOGRAM_BUCKET: Final = re.compile(
 )
 
 
-async def _check_histogram(session: aiohttp.ClientSession, base_url: str) -> dict[float, float]:
-    async with session.get(f"{base_url}/metrics") as resp:
+async def _check_histogram(session: aiohttp.ClientSession, metrics_url: str) -> dict[float, float]:
+    async with session.get(metrics_url) as resp:
         text = await resp.text()
     return {float(le): float(count) for le, count in _HISTOGRAM_BUCKET.findall(text)}
 
@@ -426,6 +426,7 @@ async def http_check_latency(
     base_url: str,
     *,
     token: str,
+    metrics_url: str,
     rate: float | None = 2000.0,
     duration_s: float = 10.0,
     users: int = 1000,
@@ -435,7 +436,8 @@ async def http_check_latency(
 
     The load comes from `generate_load` in a child process. Beside its figures this returns
     `server_p99_ms`, the service's own view (parse, decide, encode) from its latency
-    histogram: the bucket bound that holds its 99th percentile.
+    histogram (read from `metrics_url`, the service's metrics port): the bucket bound that
+    holds its 99th percentile.
     """
     base_url = base_url.rstrip("/")
     argv = [
@@ -445,14 +447,14 @@ async def http_check_latency(
     if rate:
         argv += ["--rate", str(rate)]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        before = await _check_histogram(session, base_url)
+        before = await _check_histogram(session, metrics_url)
         child = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         out, err = await child.communicate()
         if child.returncode:
             raise RuntimeError(f"load generator failed: {err.decode(errors='replace')[-2000:]}")
-        after = await _check_histogram(session, base_url)
+        after = await _check_histogram(session, metrics_url)
     figures: dict[str, Any] = json.loads(out)
     figures["server_p99_ms"] = _histogram_p99_ms(before, after)
     return figures

@@ -18,7 +18,7 @@ import pytest
 from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from libs.service.kafka import ensure_topics
-from tests.support import Infra, ServiceProcess, StartService
+from tests.support import Infra, ServiceProcess, StartService, service_ports
 
 
 @pytest.fixture(scope="session")
@@ -72,14 +72,17 @@ def service_factory(infra: Infra, tmp_path: Path) -> Iterator[StartService]:
     started: list[ServiceProcess] = []
 
     def start(name: str, *, port: int | None = None, **env: str) -> ServiceProcess:
+        api_port, metrics_port, port_env = service_ports(name)
+        if port is not None:
+            api_port = port
+            port_env[f"TOLLGATE_{name.upper()}_PORT"] = str(port)
         svc = ServiceProcess(
             name=name,
-            port=port or free_port(),
-            env=infra.env(**env),
+            port=api_port,
+            env={**infra.env(**env), **port_env},
             log_path=tmp_path / f"{name}-{len(started)}.log",
+            metrics_port=metrics_port,
         )
-        port_env = f"TOLLGATE_{name.upper()}_PORT"
-        svc.env = {**svc.env, port_env: str(svc.port)}
         svc.start()
         started.append(svc)
         return svc

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, start_cli
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, start_cli
+from libs.service.web import create_metrics_app
 
 ROOT = Path(__file__).resolve().parents[1]
 EMITTER_TOKEN = "test-emitter-token"
@@ -60,6 +66,41 @@ class Infra:
         env.update(extra)
         return env
 
+    @asynccontextmanager
+    async def postgres_paused(self) -> AsyncIterator[None]:
+        """PostgreSQL frozen (SIGSTOP) for the length of the block, resumed however it ends."""
+        master = self.postgres.pid()
+        assert master is not None, "the session's PostgreSQL has no postmaster pid"
+        # The postmaster first, so it forks nothing new while its children are frozen.
+        os.kill(master, signal.SIGSTOP)
+        children = _children(master)
+        try:
+            for pid in children:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            yield
+        finally:
+            for pid in children:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            os.kill(master, signal.SIGCONT)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def service_ports(name: str) -> tuple[int, int, dict[str, str]]:
+    """Free API and metrics ports for a service, and the environment that assigns them."""
+    port, metrics_port = free_port(), free_port()
+    prefix = f"TOLLGATE_{name.upper()}"
+    env = {f"{prefix}_PORT": str(port), f"{prefix}_METRICS_PORT": str(metrics_port)}
+    return port, metrics_port, env
+
 
 def unique(prefix: str = "id") -> str:
     """A unique id for test data, so tests never collide on the shared infrastructure."""
@@ -76,11 +117,19 @@ class ServiceProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
         """Base URL of the service."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the service's `/metrics` answers (its metrics port, never the API port)."""
+        if self.metrics_port is None:
+            raise AssertionError(f"{self.name} was started without a metrics port")
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def argv(self) -> list[str]:
         """The `tollgate` arguments that start it."""
@@ -123,6 +172,15 @@ class StartService(Protocol):
     """Starts a service process against the session infrastructure."""
 
     def __call__(self, name: str, *, port: int | None = None, **env: str) -> ServiceProcess: ...
+
+
+async def scrape(app: web.Application | None) -> str:
+    """`GET /metrics` of an in-process app from its own metrics server, as Prometheus asks."""
+    assert app is not None, "the test client has no app"
+    async with TestClient(TestServer(create_metrics_app(app))) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 200, resp.status
+        return await resp.text()
 
 
 async def eventually(

@@ -41,13 +41,17 @@ class ServiceSpec:
     name: str
     port_env: str
     default_port: int
+    metrics_port_env: str
+    default_metrics_port: int
 
 
 SERVICES = (
-    ServiceSpec("ingest", "TOLLGATE_INGEST_PORT", 8081),
-    ServiceSpec("limits", "TOLLGATE_LIMITS_PORT", 8082),
-    ServiceSpec("reports", "TOLLGATE_REPORTS_PORT", 8083),
-    ServiceSpec("publisher", "TOLLGATE_PUBLISHER_PORT", 8084),
+    ServiceSpec("ingest", "TOLLGATE_INGEST_PORT", 8081, "TOLLGATE_INGEST_METRICS_PORT", 9081),
+    ServiceSpec("limits", "TOLLGATE_LIMITS_PORT", 8082, "TOLLGATE_LIMITS_METRICS_PORT", 9082),
+    ServiceSpec("reports", "TOLLGATE_REPORTS_PORT", 8083, "TOLLGATE_REPORTS_METRICS_PORT", 9083),
+    ServiceSpec(
+        "publisher", "TOLLGATE_PUBLISHER_PORT", 8084, "TOLLGATE_PUBLISHER_METRICS_PORT", 9084
+    ),
 )
 
 #: Further subcommands, each `module:function` taking the remaining arguments.
@@ -78,7 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(_: argparse.Namespace) -> int:
     configure_logging(os.environ.get("TOLLGATE_LOG_LEVEL", "info"), "console")
-    applied = asyncio.run(migrate(_require_env("DATABASE_URL")))
+    grant_to = os.environ.get("TOLLGATE_MIGRATIONS_GRANT_TO") or None
+    applied = asyncio.run(migrate(_require_env("DATABASE_URL"), grant_to=grant_to))
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
     return 0
 
@@ -130,6 +135,8 @@ class Runner:
         for spec in services:
             port = port_from_env(env, spec.port_env, spec.default_port)
             claims.append(PortClaim(spec.name, spec.port_env, port, host))
+            port = port_from_env(env, spec.metrics_port_env, spec.default_metrics_port)
+            claims.append(PortClaim(f"{spec.name} metrics", spec.metrics_port_env, port, host))
         if self.with_billing_sink:
             port = port_from_env(env, "TOLLGATE_BILLING_SINK_PORT", 8090)
             sink_host = env.get("TOLLGATE_BILLING_SINK_HOST", "127.0.0.1")

@@ -141,6 +141,7 @@ class _Metrics:
     events: Counter
     dlq: Counter
     lag: Gauge
+    position: Gauge
     caught_up: Gauge
     batch_seconds: Histogram
 
@@ -162,6 +163,13 @@ class _Metrics:
             lag=Gauge(
                 "tollgate_consumer_lag",
                 "Records between the consumer's position and the partition's end",
+                ["consumer", "partition"],
+                registry=registry,
+            ),
+            position=Gauge(
+                "tollgate_consumer_position",
+                "Next offset the consumer reads in the partition: what it applied moves it, so "
+                "a lag that stays while this stands still is a consumer making no progress",
                 ["consumer", "partition"],
                 registry=registry,
             ),
@@ -322,6 +330,8 @@ class ConsumerLoop:
             self._state.targets.pop(tp.partition, None)
             with suppress(KeyError):
                 self.metrics.lag.remove(self.name, str(tp.partition))
+            with suppress(KeyError):
+                self.metrics.position.remove(self.name, str(tp.partition))
 
     async def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         if self._consumer is not None and assigned:
@@ -417,6 +427,7 @@ class ConsumerLoop:
             state.targets.setdefault(tp.partition, highwater)
             pos = state.positions.get(tp.partition, 0)
             self.metrics.lag.labels(self.name, str(tp.partition)).set(max(0, highwater - pos))
+            self.metrics.position.labels(self.name, str(tp.partition)).set(pos)
         if not self.caught_up.is_set():
             assigned = {tp.partition for tp in consumer.assignment()}
             if assigned and all(

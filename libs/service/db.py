@@ -58,11 +58,30 @@ async def pool_context(dsn: str, *, max_size: int = 10) -> AsyncIterator[asyncpg
         await pool.close()
 
 
-async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+# What the services do with the tables migrations create: rows only, never DDL (their
+# temporary staging tables need only TEMPORARY on the database, which PUBLIC has by default).
+GRANT_SCHEMA = "GRANT USAGE ON SCHEMA {schema} TO {role}"
+GRANT_TABLES = "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"
+GRANT_SEQUENCES = "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"
+
+
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, quoted so that any name (even one with quotes) is taken as is."""
+    if not name or "\x00" in name:
+        raise ValueError(f"not a usable role name: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def migrate(
+    dsn: str, directory: Path = MIGRATIONS_DIR, *, grant_to: str | None = None
+) -> list[str]:
     """Apply every `*.sql` file not applied yet, in name order, each in its own transaction.
 
     An advisory lock makes concurrent callers (a Helm hook and a `make run`) take turns.
     A file that changed after it was applied is an error: migrations are append-only.
+    With `grant_to`, migrations run as their own role (which owns the schema's tables) and
+    then give that role data privileges on every table and sequence, every time, so that
+    tables added by later migrations are covered too.
     """
     files = sorted(directory.glob("*.sql"))  # noqa: ASYNC240  # a few small files, once at start
     applied: list[str] = []
@@ -94,8 +113,19 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     )
                 applied.append(path.name)
                 log.info("migration_applied", migration=path.name)
+            if grant_to:
+                await _grant(conn, grant_to)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     finally:
         await conn.close()
     return applied
+
+
+async def _grant(conn: asyncpg.Connection, role: str) -> None:
+    schema = quote_ident(await conn.fetchval("SELECT current_schema()"))
+    names = {"schema": schema, "role": quote_ident(role)}
+    async with conn.transaction():
+        for statement in (GRANT_SCHEMA, GRANT_TABLES, GRANT_SEQUENCES):
+            await conn.execute(statement.format(**names))
+    log.info("migration_privileges_granted", role=role, schema=schema)

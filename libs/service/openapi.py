@@ -107,17 +107,10 @@ class OpenApi:
         self._paths.setdefault(path, {})[method.lower()] = op
 
     def add_operational_routes(self) -> None:
-        """Health, readiness, metrics and this document."""
+        """Health, readiness and this document (metrics have a port of their own)."""
         self.add("get", "/healthz", summary="Liveness", public=True, responses={200: None})
         self.add(
             "get", "/readyz", summary="Readiness", public=True, responses={200: None, 503: None}
-        )
-        self.add(
-            "get",
-            "/metrics",
-            summary="Prometheus metrics",
-            public=True,
-            responses={200: {"type": "string"}},
         )
         self.add(
             "get",

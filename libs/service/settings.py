@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
@@ -46,6 +46,14 @@ class CommonSettings(BaseSettings):
     body_timeout_s: float = Field(10.0, alias="TOLLGATE_BODY_TIMEOUT", gt=0)
 
     _split_tokens = field_validator("emitter_tokens", "admin_tokens", mode="before")(split_csv)
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Self:
+        # A service's settings add `port` (the API) and `metrics_port`; they cannot share one.
+        port, metrics_port = getattr(self, "port", None), getattr(self, "metrics_port", None)
+        if port is not None and port == metrics_port:
+            raise ValueError(f"the metrics port must differ from the API port (both {port})")
+        return self
 
     @classmethod
     def from_env(cls) -> CommonSettings:

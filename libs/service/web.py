@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -48,7 +48,12 @@ _ROLE_ATTR = "__tollgate_role__"
 SETTINGS_KEY = web.AppKey("settings", CommonSettings)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 OPENAPI_KEY = web.AppKey("openapi", OpenApi)
-READINESS_KEY = web.AppKey("readiness", list[Callable[[], Awaitable[tuple[bool, str]]]])
+Check = Callable[[], Awaitable[tuple[bool, str]]]
+#: Checks that decide readiness: what the service needs to do its job.
+READINESS_KEY = web.AppKey("readiness", list[Check])
+#: Dependencies reported (in `/readyz` and as `tollgate_dependency_up`) without deciding
+#: readiness: ingest keeps accepting events on its cached prices while PostgreSQL is away.
+DEPENDENCIES_KEY = web.AppKey("dependencies", list[Check])
 ROLE_KEY = web.RequestKey("tollgate_role", Role)
 
 
@@ -242,23 +247,85 @@ async def _healthz(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+class HealthMetrics:
+    """`tollgate_ready` and `tollgate_dependency_up`, set whenever readiness is evaluated."""
+
+    def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        self.service = service
+        self.ready = Gauge(
+            "tollgate_ready",
+            "1 when every readiness check passes (what /readyz answers with 200)",
+            ["service"],
+            registry=registry,
+        )
+        self.dependency_up = Gauge(
+            "tollgate_dependency_up",
+            "1 when the dependency answered this replica's last probe",
+            ["service", "dependency"],
+            registry=registry,
+        )
+
+    def observe(self, *, ready: bool, dependencies: dict[str, bool]) -> None:
+        """Record one evaluation."""
+        self.ready.labels(self.service).set(1 if ready else 0)
+        for name, up in dependencies.items():
+            self.dependency_up.labels(self.service, name).set(1 if up else 0)
+
+
+HEALTH_METRICS_KEY = web.AppKey("health_metrics", HealthMetrics)
+
+
+async def _run_checks(checks: list[Check]) -> dict[str, bool]:
+    results: dict[str, bool] = {}
+    for check in checks:
+        ok, name = await check()
+        results[name] = ok
+    return results
+
+
+async def evaluate_health(app: web.Application) -> tuple[bool, dict[str, bool], dict[str, bool]]:
+    """Readiness, each readiness check and each reported dependency; the gauges follow."""
+    checks = await _run_checks(app[READINESS_KEY])
+    dependencies = await _run_checks(app[DEPENDENCIES_KEY])
+    ready = all(checks.values())
+    app[HEALTH_METRICS_KEY].observe(ready=ready, dependencies=dependencies)
+    return ready, checks, dependencies
+
+
+def _words(results: dict[str, bool]) -> dict[str, str]:
+    return {name: "ok" if ok else "failing" for name, ok in results.items()}
+
+
 @requires(Role.PUBLIC)
 async def _readyz(request: web.Request) -> web.Response:
-    checks: dict[str, str] = {}
-    ready = True
-    for check in request.app[READINESS_KEY]:
-        ok, name = await check()
-        checks[name] = "ok" if ok else "failing"
-        ready &= ok
-    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    ready, checks, dependencies = await evaluate_health(request.app)
+    body: dict[str, object] = {"ready": ready, "checks": _words(checks)}
+    if dependencies:
+        body["dependencies"] = _words(dependencies)
+    return json_response(body, status=200 if ready else 503)
 
 
-@requires(Role.PUBLIC)
-async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY_KEY])
-    resp = web.Response(body=body)
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp
+async def metrics_text(app: web.Application) -> bytes:
+    """The app's registry in Prometheus text format, readiness gauges freshly evaluated."""
+    await evaluate_health(app)
+    return generate_latest(app[REGISTRY_KEY])
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """`GET /metrics` of `app`, and nothing else, for the metrics port.
+
+    The metrics stay off the API port: that port is what clients and an Ingress reach, and
+    the metrics port is what only Prometheus needs.
+    """
+
+    async def metrics(_: web.Request) -> web.Response:
+        resp = web.Response(body=await metrics_text(app))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics)
+    return metrics_app
 
 
 @requires(Role.PUBLIC)
@@ -273,10 +340,12 @@ def create_app(
     registry: CollectorRegistry,
     openapi: OpenApi,
 ) -> web.Application:
-    """An application with the shared middlewares and the four operational routes.
+    """An application with the shared middlewares and the operational routes.
 
-    Services add their routes, `cleanup_ctx` resources and readiness checks
-    (`app[READINESS_KEY].append(check)`) to what this returns.
+    Services add their routes, `cleanup_ctx` resources, readiness checks
+    (`app[READINESS_KEY].append(check)`) and reported dependencies
+    (`app[DEPENDENCIES_KEY]`) to what this returns. `/metrics` is not among its routes:
+    `create_metrics_app` serves it on a port of its own.
     """
     app = web.Application(
         middlewares=_make_middlewares(service, registry),
@@ -286,9 +355,10 @@ def create_app(
     app[REGISTRY_KEY] = registry
     app[OPENAPI_KEY] = openapi
     app[READINESS_KEY] = []
+    app[DEPENDENCIES_KEY] = []
+    app[HEALTH_METRICS_KEY] = HealthMetrics(service, registry)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/openapi.json", _openapi)
     openapi.add_operational_routes()
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -12,13 +13,15 @@ from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
-from libs.service.web import READINESS_KEY, create_app
+from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, create_app
 from services.ingest.api import EVENT_LOG, METRICS, PRICE_STORE, PRICES, SETTINGS, add_routes
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
 from services.ingest.prices import PriceCache
 from services.ingest.producer import EventLog, KafkaEventLog
 from services.ingest.storage import PostgresPriceStore, PriceStore
+
+log = structlog.get_logger(__name__)
 
 
 class Health:
@@ -27,6 +30,18 @@ class Health:
     def __init__(self) -> None:
         self.broker = False
         self.database = False
+
+    async def probe_forever(self, event_log: EventLog, store: PriceStore) -> None:
+        """Ask the broker and the database every second."""
+        while True:
+            self.broker = await event_log.ping()
+            try:
+                await asyncio.wait_for(store.version(), 2)
+            except Exception:
+                self.database = False
+            else:
+                self.database = True
+            await asyncio.sleep(1)
 
 
 def build_app(
@@ -50,7 +65,11 @@ def build_app(
         pool = None
         producer = None
         if price_store is None or event_log is None:
-            pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+            # No connection at start: a replica starting while PostgreSQL is away comes up,
+            # and turns ready once it has read the price table.
+            pool = await create_pool(
+                settings.database_url, max_size=settings.db_pool_max, min_size=0
+            )
         store = price_store or PostgresPriceStore(pool)  # type: ignore[arg-type]
         if event_log is None:
             producer = make_producer(
@@ -68,22 +87,13 @@ def build_app(
         app[EVENT_LOG] = log_
         cache = PriceCache(store, interval_s=settings.price_refresh_s)
         app[PRICES] = cache
-        await cache.refresh()
-
-        async def probe() -> None:
-            while True:
-                health.broker = await log_.ping()
-                try:
-                    await asyncio.wait_for(store.version(), 2)
-                except Exception:
-                    health.database = False
-                else:
-                    health.database = True
-                await asyncio.sleep(1)
-
+        try:
+            await asyncio.wait_for(cache.refresh(), settings.kafka_timeout_s)
+        except Exception as exc:
+            log.warning("prices_unavailable_at_start", error=f"{type(exc).__name__}: {exc}")
         async with (
             background(cache.refresh_forever(), name="prices"),
-            background(probe(), name="health"),
+            background(health.probe_forever(log_, store), name="health"),
         ):
             yield
         if producer is not None:
@@ -94,10 +104,18 @@ def build_app(
     async def broker_ready() -> tuple[bool, str]:
         return health.broker, "broker"
 
-    async def database_ready() -> tuple[bool, str]:
+    async def prices_ready() -> tuple[bool, str]:
+        # Until the price table was read once, chat usage would go out unpriced and escape
+        # limits; after that, the cached prices carry ingest through a database outage.
+        cache = app.get(PRICES)
+        return cache is not None and cache.version is not None, "prices"
+
+    async def database_up() -> tuple[bool, str]:
         return health.database, "database"
 
     app.cleanup_ctx.append(resources)
-    app[READINESS_KEY].extend([broker_ready, database_ready])
+    # Accepting an event needs the broker and the prices in memory, never PostgreSQL itself.
+    app[READINESS_KEY].extend([broker_ready, prices_ready])
+    app[DEPENDENCIES_KEY].extend([broker_ready, database_up])
     add_routes(app, openapi)
     return app

@@ -20,6 +20,7 @@ def main() -> None:
         service="limits",
         settings=settings,
         port=settings.port,
+        metrics_port=settings.metrics_port,
     )
 
 

@@ -21,6 +21,8 @@ class ConfigCache:
         self.interval_s = interval_s
         self.version: int | None = None
         self.stored: StoredConfig | None = None
+        #: Whether the last read of the configuration's version reached the database.
+        self.reachable = False
 
     @property
     def loaded(self) -> bool:
@@ -30,6 +32,7 @@ class ConfigCache:
     async def refresh(self) -> bool:
         """Reload when the version moved; True when a newer configuration was put in force."""
         version = await self.store.version()
+        self.reachable = True
         if version == self.version:
             return False
         stored = await self.store.load()
@@ -57,6 +60,7 @@ class ConfigCache:
             try:
                 await self.refresh()
             except Exception as exc:
+                self.reachable = False
                 if not failing:
                     log.warning(
                         "limits_config_refresh_failed", error=f"{type(exc).__name__}: {exc}"

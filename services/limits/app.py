@@ -19,7 +19,7 @@ from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
-from libs.service.web import READINESS_KEY, create_app
+from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, create_app
 from services.limits.admin_config import ConfigCache
 from services.limits.api import RUNTIME, LimitsRuntime, add_routes
 from services.limits.config import LimitsSettings
@@ -44,6 +44,8 @@ CONSUMER_NAME = "limits"
 #: `APPLY_CHUNK`).
 BATCH_RECORDS = 256
 DECODE_CHUNK = 16
+#: Seconds the last snapshot at shutdown may take (the chart's grace period covers it).
+FINAL_SNAPSHOT_TIMEOUT_S = 20
 
 SINK = web.AppKey("limits_sink", LimitsSink)
 SNAPSHOTTER = web.AppKey("limits_snapshotter", Snapshotter)
@@ -120,8 +122,14 @@ def build_app(
         runtime = app.get(RUNTIME)
         return runtime is not None and runtime.configs.loaded, "config"
 
+    async def database_up() -> tuple[bool, str]:
+        # Checks never wait for PostgreSQL: an outage shows here and in the snapshot age.
+        runtime = app.get(RUNTIME)
+        return runtime is not None and runtime.configs.reachable, "database"
+
     app.cleanup_ctx.append(resources)
     app[READINESS_KEY].extend([log_ready, config_ready])
+    app[DEPENDENCIES_KEY].append(database_up)
     add_routes(app, openapi)
     return app
 
@@ -209,7 +217,7 @@ class _Wiring:
                 yield
             # The consumer has stopped: the ledger is final for this process.
             try:
-                await asyncio.wait_for(snapshotter.take(), 20)
+                await asyncio.wait_for(snapshotter.take(), FINAL_SNAPSHOT_TIMEOUT_S)
             except Exception as exc:
                 log.warning("limits_final_snapshot_failed", error=f"{type(exc).__name__}: {exc}")
         finally:

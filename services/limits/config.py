@@ -13,6 +13,7 @@ class LimitsSettings(CommonSettings):
     """What the limits service needs beyond the shared settings."""
 
     port: int = Field(8082, alias="TOLLGATE_LIMITS_PORT", ge=1, le=65535)
+    metrics_port: int = Field(9082, alias="TOLLGATE_LIMITS_METRICS_PORT", ge=1, le=65535)
     snapshot_interval_s: float = Field(30.0, alias="TOLLGATE_LIMITS_SNAPSHOT_INTERVAL", gt=0)
     snapshots_kept: int = Field(3, alias="TOLLGATE_LIMITS_SNAPSHOTS_KEPT", ge=1, le=100)
     config_refresh_s: float = Field(0.25, alias="TOLLGATE_LIMITS_CONFIG_REFRESH", gt=0, le=1)
@@ -21,7 +22,9 @@ class LimitsSettings(CommonSettings):
         timedelta(hours=48), alias="TOLLGATE_LIMITS_DEDUP_WINDOW", ge=timedelta(hours=24)
     )
     fetch_max_wait_ms: int = Field(20, alias="TOLLGATE_LIMITS_FETCH_WAIT_MS", ge=1, le=500)
-    top_users: int = Field(20, alias="TOLLGATE_LIMITS_TOP_USERS", ge=0, le=1000)
+    # Off by default: user ids with their spend would reach everyone who can read Prometheus
+    # or Grafana. Per-user spend belongs to the authenticated cost API.
+    top_users: int = Field(0, alias="TOLLGATE_LIMITS_TOP_USERS", ge=0, le=1000)
 
     @classmethod
     def from_env(cls) -> LimitsSettings:

@@ -17,7 +17,7 @@ from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
-from libs.service.web import READINESS_KEY, create_app
+from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, create_app
 from services.publisher.api import METRICS, QUEUE, SETTINGS, add_routes
 from services.publisher.config import PublisherSettings
 from services.publisher.consumer import make_consumer
@@ -167,5 +167,6 @@ def build_app(
 
     app.cleanup_ctx.append(resources)
     app[READINESS_KEY].append(database_ready)
+    app[DEPENDENCIES_KEY].append(database_ready)
     add_routes(app, openapi)
     return app

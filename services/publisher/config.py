@@ -37,6 +37,7 @@ class PublisherSettings(CommonSettings):
     """What the publisher needs beyond the shared settings."""
 
     port: int = Field(8084, alias="TOLLGATE_PUBLISHER_PORT", ge=1, le=65535)
+    metrics_port: int = Field(9084, alias="TOLLGATE_PUBLISHER_METRICS_PORT", ge=1, le=65535)
     group: str = Field("publisher", alias="TOLLGATE_PUBLISHER_GROUP", min_length=1)
     queue: str = Field("default", alias="TOLLGATE_PUBLISHER_QUEUE", min_length=1, max_length=128)
     billing_url: str | None = Field(None, alias="BILLING_URL")

@@ -15,7 +15,7 @@ from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
-from libs.service.web import READINESS_KEY, create_app
+from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, create_app
 from services.reports.api import LIMITS, METRICS, STORE, add_routes
 from services.reports.config import ReportsSettings
 from services.reports.consumer import ReportsSink, build_consumer
@@ -147,5 +147,6 @@ def build_app(
         runtime.consumer_ready,
     ]
     app[READINESS_KEY].extend(checks)
+    app[DEPENDENCIES_KEY].append(runtime.database_ready)
     add_routes(app, openapi)
     return app

@@ -11,6 +11,7 @@ class ReportsSettings(CommonSettings):
     """What reports needs beyond the shared settings."""
 
     port: int = Field(8083, alias="TOLLGATE_REPORTS_PORT", ge=1, le=65535)
+    metrics_port: int = Field(9083, alias="TOLLGATE_REPORTS_METRICS_PORT", ge=1, le=65535)
     consumer_group: str = Field("reports", alias="TOLLGATE_REPORTS_GROUP", min_length=1)
     batch_max_events: int = Field(5000, alias="TOLLGATE_REPORTS_BATCH", ge=1, le=100_000)
     # A fetch is answered once this much is there or the wait is over: the projection's target

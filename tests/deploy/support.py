@@ -40,7 +40,28 @@ KUBE_VERSIONS = ("1.27.0", "1.31.0", "1.37.0")
 #: The version `helm template` renders for unless a test says otherwise.
 KUBE_VERSION = "1.31.0"
 MONITORING_API = "monitoring.coreos.com/v1"
+#: How long `helm install`/`upgrade` wait for a hook Job unless --timeout says otherwise.
+HELM_DEFAULT_TIMEOUT_S = 300
 SERVICES = ("ingest", "limits", "reports", "publisher")
+
+#: Tokens for renders that own their Secret: `helm template` cannot read generated ones back
+#: from a cluster, so the chart refuses to generate them there.
+TOKENS = (
+    "--set",
+    "secrets.emitterTokens={trial-emitter-token-0001},secrets.adminTokens={trial-admin-token-0001}",
+)
+#: The trial install as `helm template` renders it: the defaults plus what it cannot generate.
+TRIAL = (*TOKENS, "--set", "postgresql.auth.password=trial-password")
+#: The value sets every chart check runs with.
+VALUE_SETS: dict[str, tuple[str, ...]] = {
+    "default": TRIAL,
+    "production": ("--values", str(PRODUCTION_VALUES), "--api-versions", MONITORING_API),
+    "trial-networkpolicy": (
+        *TRIAL,
+        "--set",
+        "networkPolicy.enabled=true,publisher.billingUrl=https://billing.example.com",
+    ),
+}
 
 _TOOL_DIRS = (REPO / ".tools" / "bin", Path(sys.executable).parent)
 _TIMEOUT_S = 60

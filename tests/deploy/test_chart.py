@@ -11,14 +11,20 @@ from typing import Any
 
 import pytest
 
+from libs.service.runtime import SHUTDOWN_TIMEOUT_S
+from libs.service.settings import CommonSettings
+from services.limits.app import FINAL_SNAPSHOT_TIMEOUT_S
 from tests.deploy.support import (
     CHART,
     DASHBOARDS,
+    HELM_DEFAULT_TIMEOUT_S,
     KUBE_VERSIONS,
     MONITORING_API,
-    PRODUCTION_VALUES,
     RULES,
     SERVICES,
+    TOKENS,
+    TRIAL,
+    VALUE_SETS,
     by_kind,
     documents,
     helm_template,
@@ -31,11 +37,8 @@ from tests.deploy.support import (
 )
 
 CUSTOM_RESOURCES = frozenset({"ServiceMonitor", "PrometheusRule"})
-VALUE_SETS: dict[str, tuple[str, ...]] = {
-    "default": (),
-    "production": ("--values", str(PRODUCTION_VALUES), "--api-versions", MONITORING_API),
-}
 EXTERNAL = (
+    *TOKENS,
     "--set",
     "kafka.enabled=false,postgresql.enabled=false",
     "--set",
@@ -47,8 +50,8 @@ Doc = Mapping[str, Any]
 
 @pytest.fixture(scope="module")
 def default_docs() -> list[dict[str, Any]]:
-    """The chart rendered with its default values."""
-    return documents(ok(helm_template()))
+    """The chart rendered with its default values (and what `helm template` cannot generate)."""
+    return documents(ok(helm_template(*TRIAL)))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def _fullname(service: str) -> str:
 
 
 def _render_fails(*args: str) -> str:
-    result = helm_template(*args)
+    result = helm_template(*TRIAL, *args)
     assert result.returncode != 0, f"helm template {' '.join(args)} rendered:\n{result.stdout}"
     return result.stderr
 
@@ -84,7 +87,7 @@ def _render_fails(*args: str) -> str:
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_chart_lints_strictly(values: str) -> None:
     """`helm lint --strict` passes with the default and the production values."""
-    extra = ["--values", str(PRODUCTION_VALUES)] if values == "production" else []
+    extra = [a for a in VALUE_SETS[values] if a not in {"--api-versions", MONITORING_API}]
     ok(run([tool("helm"), "lint", "--strict", "--with-subcharts", CHART, *extra]))
 
 
@@ -92,7 +95,7 @@ def test_chart_packages_and_renders_from_the_archive(tmp_path: Path) -> None:
     """`helm package` builds an archive with the vendored dependencies that renders offline."""
     ok(run([tool("helm"), "package", CHART, "--destination", tmp_path]))
     (archive,) = tmp_path.glob("tollgate-*.tgz")
-    docs = documents(ok(helm_template(chart=archive)))
+    docs = documents(ok(helm_template(*TRIAL, chart=archive)))
     assert {d["metadata"]["name"] for d in by_kind(docs, "StatefulSet")} == {
         "tollgate-kafka",
         "tollgate-postgresql",
@@ -138,10 +141,21 @@ def test_every_service_has_a_deployment_service_and_pdb(
         container = _pod_spec(deployment)["containers"][0]
         assert container["args"] == ["serve", service]
         assert container["ports"] == [
-            {"name": "http", "containerPort": ports[service], "protocol": "TCP"}
+            {"name": "http", "containerPort": ports[service], "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ports[service] + 1000, "protocol": "TCP"},
         ]
+        env = _env(container)
+        assert env[f"TOLLGATE_{service.upper()}_PORT"]["value"] == str(ports[service])
+        assert env[f"TOLLGATE_{service.upper()}_METRICS_PORT"]["value"] == str(
+            ports[service] + 1000
+        )
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] == "http", probe
         svc = named(production_docs, "Service", name)
-        assert svc["spec"]["ports"][0]["port"] == ports[service]
+        assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+            ("http", ports[service], "http"),
+            ("metrics", ports[service] + 1000, "metrics"),
+        ]
         assert svc["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
         pdb = named(production_docs, "PodDisruptionBudget", name)
         assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
@@ -236,10 +250,14 @@ def test_production_settings(production_docs: list[dict[str, Any]]) -> None:
 def test_default_install_generates_tokens_and_uses_bundled_backends(
     default_docs: list[dict[str, Any]],
 ) -> None:
-    """The default install stores generated tokens and points at the bundled Kafka and PostgreSQL."""
+    """The default install stores the tokens given and points at the bundled Kafka and PostgreSQL."""
     secret = named(default_docs, "Secret", "tollgate")
-    for key in ("TOLLGATE_EMITTER_TOKENS", "TOLLGATE_ADMIN_TOKENS"):
-        assert len(base64.b64decode(secret["data"][key])) >= 32
+    assert (
+        base64.b64decode(secret["data"]["TOLLGATE_EMITTER_TOKENS"]) == b"trial-emitter-token-0001"
+    )
+    assert base64.b64decode(secret["data"]["TOLLGATE_ADMIN_TOKENS"]) == b"trial-admin-token-0001"
+    password = named(default_docs, "Secret", "tollgate-postgresql")["data"]["password"]
+    assert base64.b64decode(password) == b"trial-password"
     config = named(default_docs, "ConfigMap", "tollgate")["data"]
     assert config["KAFKA_BOOTSTRAP_SERVERS"] == "tollgate-kafka:9092"
     assert config["TOLLGATE_KAFKA_IDEMPOTENT"] == "false"
@@ -255,6 +273,26 @@ def test_default_install_generates_tokens_and_uses_bundled_backends(
         "tollgate-kafka",
         "tollgate-postgresql",
     }
+
+
+def test_template_never_generates_what_it_cannot_read_back() -> None:
+    """Without a cluster to read generated secrets back from, rendering fails and names the values to set."""
+    result = helm_template()
+    assert result.returncode != 0
+    assert "set postgresql.auth.password" in result.stderr
+    result = helm_template("--set", "postgresql.auth.password=pw")
+    assert result.returncode != 0
+    assert "set secrets.emitterTokens and secrets.adminTokens" in result.stderr
+    result = helm_template(*EXTERNAL[2:], "--set", "externalDatabase.url=postgresql://db/x")
+    assert result.returncode != 0
+    assert "secrets.existingSecret" in result.stderr
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_renders_are_identical_every_time(values: str) -> None:
+    """Two renders of the same values are byte for byte the same: nothing random, GitOps stays in sync."""
+    first, second = (ok(helm_template(*VALUE_SETS[values])) for _ in range(2))
+    assert first == second
 
 
 def test_migration_job_runs_before_changes_with_external_backends(
@@ -302,13 +340,14 @@ def test_chart_owned_database_url_reaches_the_pre_install_hook() -> None:
 def test_monitoring_objects_need_the_operator_api(default_docs: list[dict[str, Any]]) -> None:
     """Without monitoring.coreos.com/v1 the chart renders no ServiceMonitor or PrometheusRule."""
     assert not [d for d in default_docs if d["kind"] in CUSTOM_RESOURCES]
-    with_api = documents(ok(helm_template("--api-versions", MONITORING_API)))
+    with_api = documents(ok(helm_template(*TRIAL, "--api-versions", MONITORING_API)))
     assert sorted(d["kind"] for d in with_api if d["kind"] in CUSTOM_RESOURCES) == sorted(
         CUSTOM_RESOURCES
     )
     switched_off = documents(
         ok(
             helm_template(
+                *TRIAL,
                 "--api-versions",
                 MONITORING_API,
                 "--set",
@@ -331,12 +370,22 @@ def test_service_monitor_scrapes_every_service(production_docs: list[dict[str, A
         if selector.items() <= s["metadata"]["labels"].items()
     ]
     assert sorted(s["metadata"]["name"] for s in selected) == sorted(map(_fullname, SERVICES))
-    assert all(any(p["name"] == "http" for p in s["spec"]["ports"]) for s in selected)
+    assert all(any(p["name"] == "metrics" for p in s["spec"]["ports"]) for s in selected)
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == "http"
+    assert endpoint["port"] == "metrics"
     assert endpoint["path"] == "/metrics"
-    # The services' own `service` label must win over the Service name the scrape would add.
-    assert endpoint["honorLabels"] is True
+    # `service` comes from the target, so overrideHonorLabels cannot take it away.
+    assert "honorLabels" not in endpoint
+    assert endpoint["relabelings"][:2] == [
+        {"targetLabel": "job", "replacement": "tollgate", "action": "replace"},
+        {
+            "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_component"],
+            "targetLabel": "service",
+            "action": "replace",
+        },
+    ]
+    components = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in selected}
+    assert components == set(SERVICES)
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["tollgate"]}
 
 
@@ -384,11 +433,23 @@ def test_chart_ships_the_same_rules_and_dashboards_as_deploy() -> None:
         (("--set", "publisher.publishInterval=soon"), "publisher.publishInterval"),
         (("--set", "replicas=3"), "replicas"),
         (("--set", "postgresql.auth.password=p@ss/word"), "postgresql.auth.password"),
+        (("--set", "limits.metricsPort=80"), "limits.metricsPort"),
+        (("--set", "topologySpread.nodes=Sometimes"), "topologySpread.nodes"),
+        (("--set", "priorityClassName=Not_Valid"), "priorityClassName"),
+        (("--set", "networkPolicy.kafka.ports=null"), "networkPolicy.kafka"),
+        (("--set", "migrations.database.grantTo=a b"), "migrations.database.grantTo"),
+        (("--set", "migrations.activeDeadlineSeconds=5"), "migrations.activeDeadlineSeconds"),
     ],
 )
 def test_schema_rejects_bad_values(values: Sequence[str], message: str) -> None:
     """values.schema.json turns a mistyped, out-of-range or unknown value into a render error."""
     assert message in _render_fails(*values)
+
+
+def test_metrics_port_must_differ_from_the_api_port() -> None:
+    """A metrics port equal to the API port fails the render, naming both values."""
+    stderr = _render_fails("--set", "reports.metricsPort=8083")
+    assert "reports.metricsPort must differ from reports.port (both 8083)" in stderr
 
 
 def test_external_kafka_needs_bootstrap_servers() -> None:
@@ -419,8 +480,8 @@ def test_a_broken_template_fails_lint_and_render(tmp_path: Path) -> None:
     deployment.write_text(
         deployment.read_text().replace("{{- end }}\n{{- end }}\n", "{{- end }}\n", 1)
     )
-    assert run([tool("helm"), "lint", "--strict", chart]).returncode != 0
-    assert helm_template(chart=chart).returncode != 0
+    assert run([tool("helm"), "lint", "--strict", chart, *TRIAL]).returncode != 0
+    assert helm_template(*TRIAL, chart=chart).returncode != 0
 
 
 def test_a_template_rendering_bad_yaml_fails_lint(tmp_path: Path) -> None:
@@ -448,7 +509,7 @@ def _notes(tmp_path: Path, *args: str) -> str:
 
 def test_notes_warn_about_idle_consumer_replicas_and_trial_backends(tmp_path: Path) -> None:
     """NOTES warn when reports has more replicas than partitions and when bundled backends run."""
-    notes = _notes(tmp_path, "--set", "reports.replicaCount=14")
+    notes = _notes(tmp_path, *TRIAL, "--set", "reports.replicaCount=14")
     assert "reports has 14 replicas but usage.events has 12 partitions" in notes
     assert "2 replicas stay idle" in notes
     assert "bundled single-node Kafka and PostgreSQL are for trying Tollgate out" in notes
@@ -462,3 +523,252 @@ def test_notes_stay_quiet_for_production(tmp_path: Path) -> None:
     assert "WARNING" not in notes
     assert "NOTE" not in notes
     assert "come from the Secret tollgate-secrets" in notes
+    restart = (
+        "kubectl -n tollgate rollout restart deployment -l app.kubernetes.io/instance=tollgate"
+    )
+    assert restart in notes
+    assert "kubectl label namespace <platform-namespace> tollgate.io/client=true" in notes
+
+
+def _spread(doc: Doc) -> dict[str, str]:
+    constraints = _pod_spec(doc)["topologySpreadConstraints"]
+    assert all(c["nodeTaintsPolicy"] == "Honor" for c in constraints)
+    assert all(
+        c["labelSelector"]["matchLabels"] == doc["spec"]["selector"]["matchLabels"]
+        for c in constraints
+    )
+    return {c["topologyKey"]: c["whenUnsatisfiable"] for c in constraints}
+
+
+def test_limits_replicas_never_share_a_node(
+    production_docs: list[dict[str, Any]], default_docs: list[dict[str, Any]]
+) -> None:
+    """Limits replicas must land on different nodes; everything else only prefers to, over nodes and zones."""
+    hostname, zone = "kubernetes.io/hostname", "topology.kubernetes.io/zone"
+    for docs in (production_docs, default_docs):
+        assert _spread(named(docs, "Deployment", _fullname("limits"))) == {
+            hostname: "DoNotSchedule",
+            zone: "ScheduleAnyway",
+        }
+        for service in ("ingest", "reports", "publisher"):
+            assert _spread(named(docs, "Deployment", _fullname(service))) == {
+                hostname: "ScheduleAnyway",
+                zone: "ScheduleAnyway",
+            }
+    docs = documents(ok(helm_template(*TRIAL, "--set", "topologySpread.zones=")))
+    assert _spread(named(docs, "Deployment", _fullname("reports"))) == {hostname: "ScheduleAnyway"}
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_grace_period_covers_the_worst_case_shutdown(values: str) -> None:
+    """Each pod's grace period covers the preStop pause, requests in flight, closing the producer and (limits) the final snapshot."""
+    docs = documents(ok(helm_template(*VALUE_SETS[values])))
+    producer_close = CommonSettings.model_fields["kafka_timeout_s"].default
+    for service in SERVICES:
+        pod = _pod_spec(named(docs, "Deployment", _fullname(service)))
+        (container,) = pod["containers"]
+        pause = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+        worst = pause + SHUTDOWN_TIMEOUT_S + producer_close
+        if service == "limits":
+            worst += FINAL_SNAPSHOT_TIMEOUT_S
+        assert pod["terminationGracePeriodSeconds"] >= worst + 5, (service, worst)
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_migration_job_gives_up_before_helm_does(values: str) -> None:
+    """The migration Job's deadline is within Helm's default 5-minute wait, so its own error is what fails the release."""
+    docs = documents(ok(helm_template(*VALUE_SETS[values])))
+    job = named(docs, "Job", "tollgate-migrate")
+    assert job["spec"]["activeDeadlineSeconds"] < HELM_DEFAULT_TIMEOUT_S
+
+
+def test_migrations_can_run_as_their_own_role() -> None:
+    """With a migration role, the Job reads its URL from that Secret and grants the services' role; the services keep theirs."""
+    docs = documents(
+        ok(
+            helm_template(
+                *VALUE_SETS["production"],
+                "--set",
+                "migrations.database.existingSecret=tollgate-migrations",
+                "--set",
+                "migrations.database.grantTo=tollgate_app",
+            )
+        )
+    )
+    env = _env(_pod_spec(named(docs, "Job", "tollgate-migrate"))["containers"][0])
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tollgate-migrations",
+        "key": "DATABASE_URL",
+    }
+    assert env["TOLLGATE_MIGRATIONS_GRANT_TO"]["value"] == "tollgate_app"
+    for service in SERVICES:
+        container = _pod_spec(named(docs, "Deployment", _fullname(service)))["containers"][0]
+        ref = _env(container)["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "tollgate-secrets"
+    url = "postgresql://migrator:pw@db:5432/tollgate"
+    docs = documents(
+        ok(
+            helm_template(
+                *EXTERNAL,
+                "--set",
+                f"externalDatabase.url=postgresql://app:pw@db:5432/tollgate,migrations.database.url={url}",
+                "--set",
+                "migrations.database.grantTo=app",
+            )
+        )
+    )
+    hook_secret = named(docs, "Secret", "tollgate-migrate")
+    assert base64.b64decode(hook_secret["data"]["DATABASE_URL"]).decode() == url
+    app_secret = named(docs, "Secret", "tollgate")
+    assert b"app:pw" in base64.b64decode(app_secret["data"]["DATABASE_URL"])
+    stderr = _render_fails(
+        *EXTERNAL[2:],
+        "--set",
+        f"externalDatabase.url=postgresql://db/x,migrations.database.url={url}",
+    )
+    assert "migrations.database.grantTo is required" in stderr
+
+
+def test_extra_env_volumes_and_priority_reach_every_pod(tmp_path: Path) -> None:
+    """Shared extras reach every service and the migration Job; a service's own extras reach only it."""
+    extras = {
+        "extraEnvFrom": [{"secretRef": {"name": "shared-env"}}],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "pg-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/pg-ca", "readOnly": True}],
+        "priorityClassName": "tollgate-high",
+        "limits": {
+            "extraEnvFrom": [{"configMapRef": {"name": "limits-env"}}],
+            "priorityClassName": "tollgate-critical",
+        },
+    }
+    values = tmp_path / "extras.yaml"
+    write_yaml(values, extras)
+    docs = documents(ok(helm_template(*TRIAL, "--values", values)))
+    for service in SERVICES:
+        pod = _pod_spec(named(docs, "Deployment", _fullname(service)))
+        (container,) = pod["containers"]
+        env_from = container["envFrom"]
+        assert {"secretRef": {"name": "shared-env"}} in env_from
+        assert ({"configMapRef": {"name": "limits-env"}} in env_from) == (service == "limits")
+        assert {"name": "ca", "configMap": {"name": "pg-ca"}} in pod["volumes"]
+        assert {"name": "ca", "mountPath": "/etc/pg-ca", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+        want = "tollgate-critical" if service == "limits" else "tollgate-high"
+        assert pod["priorityClassName"] == want
+    job = _pod_spec(named(docs, "Job", "tollgate-migrate"))
+    assert job["priorityClassName"] == "tollgate-high"
+    for container in [*job["initContainers"], *job["containers"]]:
+        assert container["envFrom"] == [{"secretRef": {"name": "shared-env"}}]
+        assert {"name": "ca", "mountPath": "/etc/pg-ca", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+
+
+def _policy_ports(rule: Mapping[str, Any]) -> set[tuple[object, str]]:
+    return {(p["port"], p["protocol"]) for p in rule["ports"]}
+
+
+def test_network_policies_guard_every_service(production_docs: list[dict[str, Any]]) -> None:
+    """Each service's policy admits API calls from clients, the ingress controller and its own release, metrics from monitoring only, and egress to DNS, Kafka, PostgreSQL, its release's APIs and billing."""
+    policies = {p["metadata"]["name"]: p for p in by_kind(production_docs, "NetworkPolicy")}
+    assert set(policies) == {_fullname(s) for s in SERVICES}
+    for service in SERVICES:
+        policy = policies[_fullname(service)]["spec"]
+        deployment = named(production_docs, "Deployment", _fullname(service))
+        assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        api, metrics = policy["ingress"]
+        assert _policy_ports(api) == {("http", "TCP")}
+        assert [next(iter(peer)) for peer in api["from"]] == [
+            "namespaceSelector",
+            "namespaceSelector",
+            "podSelector",
+        ]
+        assert api["from"][0]["namespaceSelector"] == {
+            "matchLabels": {"tollgate.io/client": "true"}
+        }
+        assert api["from"][1]["namespaceSelector"] == {
+            "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
+        }
+        assert _policy_ports(metrics) == {("metrics", "TCP")}
+        assert metrics["from"] == [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }
+        ]
+        egress = [_policy_ports(rule) for rule in policy["egress"]]
+        assert egress[:4] == [
+            {(53, "UDP"), (53, "TCP")},
+            {(9092, "TCP")},
+            {(5432, "TCP")},
+            {(8081, "TCP"), (8082, "TCP"), (8083, "TCP"), (8084, "TCP")},
+        ]
+        assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+        assert policy["egress"][3]["to"] == api["from"][2:]
+        assert egress[4:] == ([{(443, "TCP")}] if service == "publisher" else [])
+
+
+def test_network_policies_are_optional_and_follow_the_bundled_backends(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    """No policy by default; enabled with the bundled Kafka and PostgreSQL, egress goes to their pods, and billing to the URL's port."""
+    assert not by_kind(default_docs, "NetworkPolicy")
+    docs = documents(
+        ok(
+            helm_template(
+                *TRIAL,
+                "--set",
+                "networkPolicy.enabled=true,publisher.billingUrl=http://billing.internal:8080/x",
+            )
+        )
+    )
+    policy = named(docs, "NetworkPolicy", _fullname("publisher"))["spec"]
+    kafka, postgresql, _, billing = policy["egress"][1:]
+    assert kafka["to"] == [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "kafka",
+                    "app.kubernetes.io/instance": "tollgate",
+                }
+            }
+        }
+    ]
+    assert (
+        postgresql["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "postgresql"
+    )
+    assert _policy_ports(billing) == {(8080, "TCP")}
+    assert "to" not in billing
+
+
+def test_prometheus_rule_leaves_out_alerts_of_disabled_services() -> None:
+    """With the publisher disabled, none of its alerts is shipped; every other rule still is."""
+    docs = documents(
+        ok(helm_template(*VALUE_SETS["production"], "--set", "publisher.enabled=false"))
+    )
+    (rule,) = by_kind(docs, "PrometheusRule")
+    shipped = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    full = [r for g in load_yaml(RULES)["groups"] for r in g["rules"]]
+    publisher = [r for r in full if r.get("labels", {}).get("service") == "publisher"]
+    assert publisher, "rules.yml has publisher alerts"
+    assert shipped == [r for r in full if r not in publisher]
+
+
+def test_runbook_links_can_be_made_absolute() -> None:
+    """With runbookBaseUrl every alert's runbook link points into the repository at that URL."""
+    base = "https://git.example.com/platform/tollgate/-/blob/main/"
+    docs = documents(
+        ok(
+            helm_template(
+                *VALUE_SETS["production"], "--set", f"metrics.prometheusRule.runbookBaseUrl={base}"
+            )
+        )
+    )
+    (rule,) = by_kind(docs, "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        url = alert["annotations"]["runbook_url"]
+        assert url == f"{base}docs/runbooks.md#{alert['alert'].lower()}", url

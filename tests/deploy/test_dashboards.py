@@ -115,3 +115,48 @@ def test_promtool_catches_a_broken_dashboard_query(tmp_path: Path) -> None:
     result = check_with_promtool(_substituted([dashboard]), tmp_path)
     assert result.returncode != 0
     assert f"panel {panel['id']} ({panel['title']})" in result.stdout + result.stderr
+
+
+#: A metric selector in a dashboard query (not a function call, not a recorded series).
+_SELECTOR = re.compile(r"(?<![\w:.$])(tollgate_[a-z0-9_]+|up)\b(\{[^}]*\})?(?!\s*\()")
+_BY = re.compile(r"\bby \(([^)]*)\)")
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_query_is_scoped_to_the_chosen_cluster_and_namespaces(path: Path) -> None:
+    """Every selector filters on $cluster and $namespace, and every breakdown keeps namespace apart."""
+    dashboard = load_json(path)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["cluster"]["allValue"] == ".*"
+    assert variables["namespace"]["multi"] is True
+    assert "$cluster" in variables["namespace"]["definition"]
+    for query in dashboard_queries(dashboard):
+        for match in _SELECTOR.finditer(query.expr):
+            matchers = match.group(2) or ""
+            assert 'cluster=~"$cluster"' in matchers, f"{query.where}: {match.group(0)}"
+            assert 'namespace=~"$namespace"' in matchers, f"{query.where}: {match.group(0)}"
+    for panel in panels(dashboard):
+        if panel["type"] not in {"timeseries", "bargauge"}:
+            continue
+        for target in panel["targets"]:
+            outer = _BY.search(target["expr"])
+            if outer is not None and "model" not in outer.group(1):
+                assert "namespace" in outer.group(1), f"{panel['title']}: {target['expr']}"
+
+
+def test_operator_overview_opens_with_targets_readiness_lag_and_dead_letters() -> None:
+    """The first row shows targets up, replicas ready, consumer lag and dead letters."""
+    dashboard = load_json(DASHBOARDS[0])
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    first_row_end = rows[1]["gridPos"]["y"]
+    first = [
+        p for p in dashboard["panels"] if p["type"] != "row" and p["gridPos"]["y"] < first_row_end
+    ]
+    exprs = " ".join(t["expr"] for p in first for t in p["targets"])
+    for needle in (
+        'up{job="tollgate"',
+        "tollgate_ready{",
+        "tollgate_consumer_lag{",
+        "tollgate_consumer_dlq_total{",
+    ):
+        assert needle in exprs, needle

@@ -36,9 +36,13 @@ def _all_queries() -> list[Query]:
             if variable["type"] == "query":
                 # label_values(metric, label): the metric is what Grafana asks Prometheus for.
                 definition = variable["definition"]
-                metric = definition.removeprefix("label_values(").split(",", 1)[0].strip()
+                metric = definition.removeprefix("label_values(").rsplit(",", 1)[0].strip()
                 queries.append(Query(f"{dashboard['uid']} variable {variable['name']}", metric))
     return queries
+
+
+#: Series Prometheus makes itself for every target.
+PROMETHEUS_SERIES = frozenset({"up"})
 
 
 def _unknown(queries: Iterable[Query], exported: set[str], recorded: set[str]) -> list[str]:
@@ -46,6 +50,8 @@ def _unknown(queries: Iterable[Query], exported: set[str], recorded: set[str]) -
     for query in queries:
         for name in sorted(selected_names(query.expr)):
             if name in recorded or name in exported or base_name(name) in exported:
+                continue
+            if name in PROMETHEUS_SERIES:
                 continue
             problems.append(f"{query.where}: {name}")
     return problems

@@ -154,3 +154,46 @@ async def test_paused_broker_means_503_then_resending_succeeds(
     assert ids == [e["id"] for e in events]
     records = await read_topic(infra, topics[0], 4)
     assert {e["id"] for e in events} <= {ev["id"] for _, ev in records}
+
+
+async def test_paused_postgres_leaves_ingest_ready_and_accepting_priced_events(
+    infra: Infra,
+    topics: tuple[str, str],
+    service_factory: StartService,
+    http: aiohttp.ClientSession,
+) -> None:
+    """With PostgreSQL frozen, ingest stays ready, reports the database down, and accepts events priced from its cache."""
+    ingest = service_factory("ingest", TOLLGATE_EVENTS_TOPIC=topics[0])
+    model, user = unique("model"), unique("user")
+    resp = await http.put(f"{ingest.url}/api/v1/pricing/models/{model}", json=PRICE, headers=ADMIN)
+    assert resp.status == 200
+
+    async def scraped() -> str:
+        r = await http.get(ingest.metrics_url)
+        return await r.text()
+
+    events = [chat(unique("evt"), user, model) for _ in range(3)]
+    async with infra.postgres_paused():
+
+        async def database_down() -> bool:
+            return (
+                'tollgate_dependency_up{dependency="database",service="ingest"} 0.0'
+                in await scraped()
+            )
+
+        await eventually(database_down, timeout_s=15, interval_s=0.2)
+        ready = await http.get(f"{ingest.url}/readyz")
+        assert ready.status == 200
+        assert (await ready.json())["dependencies"] == {"broker": "ok", "database": "failing"}
+        assert 'tollgate_ready{service="ingest"} 1.0' in await scraped()
+        resp = await http.post(
+            f"{ingest.url}/api/v1/events", json={"events": events}, headers=EMITTER
+        )
+        assert resp.status == 200
+        assert (await resp.json())["accepted"] == [e["id"] for e in events]
+    records = await read_topic(infra, topics[0], len(events))
+    logged = {ev["id"]: ev for _, ev in records}
+    for event in events:
+        data = logged[str(event["id"])]["data"]
+        assert isinstance(data, dict)
+        assert (data["cost_micros"], data["priced"]) == (10350, True)

@@ -67,6 +67,8 @@ async def running(
         "PUBLISH_INTERVAL": "1s",
         "PUBLISH_FIRST_DELAY": "100ms",
         "TOLLGATE_LIMITS_SNAPSHOT_INTERVAL": "1",
+        # Off by default (user ids); the spend dashboard's top list needs it.
+        "TOLLGATE_LIMITS_TOP_USERS": "5",
     }
     services: dict[str, ServiceProcess] = {}
     for spec in available_services():  # limits starts before reports, which calls it
@@ -137,7 +139,7 @@ async def test_every_metric_in_rules_and_dashboards_is_exported(
     for svc in running.values():
 
         async def scraped(svc: ServiceProcess = svc) -> str:
-            r = await http.get(f"{svc.url}/metrics")
+            r = await http.get(svc.metrics_url)
             return await r.text() if r.status == 200 else ""
 
         exported |= exported_names(await eventually(scraped))
@@ -156,18 +158,24 @@ def _get(url: str) -> dict[str, object]:
 async def test_prometheus_loads_the_rules_and_their_queries_return_series(
     running: dict[str, ServiceProcess], tmp_path: Path
 ) -> None:
-    """A real Prometheus scraping the services evaluates every rule group without error, and the recording rules return series."""
+    """A real Prometheus scraping the services' metrics ports evaluates every rule without error, the recording rules return series, and no down alert is pending."""
     port = free_port()
-    targets = [f"127.0.0.1:{svc.port}" for svc in running.values()]
+    # The labels the chart's ServiceMonitor gives every target (docs/runbooks.md).
+    static = [
+        {
+            "targets": [f"127.0.0.1:{svc.metrics_port}"],
+            "labels": {"service": name, "namespace": "e2e"},
+        }
+        for name, svc in running.items()
+    ]
+    targets = [t for s in static for t in s["targets"]]
     config = tmp_path / "prometheus.yml"
     config.write_text(
         json.dumps(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES.resolve())],
-                "scrape_configs": [
-                    {"job_name": "tollgate", "static_configs": [{"targets": targets}]}
-                ],
+                "scrape_configs": [{"job_name": "tollgate", "static_configs": static}],
             }
         )
     )
@@ -223,6 +231,23 @@ async def test_prometheus_loads_the_rules_and_their_queries_return_series(
         # The fail-open counter lives in the callers' processes (the client library), not here.
         targets_health = _get(f"{api}/targets")["data"]
         assert [n for n in empty if "failopen" not in n] == [], targets_health
+        # Every service is up and ready: no down alert stays even pending (a consumer may
+        # still be reading the log when Prometheus first looks).
+        down = 'ALERTS{alertname=~"Tollgate(Ingest|Limits|Reports|Publisher)Down"}'
+
+        async def no_down_alert() -> bool:
+            alerts = _get(f"{api}/query?query={urllib.parse.quote(down)}")["data"]
+            assert isinstance(alerts, dict)
+            pending: list[object] = alerts["result"]
+            return not pending
+
+        await eventually(no_down_alert, timeout_s=30, interval_s=0.5)
+        ready = _get(
+            f"{api}/query?query={urllib.parse.quote('namespace_service:tollgate_ready:sum')}"
+        )
+        data = ready["data"]
+        assert isinstance(data, dict)
+        assert {r["metric"]["service"] for r in data["result"]} == set(running)
     finally:
         proc.terminate()
         proc.wait(10)

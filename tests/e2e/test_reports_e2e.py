@@ -46,7 +46,7 @@ async def post(
 
 async def projected(session: aiohttp.ClientSession, reports: ServiceProcess) -> float:
     """Events the reports process has projected so far (its own counter)."""
-    async with session.get(f"{reports.url}/metrics") as resp:
+    async with session.get(reports.metrics_url) as resp:
         text = await resp.text()
     return sum(
         float(line.rsplit(" ", 1)[1])

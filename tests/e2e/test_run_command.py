@@ -36,6 +36,7 @@ class Run:
     proc: subprocess.Popen[bytes]
     state: Path
     ports: dict[str, int]
+    metrics_ports: dict[str, int]
     kafka_port: int
     log: Path
 
@@ -61,7 +62,21 @@ class Run:
         return found
 
 
-def _env(state: Path, ports: dict[str, int], kafka_port: int) -> dict[str, str]:
+def _free_ports() -> tuple[dict[str, int], dict[str, int]]:
+    """An API port and a metrics port per service, all free right now and all different."""
+    names = [s.name for s in available_services()]
+    chosen: set[int] = set()
+    while len(chosen) < 2 * len(names):
+        chosen.add(free_port())
+    ordered = sorted(chosen)
+    return dict(zip(names, ordered[: len(names)], strict=True)), dict(
+        zip(names, ordered[len(names) :], strict=True)
+    )
+
+
+def _env(
+    state: Path, ports: dict[str, int], metrics_ports: dict[str, int], kafka_port: int
+) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -71,20 +86,26 @@ def _env(state: Path, ports: dict[str, int], kafka_port: int) -> dict[str, str]:
         TOLLGATE_STATE_DIR=str(state),
         TOLLGATE_EMBEDDED_KAFKA_PORT=str(kafka_port),
         **{f"TOLLGATE_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        **{
+            f"TOLLGATE_{name.upper()}_METRICS_PORT": str(port)
+            for name, port in metrics_ports.items()
+        },
     )
     return env
 
 
-def _start(state: Path, ports: dict[str, int], kafka_port: int, log: Path) -> Run:
+def _start(
+    state: Path, ports: dict[str, int], metrics_ports: dict[str, int], kafka_port: int, log: Path
+) -> Run:
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "libs.service.cli", "run"],
-            env=_env(state, ports, kafka_port),
+            env=_env(state, ports, metrics_ports, kafka_port),
             cwd=ROOT,
             stdout=out,
             stderr=out,
         )
-    return Run(proc, state, ports, kafka_port, log)
+    return Run(proc, state, ports, metrics_ports, kafka_port, log)
 
 
 def _status(url: str, token: str | None = None, body: bytes | None = None) -> int:
@@ -138,8 +159,8 @@ class Started:
 def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
     """One `tollgate run` for the module, up to its banner; stopped at the end if still running."""
     tmp = tmp_path_factory.mktemp("run")
-    ports = {s.name: free_port() for s in available_services()}
-    run = _start(tmp / "state", ports, free_port(), tmp / "run-0.log")
+    ports, metrics_ports = _free_ports()
+    run = _start(tmp / "state", ports, metrics_ports, free_port(), tmp / "run-0.log")
     try:
         yield Started(run, _wait_for_banner(run))
     finally:
@@ -167,6 +188,9 @@ def test_the_banner_comes_once_every_service_is_ready_and_names_every_url(
     assert f"kafka      127.0.0.1:{run.kafka_port}" in banner
     assert "dev-emitter-token" in banner
     assert "WARNING" in banner
+    for name, port in run.metrics_ports.items():
+        assert _status(f"http://127.0.0.1:{port}/metrics") == 200, name
+        assert _status(f"{run.url(name)}/metrics", "dev-admin-token") == 404, name
 
 
 def test_a_killed_service_comes_back_while_the_others_keep_serving(started: Started) -> None:
@@ -210,9 +234,13 @@ def test_sigterm_stops_everything_and_a_second_run_starts_on_the_same_state(
     assert _stop(first) == 0, first.output()[-4000:]
     assert "stopping: the services first" in first.output()
     assert not port_open("127.0.0.1", first.kafka_port)
-    assert not any(port_open("127.0.0.1", p) for p in first.ports.values())
+    assert not any(
+        port_open("127.0.0.1", p) for p in [*first.ports.values(), *first.metrics_ports.values()]
+    )
 
-    second = _start(first.state, first.ports, first.kafka_port, tmp_path / "run-1.log")
+    second = _start(
+        first.state, first.ports, first.metrics_ports, first.kafka_port, tmp_path / "run-1.log"
+    )
     try:
         _wait_for_banner(second)
         ingest = second.url("ingest")
@@ -235,6 +263,7 @@ def test_sigterm_stops_everything_and_a_second_run_starts_on_the_same_state(
     [
         ("kafka", "the embedded broker", "TOLLGATE_EMBEDDED_KAFKA_PORT"),
         ("limits", "limits", "TOLLGATE_LIMITS_PORT"),
+        ("limits metrics", "limits metrics", "TOLLGATE_LIMITS_METRICS_PORT"),
         ("billing-sink", "the billing sink", "TOLLGATE_BILLING_SINK_PORT"),
     ],
 )
@@ -242,7 +271,7 @@ def test_a_port_in_use_is_one_clear_line_and_a_non_zero_exit(
     tmp_path: Path, taken: str, what: str, variable: str
 ) -> None:
     """A taken port (broker, a service, the billing sink) ends the run before anything starts, with one line naming the port and its variable."""
-    ports = {s.name: free_port() for s in available_services()}
+    ports, metrics_ports = _free_ports()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
@@ -250,7 +279,9 @@ def test_a_port_in_use_is_one_clear_line_and_a_non_zero_exit(
         kafka_port = port if taken == "kafka" else free_port()
         if taken in ports:
             ports[taken] = port
-        env = _env(tmp_path / "state", ports, kafka_port)
+        if taken == "limits metrics":
+            metrics_ports["limits"] = port
+        env = _env(tmp_path / "state", ports, metrics_ports, kafka_port)
         env["TOLLGATE_BILLING_SINK_PORT"] = str(port if taken == "billing-sink" else free_port())
         done = subprocess.run(
             [sys.executable, "-m", "libs.service.cli", "run", "--with-billing-sink"],

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from libs.service.db import migrate
+from libs.service.db import MIGRATIONS_DIR, create_pool, migrate, quote_ident
+from services.ingest.domain import ModelPrice
+from services.ingest.storage import PostgresPriceStore
 from tests.support import Infra, unique
 
 pytestmark = pytest.mark.integration
@@ -38,3 +41,80 @@ async def test_project_migrations_are_applied_in_the_session_database(infra: Inf
         await conn.close()
     files = {p.name for p in (Path(__file__).parents[2] / "deploy" / "migrations").glob("*.sql")}
     assert files <= applied
+
+
+def _as_role(url: str, role: str, database: str) -> str:
+    """The session URL with another login role and database (the embedded server trusts local roles)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.split("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{netloc}", path=f"/{database}"))
+
+
+async def test_migrations_run_as_their_own_role_and_grant_the_services_role(infra: Infra) -> None:
+    """With a migration role, it owns the tables; the services' role reads and writes every table and sequence but changes no schema."""
+    suffix = unique("r").replace("-", "_")
+    db, migrator, app = f"db_{suffix}", f"mig_{suffix}", f"app_{suffix}"
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        await conn.execute(f"CREATE ROLE {migrator} LOGIN")
+        await conn.execute(f"CREATE ROLE {app} LOGIN")
+        await conn.execute(f"CREATE DATABASE {db} OWNER {migrator}")
+    finally:
+        await conn.close()
+    migrator_url = _as_role(infra.database_url, migrator, db)
+    app_url = _as_role(infra.database_url, app, db)
+    files = sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
+    assert await migrate(migrator_url) == files
+    conn = await asyncpg.connect(app_url)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetchval("SELECT count(*) FROM model_prices")
+    finally:
+        await conn.close()
+
+    assert await migrate(migrator_url, grant_to=app) == []
+    conn = await asyncpg.connect(app_url)
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = current_schema()"
+        )
+        assert {t["tableowner"] for t in tables} == {migrator}
+        for table in tables:
+            name = table["tablename"]
+            assert await conn.fetchval(
+                "SELECT has_table_privilege($1, $2, 'SELECT, INSERT, UPDATE, DELETE')", app, name
+            ), name
+        sequences = await conn.fetch(
+            "SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema()"
+        )
+        assert sequences, "bigserial columns have sequences"
+        for sequence in sequences:
+            assert await conn.fetchval(
+                "SELECT has_sequence_privilege($1, $2, 'USAGE, UPDATE')", app, sequence[0]
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CREATE TABLE not_allowed (x int)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DROP TABLE model_prices")
+    finally:
+        await conn.close()
+    pool = await create_pool(app_url, max_size=2)
+    try:
+        store = PostgresPriceStore(pool)
+        before = await store.version()
+        await store.put("m", ModelPrice(input_price_per_million="1", output_price_per_million="2"))
+        assert await store.version() == before + 1
+        assert await store.delete("m")
+        async with pool.acquire() as staging:
+            await staging.execute("CREATE TEMP TABLE staging (x int)")
+    finally:
+        await pool.close()
+
+
+def test_role_names_are_quoted_as_identifiers() -> None:
+    """A role name is quoted whole, inner quotes doubled; an empty name or NUL is refused."""
+    assert quote_ident("tollgate_app") == '"tollgate_app"'
+    assert quote_ident('a"; DROP TABLE x; --') == '"a""; DROP TABLE x; --"'
+    for bad in ("", "a\x00b"):
+        with pytest.raises(ValueError, match="not a usable role name"):
+            quote_ident(bad)

@@ -25,7 +25,7 @@ from services.publisher.metrics import PublisherMetrics
 from services.publisher.sender import HttpBillingClient, Sender, SendError
 from services.publisher.sink import BillingSink
 from services.publisher.storage import PostgresQueue
-from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, unique
+from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, scrape, unique
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +151,7 @@ async def test_an_outage_of_many_intervals_loses_nothing_and_duplicates_nothing(
 
             await eventually(drained)
         after = await status()
-        metrics = await (await client.get("/metrics")).text()
+        metrics = await scrape(client.app)
 
     requests = await received(sink)
     counts = accepted_counts(requests)
@@ -263,7 +263,7 @@ async def test_expired_events_are_counted_and_never_reach_the_billing_server(
 
         status = await eventually(drained)
         assert status is not None
-        metrics = await (await client.get("/metrics")).text()
+        metrics = await scrape(client.app)
     assert (status["expired"], status["pending"], status["max_age"]) == (5, 0, "2d")
     assert set(fresh) <= set(sink.state.events)
     assert not set(stale) & set(sink.state.events)
@@ -285,7 +285,7 @@ async def test_without_billing_url_and_license_key_events_wait_and_status_says_w
         await asyncio.sleep(0.5)
         resp = await client.get("/api/v1/publisher/status", headers=ADMIN)
         status = await resp.json()
-        metrics = await (await client.get("/metrics")).text()
+        metrics = await scrape(client.app)
         unauthorized = await client.get("/api/v1/publisher/status")
     assert status["configured"] is False
     assert status["pending"] == 4  # three builds and the seats heartbeat

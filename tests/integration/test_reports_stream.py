@@ -29,7 +29,7 @@ from libs.simulator.generate import Simulation, SimulationConfig
 from services.ingest.domain import price_event
 from services.reports.app import build_app
 from services.reports.config import ReportsSettings
-from tests.support import ADMIN, ADMIN_TOKEN, EMITTER_TOKEN, Infra, eventually, unique
+from tests.support import ADMIN, ADMIN_TOKEN, EMITTER_TOKEN, Infra, eventually, scrape, unique
 
 pytestmark = pytest.mark.integration
 
@@ -257,7 +257,7 @@ async def test_every_api_figure_equals_the_figure_computed_from_the_events(
         assert dict(record.headers)["reason"].startswith(b"type: Field required")
     finally:
         await dlq.stop()
-    metrics = await (await reports.get("/metrics")).text()
+    metrics = await scrape(reports.app)
     assert 'tollgate_reports_events_projected_total{type="chat.usage.v1"}' in metrics
     assert "tollgate_reports_projection_lag_seconds 0.0" in metrics
     assert 'tollgate_reports_query_duration_seconds_count{endpoint="activity"} 3.0' in metrics

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -26,7 +23,7 @@ import asyncpg
 from libs.service.db import migrate
 from libs.service.embedded import free_port
 from libs.service.kafka import ensure_topics
-from tests.support import ADMIN_TOKEN, ROOT, Infra, ServiceProcess
+from tests.support import ADMIN_TOKEN, ROOT, Infra, ServiceProcess, service_ports
 
 SERVICES: Final = ("ingest", "limits", "reports", "publisher")
 CONSUMERS: Final = ("limits", "reports", "publisher")
@@ -74,14 +71,6 @@ async def create_database(infra: Infra, name: str) -> str:
     return url
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
 @dataclass
 class Stack:
     """The services of one run, their sink, and the faults injected into them."""
@@ -105,7 +94,7 @@ class Stack:
         events, dlq = f"rel.{run}.events", f"rel.{run}.dlq"
         await ensure_topics(infra.bootstrap, events_topic=events, dlq_topic=dlq)
         stack = cls(infra, workdir, url, events, dlq)
-        ports = {name: free_port() for name in names}
+        ports = {name: service_ports(name) for name in names}
         env = infra.env(
             DATABASE_URL=url,
             TOLLGATE_EVENTS_TOPIC=events,
@@ -117,7 +106,7 @@ class Stack:
             TOLLGATE_REPORTS_SESSION_TIMEOUT_MS="4000",
         )
         if "limits" in ports:
-            env["TOLLGATE_LIMITS_URL"] = f"http://127.0.0.1:{ports['limits']}"
+            env["TOLLGATE_LIMITS_URL"] = f"http://127.0.0.1:{ports['limits'][0]}"
         if "publisher" in names:
             sink_port, control_port = free_port(), free_port()
             env.update(
@@ -149,11 +138,13 @@ class Stack:
             if stack.sink is not None:
                 await asyncio.to_thread(stack.sink.start)
             for name in names:
+                port, metrics_port, port_env = ports[name]
                 svc = ServiceProcess(
                     name=name,
-                    port=ports[name],
-                    env={**env, f"TOLLGATE_{name.upper()}_PORT": str(ports[name])},
+                    port=port,
+                    env={**env, **port_env},
                     log_path=workdir / f"{name}.log",
+                    metrics_port=metrics_port,
                 )
                 stack.services[name] = svc
                 stack.restarts[name] = 0
@@ -227,28 +218,9 @@ class Stack:
 
     async def pause_postgres(self, seconds: float) -> None:
         """SIGSTOP the postmaster and every backend for `seconds`, then SIGCONT them all."""
-        async with self.postgres_paused():
+        async with self.infra.postgres_paused():
             self.faults.append(f"PostgreSQL paused {seconds:g}s")
             await asyncio.sleep(seconds)
-
-    @asynccontextmanager
-    async def postgres_paused(self) -> AsyncIterator[None]:
-        """PostgreSQL frozen for the length of the block (resumed however the block ends)."""
-        master = self.infra.postgres.pid()
-        assert master is not None, "the session's PostgreSQL has no postmaster pid"
-        # The postmaster first, so it forks nothing new while its children are frozen.
-        os.kill(master, signal.SIGSTOP)
-        children = _children(master)
-        try:
-            for pid in children:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-            yield
-        finally:
-            for pid in children:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
-            os.kill(master, signal.SIGCONT)
 
     async def fail_sink(self, seconds: float) -> None:
         """Make the billing sink answer 503, then hang, then refuse connections, then recover."""

@@ -70,7 +70,7 @@ async def test_tokens_and_emails_never_reach_metrics_or_logs(secured: Secured) -
     secrets |= secured.emails
     async with aiohttp.ClientSession() as http:
         for name in secured.services:
-            async with http.get(f"{secured.url(name)}/metrics") as r:
+            async with http.get(secured.stack.services[name].metrics_url) as r:
                 metrics = await r.text()
             logs = secured.stack.services[name].logs()
             assert logs, f"{name} wrote no log at all"

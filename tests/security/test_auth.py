@@ -7,7 +7,7 @@ import pytest
 
 from tests.reliability.stack import SERVICES, existing_services, missing_reason
 from tests.security.conftest import WRONG_TOKENS, Secured
-from tests.security.operations import EMITTER, operations, request
+from tests.security.operations import ADMIN, EMITTER, operations, request
 
 pytestmark = pytest.mark.e2e
 
@@ -55,8 +55,25 @@ async def test_emitter_tokens_cannot_reach_admin_routes(secured: Secured, name: 
 
 @pytest.mark.parametrize("name", SERVICES)
 async def test_operational_routes_need_no_token(secured: Secured, name: str) -> None:
-    """Health, readiness, metrics and the OpenAPI document answer without a token."""
+    """Health, readiness and the OpenAPI document answer without a token; metrics are elsewhere."""
     url = _service(secured, name)
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/openapi.json"):
         status, _, _ = await request(url, "get", path)
         assert status == 200, f"{name} {path}: {status}"
+    status, _, _ = await request(url, "get", "/metrics", headers=ADMIN)
+    assert status == 404, f"{name} serves /metrics on its API port: {status}"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+async def test_metrics_port_serves_metrics_and_nothing_else(secured: Secured, name: str) -> None:
+    """The metrics port answers `/metrics` and 404 for every API and operational route."""
+    _service(secured, name)
+    metrics_url = secured.stack.services[name].metrics_url
+    base = metrics_url.removesuffix("/metrics")
+    status, body, content_type = await request(base, "get", "/metrics")
+    assert status == 200, f"{name} metrics port: {status}"
+    assert content_type.startswith("text/plain")
+    assert b"tollgate_ready{" in body
+    for path in ("/healthz", "/readyz", "/openapi.json", "/api/v1/events", "/metrics/../api"):
+        status, _, _ = await request(base, "get", path, headers=ADMIN)
+        assert status == 404, f"{name} metrics port {path}: {status}"

@@ -15,6 +15,7 @@ from services.ingest.app import build_app
 from services.ingest.config import IngestSettings
 from services.ingest.producer import InMemoryEventLog
 from services.ingest.storage import InMemoryPriceStore
+from tests.support import eventually
 
 EMITTER = {"Authorization": "Bearer emit"}
 ADMIN = {"Authorization": "Bearer admin"}
@@ -255,9 +256,53 @@ async def test_metrics_count_accepted_and_rejected_by_type(ingest: Harness) -> N
 
 
 async def test_operational_routes_need_no_token(ingest: Harness) -> None:
-    """Health, metrics and the OpenAPI document are public; the document lists the event route."""
+    """Health and the OpenAPI document are public; `/metrics` is not on the API port at all."""
     assert (await ingest.client.get("/healthz")).status == 200
-    assert (await ingest.client.get("/metrics")).status == 200
+    assert (await ingest.client.get("/metrics", headers=ADMIN)).status == 404
     doc = await (await ingest.client.get("/openapi.json")).json()
     assert "/api/v1/events" in doc["paths"]
+    assert "/metrics" not in doc["paths"]
     assert "/api/v1/pricing/models/{model}" in doc["paths"]
+
+
+class UnreachablePriceStore(InMemoryPriceStore):
+    """A price table whose database does not answer until told to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reachable = False
+
+    async def version(self) -> int:
+        """Fail like PostgreSQL that is away."""
+        if not self.reachable:
+            raise ConnectionRefusedError("PostgreSQL is away")
+        return await super().version()
+
+
+async def test_starts_without_the_database_and_turns_ready_once_prices_are_read() -> None:
+    """A replica starting while PostgreSQL is away comes up not ready (prices unread), then ready when it reads them."""
+    settings = IngestSettings(
+        DATABASE_URL="postgresql://unused",
+        TOLLGATE_EMITTER_TOKENS="emit",
+        TOLLGATE_PRICE_REFRESH=0.01,
+        TOLLGATE_KAFKA_TIMEOUT=0.1,
+    )
+    store = UnreachablePriceStore()
+    app = build_app(settings, event_log=InMemoryEventLog(), price_store=store)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/readyz")
+        assert resp.status == 503
+        assert (await resp.json())["checks"]["prices"] == "failing"
+        store.reachable = True
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status == 200
+
+        await eventually(ready, timeout_s=5)
+        store.reachable = False
+
+        async def database_reported_down() -> bool:
+            body = await (await client.get("/readyz")).json()
+            return bool(body["ready"]) and body["dependencies"]["database"] == "failing"
+
+        await eventually(database_reported_down, timeout_s=5)

@@ -19,6 +19,7 @@ from services.limits.config import LimitsSettings
 from services.limits.consumer import APPLY_CHUNK, LimitsSink
 from services.limits.domain import MONTH
 from services.limits.storage import InMemoryConfigStore, InMemorySnapshotStore
+from tests.support import scrape
 
 EMITTER = {"Authorization": "Bearer emit"}
 ADMIN = {"Authorization": "Bearer admin"}
@@ -116,6 +117,7 @@ async def limits() -> AsyncIterator[Harness]:
         TOLLGATE_ADMIN_TOKENS="admin",
         TOLLGATE_EVENTS_TOPIC="t.events",
         TOLLGATE_BROKER_EPOCH="epoch-1",
+        TOLLGATE_LIMITS_TOP_USERS=20,
     )
     registry = CollectorRegistry()
     config_store, snapshots = InMemoryConfigStore(), InMemorySnapshotStore()
@@ -492,8 +494,24 @@ async def test_metrics_count_checks_spend_and_users(limits: Harness) -> None:
     assert limits.metric("tollgate_limits_users_tracked") == 2
     assert limits.metric("tollgate_limits_top_user_spend_micros", {"user_id": "big"}) == 150
     assert limits.metric("tollgate_limits_dedup_ids") == 2
-    text = await (await limits.client.get("/metrics")).text()
+    text = await scrape(limits.client.app)
     assert "tollgate_limits_snapshot_age_seconds" in text
+
+
+async def test_top_spenders_are_not_exported_unless_asked_for() -> None:
+    """By default no user id reaches /metrics: the top-spender gauge needs TOLLGATE_LIMITS_TOP_USERS."""
+    settings = LimitsSettings(DATABASE_URL="postgresql://unused", TOLLGATE_EVENTS_TOPIC="t.events")
+    assert settings.top_users == 0
+    app = build_app(
+        settings,
+        config_store=InMemoryConfigStore(),
+        snapshot_store=InMemorySnapshotStore(),
+        feed=ManualFeed,
+        clock=NOW.timestamp,
+    )
+    text = await scrape(app)
+    assert "tollgate_limits_ready" in text
+    assert "tollgate_limits_top_user_spend_micros" not in text
 
 
 async def test_snapshot_written_then_restored_by_a_new_replica(limits: Harness) -> None:

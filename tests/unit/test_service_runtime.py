@@ -5,16 +5,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from libs.service.embedded import free_port, port_open
 from libs.service.errors import Conflict, DependencyUnavailable
 from libs.service.openapi import OpenApi
+from libs.service.runtime import expose_metrics
 from libs.service.settings import CommonSettings
-from libs.service.web import READINESS_KEY, Role, create_app, json_response, read_model, requires
+from libs.service.web import (
+    DEPENDENCIES_KEY,
+    READINESS_KEY,
+    Role,
+    create_app,
+    json_response,
+    read_model,
+    requires,
+)
+from services.ingest.config import IngestSettings
+from tests.support import scrape
 
 
 class Body(BaseModel):
@@ -138,14 +151,77 @@ async def test_bodies_are_validated(client: TestClient[web.Request, web.Applicat
 
 
 async def test_readiness_reflects_checks(client: TestClient[web.Request, web.Application]) -> None:
-    """`/readyz` is 503 naming the failing check; health and metrics need no token."""
+    """`/readyz` is 503 naming the failing check; health needs no token; metrics are elsewhere."""
     resp = await client.get("/readyz")
     assert resp.status == 503
-    assert (await resp.json())["checks"] == {"thing": "failing"}
+    assert await resp.json() == {"ready": False, "checks": {"thing": "failing"}}
     assert (await client.get("/healthz")).status == 200
-    metrics = await (await client.get("/metrics")).text()
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer a1"})).status == 404
+    metrics = await scrape(client.app)
     assert "tollgate_http_requests_total" in metrics
+    assert 'tollgate_ready{service="t"} 0.0' in metrics
     assert "e1" not in metrics.split("tollgate_http")[0]
+
+
+async def test_dependencies_are_reported_without_deciding_readiness() -> None:
+    """A failing dependency shows in `/readyz` and as `tollgate_dependency_up` 0, yet the app is ready."""
+    settings = CommonSettings(DATABASE_URL="postgresql://unused")
+    app = create_app(
+        service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
+    )
+    up = {"broker": True, "database": False}
+
+    async def broker() -> tuple[bool, str]:
+        return up["broker"], "broker"
+
+    async def database() -> tuple[bool, str]:
+        return up["database"], "database"
+
+    app[READINESS_KEY].append(broker)
+    app[DEPENDENCIES_KEY].extend([broker, database])
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/readyz")
+        assert resp.status == 200
+        assert await resp.json() == {
+            "ready": True,
+            "checks": {"broker": "ok"},
+            "dependencies": {"broker": "ok", "database": "failing"},
+        }
+        metrics = await scrape(client.app)
+        assert 'tollgate_ready{service="t"} 1.0' in metrics
+        assert 'tollgate_dependency_up{dependency="database",service="t"} 0.0' in metrics
+        assert 'tollgate_dependency_up{dependency="broker",service="t"} 1.0' in metrics
+        up["broker"] = False
+        assert (await client.get("/readyz")).status == 503
+        assert 'tollgate_ready{service="t"} 0.0' in await scrape(client.app)
+
+
+async def test_metrics_server_runs_beside_the_app_on_its_own_port() -> None:
+    """`expose_metrics` serves `/metrics` on the metrics port from start to stop, and only that."""
+    settings = CommonSettings(DATABASE_URL="postgresql://unused")
+    app = create_app(
+        service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
+    )
+    port = free_port()
+    expose_metrics(app, host="127.0.0.1", port=port)
+    async with TestClient(TestServer(app)) as api, aiohttp.ClientSession() as http:
+        assert (await api.get("/healthz")).status == 200
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert resp.status == 200
+            assert 'tollgate_ready{service="t"} 1.0' in await resp.text()
+        for path in ("/healthz", "/readyz", "/openapi.json"):
+            async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
+                assert resp.status == 404, path
+    assert not port_open("127.0.0.1", port)
+
+
+def test_metrics_port_must_differ_from_the_api_port() -> None:
+    """A service's settings refuse a metrics port equal to its API port, naming the problem."""
+    with pytest.raises(ValidationError, match="metrics port must differ from the API port"):
+        IngestSettings(
+            DATABASE_URL="x", TOLLGATE_INGEST_PORT=9000, TOLLGATE_INGEST_METRICS_PORT=9000
+        )
+    assert IngestSettings(DATABASE_URL="x").metrics_port == 9081
 
 
 async def test_request_metrics_count_each_route_method_and_status(
@@ -157,7 +233,7 @@ async def test_request_metrics_count_each_route_method_and_status(
         assert (await client.get("/conflict", headers=auth)).status == 409
     assert (await client.request("PROPFIND", "/conflict", headers=auth)).status == 405
     assert (await client.request("TRACE", "/conflict", headers=auth)).status == 405
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await scrape(client.app)
     conflict = 'method="GET",route="/conflict",service="t",status="409"'
     assert f"tollgate_http_requests_total{{{conflict}}} 3.0" in metrics
     assert f"tollgate_http_request_duration_seconds_count{{{conflict}}} 3.0" in metrics

@@ -158,3 +158,70 @@ Secret and is spliced in by the kubelet through a dependent variable. Called wit
   value: {{ $value | toString | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+Generated secrets are kept across upgrades by reading the installed Secret back (`lookup`).
+Where the chart cannot read the cluster (`helm template`, client-side dry runs, GitOps tools
+rendering with them), a generated value would change on every render, so rendering fails and
+names the values to set instead. Listing Secrets in the release namespace is what tells: Helm
+itself needs that permission to keep its releases there. Called with
+(dict "root" $ "values" (list "secrets.adminTokens") "what" "API tokens").
+*/}}
+{{- define "tollgate.requireCluster" -}}
+{{- if not (lookup "v1" "Secret" .root.Release.Namespace "") }}
+{{- fail (printf "%s would be generated, but this render cannot read the cluster (helm template, a client-side dry run or a GitOps tool), so they would change on every render: set %s, or use an existing Secret (secrets.existingSecret)" .what (join " and " .values)) }}
+{{- end }}
+{{- end }}
+
+{{/* Names of the migration hook's own objects (Job, ServiceAccount, Secret). */}}
+{{- define "tollgate.migrationName" -}}
+{{- printf "%s-migrate" (include "tollgate.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+A pod's topology spread: over nodes and over zones, each at its own strength. Called with
+(dict "root" $ "service" "limits" "values" .Values.limits).
+*/}}
+{{- define "tollgate.topologySpread" -}}
+{{- $spread := mergeOverwrite (deepCopy .root.Values.topologySpread) (default dict .values.topologySpread) }}
+{{- $ctx := dict "root" .root "service" .service }}
+{{- range $level := list (dict "key" "kubernetes.io/hostname" "when" $spread.nodes) (dict "key" "topology.kubernetes.io/zone" "when" $spread.zones) }}
+{{- if $level.when }}
+- maxSkew: {{ $spread.maxSkew }}
+  topologyKey: {{ $level.key }}
+  whenUnsatisfiable: {{ $level.when }}
+  nodeTaintsPolicy: Honor
+  labelSelector:
+    matchLabels:
+      {{- include "tollgate.componentSelectorLabels" $ctx | nindent 6 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The PriorityClass of a service's pods: its own, else the shared one. */}}
+{{- define "tollgate.priorityClassName" -}}
+{{- default .root.Values.priorityClassName .values.priorityClassName }}
+{{- end }}
+
+{{/*
+One egress rule of a NetworkPolicy: TCP to `ports`, towards `to` (any destination when empty),
+or towards the bundled chart `name` when `bundled`. Called with
+(dict "ports" (list 9092) "to" list "bundled" true "name" "kafka" "root" $).
+*/}}
+{{- define "tollgate.networkPolicy.egress" -}}
+- ports:
+    {{- range $port := .ports }}
+    - port: {{ $port }}
+      protocol: TCP
+    {{- end }}
+  {{- if .bundled }}
+  to:
+    - podSelector:
+        matchLabels:
+          app.kubernetes.io/name: {{ .name }}
+          app.kubernetes.io/instance: {{ .root.Release.Name }}
+  {{- else if .to }}
+  to:
+    {{- toYaml .to | nindent 4 }}
+  {{- end }}
+{{- end }}
