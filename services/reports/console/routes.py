@@ -129,7 +129,7 @@ def _page_headers(response: web.StreamResponse) -> web.StreamResponse:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -165,7 +165,11 @@ def _clear_cookie(request: web.Request, response: web.StreamResponse, name: str)
 
 
 def _same_origin(request: web.Request, console: Console) -> bool:
-    """An Origin header, when the browser sends one, must be this host."""
+    """The browser says the request came from this origin (Sec-Fetch-Site), or its Origin
+    header, when it sends one, is this host."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("Origin")
     if origin is None:
         return True

@@ -43,11 +43,11 @@ export async function render(main, { api }) {
       h("p", { class: "help" }, "Off: nobody is limited, whatever is set below."),
       h(
         "div",
-        { class: "toolbar" },
+        { class: "form-row" },
         h("div", { class: "field" }, h("label", { for: "limits-period" }, "Period"), period),
         h("div", { class: "field" }, h("label", { for: "limits-default" }, "Default limit ($)"), amount, h("p", { class: "help", id: "limits-default-help" }, "Blank: no default limit.")),
-        h("div", { class: "field" }, h("button", { type: "submit", class: "primary" }, "Save")),
-        status,
+        h("div", { class: "field actions" }, h("button", { type: "submit", class: "primary" }, "Save")),
+        h("div", { class: "field actions" }, status),
       ),
       formError,
     );
