@@ -15,6 +15,7 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from libs.service.errors import DependencyUnavailable, PayloadTooLarge
 
@@ -74,7 +75,8 @@ async def forward(
     max_body_bytes: int,
     timeout_s: float,
 ) -> web.StreamResponse:
-    """Send the request to `base_url + path` (with its query) and stream the answer back."""
+    """Send the request to `base_url + path` (path and query as the client encoded them) and
+    stream the answer back."""
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise PayloadTooLarge(f"request body too large: the limit is {max_body_bytes} bytes")
     body = await request.read() if request.can_read_body else None
@@ -83,13 +85,13 @@ async def forward(
         headers["Authorization"] = authorization
     if request.remote:
         headers["X-Forwarded-For"] = request.remote
-    url = f"{base_url}{path}"
+    query = request.rel_url.raw_query_string
+    url = URL(f"{base_url}{path}" + (f"?{query}" if query else ""), encoded=True)
     timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(5.0, timeout_s))
     try:
         upstream = await session.request(
             request.method,
             url,
-            params=request.rel_url.query,
             data=body,
             headers=headers,
             timeout=timeout,

@@ -498,6 +498,7 @@ async def console_api(request: web.Request) -> web.StreamResponse:
     service = owner_of(path)
     if service is None:
         raise NotFound(f"no API at {path}")
+    raw_path = request.rel_url.raw_path.removeprefix("/console")
     if session.portal is not None:
         authority = request.app.get(PORTAL_KEY)
         if authority is None:
@@ -512,7 +513,7 @@ async def console_api(request: web.Request) -> web.StreamResponse:
         console.client,
         base_url=base,
         service=service,
-        path=path,
+        path=raw_path,
         authorization=authorization,
         max_body_bytes=console.settings.max_body_bytes,
         timeout_s=console.settings.forward_timeout_s,
@@ -532,7 +533,7 @@ async def public_api(request: web.Request) -> web.StreamResponse:
         console.client,
         base_url=console.upstreams.url(service),
         service=service,
-        path=request.path,
+        path=request.rel_url.raw_path,
         authorization=request.headers.get("Authorization"),
         max_body_bytes=console.settings.max_body_bytes,
         timeout_s=console.settings.forward_timeout_s,
