@@ -32,9 +32,10 @@ def last_30_days() -> tuple[str, str]:
 
 async def column_values(page: Page, table: str, column: str) -> list[str]:
     """The raw `data-value`s of one column of a table, top to bottom."""
-    return await page.locator(f"{table} [data-col='{column}']").evaluate_all(
+    values: list[str] = await page.locator(f"{table} [data-col='{column}']").evaluate_all(
         "cells => cells.map(c => c.dataset.value)"
     )
+    return values
 
 
 async def top_spender_this_month(stack: Stack) -> dict[str, Any]:
@@ -46,7 +47,9 @@ async def top_spender_this_month(stack: Stack) -> dict[str, Any]:
         page = await admin_get(
             session, f"{stack.url}/api/v1/costs/users", start_date=start, end_date=end, limit="1000"
         )
-    mine = [u for u in page["users"] if u["user_id"].startswith(stack.sim.config.prefix)]
+    mine: list[dict[str, Any]] = [
+        u for u in page["users"] if u["user_id"].startswith(stack.sim.config.prefix)
+    ]
     return mine[0]
 
 
@@ -296,7 +299,7 @@ async def test_activity_chart_and_table_follow_the_pickers(stack: Stack, admin_p
         )  # fmt: skip
 
     async def drawn() -> bool:
-        bars = await page.locator("#activity-chart rect.bar").evaluate_all(
+        bars: list[int] = await page.locator("#activity-chart rect.bar").evaluate_all(
             "bars => bars.map(b => Number(b.dataset.users))"
         )
         return bars == [len(b["user_activity"]) for b in body["activity"]]
