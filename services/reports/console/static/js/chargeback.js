@@ -1,7 +1,7 @@
 // Chargeback: a month's report per workspace (team), member and licensed user, with downloads.
 import { apiUrl } from "./api.js";
 import { count, dateTime, dollars } from "./format.js";
-import { h, region, replace, table } from "./ui.js";
+import { h, pagedTable, region, replace, table } from "./ui.js";
 
 function thisMonth() {
   const now = new Date();
@@ -67,7 +67,7 @@ export async function render(main, { api }) {
             emptyText: "No workspaces in the directory.",
           }),
           h("h2", {}, "Members"),
-          table({
+          pagedTable({
             caption: h("span", { class: "sr-only" }, "Members by workspace"),
             columns: [
               { name: "user", label: "Member", render: (m) => m.userName, value: (m) => m.userId },
@@ -81,9 +81,10 @@ export async function render(main, { api }) {
             rows: members,
             rowKey: (m) => `${m.workspace}/${m.userId}`,
             emptyText: "No members.",
-          }),
+            pagerLabel: "members",
+          }, 25),
           h("h2", {}, "Licensed users"),
-          table({
+          pagedTable({
             caption: h("span", { class: "sr-only" }, "Licensed users"),
             columns: [
               { name: "user", label: "User", render: (u) => h("div", { class: "user-cell" }, h("span", {}, u.username), h("span", { class: "handle" }, u.email)), value: (u) => u.userId },
@@ -97,7 +98,8 @@ export async function render(main, { api }) {
             rows: users,
             rowKey: (u) => u.userId,
             emptyText: "No licensed users.",
-          }),
+            pagerLabel: "licensed users",
+          }, 25),
         );
       },
     );
