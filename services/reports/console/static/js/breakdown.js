@@ -21,7 +21,7 @@ export function summaryCards(data) {
   );
 }
 
-const FIGURES = [
+export const FIGURES = [
   { name: "cost", label: "Cost", numeric: true, render: (r) => dollars(r.total_cost_micros), value: (r) => r.total_cost_micros },
   { name: "messages", label: "Messages", numeric: true, render: (r) => count(r.message_count), value: (r) => r.message_count },
   { name: "input", label: "Input", numeric: true, render: (r) => tokens(r.total_input_tokens), value: (r) => r.total_input_tokens },

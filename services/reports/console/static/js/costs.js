@@ -1,6 +1,7 @@
 // Cost tracking: the per-user rollup with a date range, search, paging, cost order and CSV.
 import { apiUrl } from "./api.js";
-import { count, dayRange, dollars, tokens } from "./format.js";
+import { FIGURES } from "./breakdown.js";
+import { count, dayRange } from "./format.js";
 import { apiWindow, defaultRange, rangeControl, readRange } from "./range.js";
 import { debounce, h, pager, region, replace, table, urlState } from "./ui.js";
 
@@ -15,17 +16,6 @@ export function userCell(row, range) {
     h("a", { href: `/console/users/${encodeURIComponent(row.user_id)}?${params}` }, name),
     h("span", { class: "handle" }, row.username ? `@${row.username}` : row.user_id),
   );
-}
-
-export function costColumns() {
-  return [
-    { name: "cost", label: "Cost", numeric: true, render: (r) => dollars(r.total_cost_micros), value: (r) => r.total_cost_micros },
-    { name: "messages", label: "Messages", numeric: true, render: (r) => count(r.message_count), value: (r) => r.message_count },
-    { name: "input", label: "Input", numeric: true, render: (r) => tokens(r.total_input_tokens), value: (r) => r.total_input_tokens },
-    { name: "output", label: "Output", numeric: true, render: (r) => tokens(r.total_output_tokens), value: (r) => r.total_output_tokens },
-    { name: "cache_read", label: "Cache Read", numeric: true, render: (r) => tokens(r.total_cache_read_tokens), value: (r) => r.total_cache_read_tokens },
-    { name: "cache_write", label: "Cache Write", numeric: true, render: (r) => tokens(r.total_cache_creation_tokens), value: (r) => r.total_cache_creation_tokens },
-  ];
 }
 
 export async function render(main, { api }) {
@@ -52,9 +42,9 @@ export async function render(main, { api }) {
       (data) => {
         const columns = [
           { name: "user", label: "User", render: (r) => userCell(r, state), value: (r) => r.user_id },
-          ...costColumns().slice(0, 2),
+          ...FIGURES.slice(0, 2),
           { name: "chats", label: "Chats", numeric: true, render: (r) => count(r.chat_count), value: (r) => r.chat_count },
-          ...costColumns().slice(2),
+          ...FIGURES.slice(2),
         ];
         columns[1].sort = {
           state: state.order,

@@ -80,7 +80,7 @@ export function region(container) {
 /**
  * A table. columns: [{label, numeric, render(row) -> node|text, value(row) -> raw, sort: {state, onToggle}}]
  */
-export function table({ caption, columns, rows, rowKey, emptyText }) {
+export function table({ caption, label, columns, rows, rowKey, emptyText }) {
   if (!rows.length) return h("div", { class: "table-wrap" }, empty(emptyText || "Nothing to show."));
   const head = h(
     "tr",
@@ -113,7 +113,13 @@ export function table({ caption, columns, rows, rowKey, emptyText }) {
       }),
     ),
   );
-  return h("div", { class: "table-wrap" }, h("table", {}, caption ? h("caption", {}, caption) : null, h("thead", {}, head), h("tbody", {}, body)));
+  // A region that may scroll sideways is reachable from the keyboard and named.
+  const name = label || (typeof caption === "string" ? caption : caption?.textContent) || "Table";
+  return h(
+    "div",
+    { class: "table-wrap", role: "region", tabindex: "0", "aria-label": name },
+    h("table", {}, caption ? h("caption", {}, caption) : null, h("thead", {}, head), h("tbody", {}, body)),
+  );
 }
 
 /** "Showing 1–25 of 143" with Previous and Next. */
