@@ -544,3 +544,55 @@ async def test_expired_tampered_and_revoked_portal_tokens_get_401(
     assert "/console/login" in page.url
     fresh = await mint(stack, a.id)
     assert await bearer_status(f"{limits}/api/v1/limits/status/{a.id}", fresh) == 200
+
+
+async def test_loading_errors_offer_retry_and_empty_results_say_so(
+    stack: Stack, admin_page: Page
+) -> None:
+    """When the cost list fails the page shows the server's message with Retry, Retry recovers, and a search that matches nobody says so."""
+    page = admin_page
+    failing = True
+
+    async def fail_once(route: Any) -> None:
+        if failing:
+            await route.fulfill(
+                status=503,
+                content_type="application/json",
+                body=orjson.dumps({"message": "the reports database is unavailable"}),
+            )
+        else:
+            await route.continue_()
+
+    await page.route("**/console/api/v1/costs/users?*", fail_once)
+    await page.goto(f"{stack.url}/console/costs")
+    alert = page.locator("#cost-results [role=alert]")
+    await alert.wait_for()
+    assert "the reports database is unavailable" in await alert.inner_text()
+    failing = False
+    await alert.get_by_role("button", name="Retry").click()
+    await page.wait_for_selector("#cost-results table")
+    await page.fill("#cost-search", f"nobody-{stack.sim.config.prefix}")
+    empty = page.locator("#cost-results .empty")
+    await empty.wait_for()
+    assert "No users match" in await empty.inner_text()
+
+
+async def test_a_platform_page_hands_a_portal_token_over_by_form_post(
+    stack: Stack, context: BrowserContext
+) -> None:
+    """A form on another page posting a portal token to /console/portal signs the user in and opens their own page, with no token in any address."""
+    user = stack.sim.users[4]
+    token = await mint(stack, user.id)
+    page = await context.new_page()
+    await page.set_content(
+        f"""<form method="post" action="{stack.url}/console/portal">
+              <input type="hidden" name="token" value="{token}">
+              <button type="submit">Open my spend</button></form>"""
+    )
+    await page.click("text=Open my spend")
+    await page.wait_for_url("**/console/me")
+    await page.wait_for_selector("#my-status")
+    assert token not in page.url
+    async with aiohttp.ClientSession() as session:
+        status = await admin_get(session, f"{stack.url}/api/v1/limits/status/{user.id}")
+    assert await page.get_attribute("#my-spent", "data-value") == str(status["spent_micros"])
