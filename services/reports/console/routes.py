@@ -299,8 +299,11 @@ async def login_page(request: web.Request) -> web.StreamResponse:
         "signed_out": "You have signed out.",
         "expired": "Your session has ended. Sign in again.",
     }.get(request.rel_url.query.get("reason", ""), "")
+    error = ""
+    if request.app[CONSOLE].signer is None:
+        error = "Sign-in is off: this service has no TOLLGATE_PORTAL_SECRET to sign sessions with."
     csrf = secrets.token_urlsafe(24)
-    response = _html(_login_page(csrf=csrf, next_path=next_path, notice=notice))
+    response = _html(_login_page(csrf=csrf, next_path=next_path, notice=notice, error=error))
     _set_cookie(request, response, LOGIN_COOKIE, csrf, 1800)
     return response
 
