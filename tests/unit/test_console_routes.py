@@ -6,7 +6,7 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.reports.app import build_app
@@ -22,11 +22,13 @@ EMITTER_TOKEN = "unit-emitter-token"
 
 async def client_for(sessions: InMemorySessionStore, **env: str) -> Client:
     """An in-memory reports app (no PostgreSQL, no Kafka) behind a test client."""
-    settings = ReportsSettings(
-        DATABASE_URL="postgresql://unused",
-        TOLLGATE_ADMIN_TOKENS=ADMIN_TOKEN,
-        TOLLGATE_EMITTER_TOKENS=EMITTER_TOKEN,
-        **env,
+    settings = ReportsSettings.model_validate(
+        {
+            "DATABASE_URL": "postgresql://unused",
+            "TOLLGATE_ADMIN_TOKENS": ADMIN_TOKEN,
+            "TOLLGATE_EMITTER_TOKENS": EMITTER_TOKEN,
+            **env,
+        }
     )
     app = build_app(settings, store=InMemoryReportStore(), sessions=sessions)
     client: Client = TestClient(TestServer(app))
@@ -50,7 +52,7 @@ async def console(sessions: InMemorySessionStore) -> AsyncIterator[Client]:
         await client.close()
 
 
-async def sign_in(client: Client, token: str) -> web.StreamResponse:
+async def sign_in(client: Client, token: str) -> ClientResponse:
     """Post the sign-in form with its form token, as a browser on this origin does."""
     page = await client.get("/console/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text())
