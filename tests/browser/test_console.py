@@ -596,3 +596,28 @@ async def test_a_platform_page_hands_a_portal_token_over_by_form_post(
     async with aiohttp.ClientSession() as session:
         status = await admin_get(session, f"{stack.url}/api/v1/limits/status/{user.id}")
     assert await page.get_attribute("#my-spent", "data-value") == str(status["spent_micros"])
+
+
+async def test_numbers_and_the_bar_follow_coders_rules(stack: Stack, admin_page: Page) -> None:
+    """Dollars, tokens and the usage bar's colour are formatted exactly as Coder's Spend page formats them."""
+    result = await admin_page.evaluate(
+        """async () => {
+          const f = await import('/console/assets/js/format.js');
+          return {
+            dollars: [0, 4200, 10000, 1234500000, 999].map(f.dollars),
+            tokens: [999, 1000, 123456, 1000000, 1500000, 2000000, 12345678].map(f.tokens),
+            bars: [[74, 100], [75, 100], [90, 100], [91, 100], [100, 100], [120, 100]].map(
+              ([s, l]) => { const b = f.limitState(s, l); return [b.colour, b.reached, b.percent]; }),
+          };
+        }"""
+    )
+    assert result["dollars"] == ["$0.00", "$0.0042", "$0.01", "$1,234.50", "$0.0010"]
+    assert result["tokens"] == ["999", "1,000", "123,456", "1M", "1.5M", "2M", "12.3M"]
+    assert result["bars"] == [
+        ["green", False, 74],
+        ["orange", False, 75],
+        ["orange", False, 90],
+        ["red", False, 91],
+        ["red", True, 100],
+        ["red", True, 100],
+    ]
