@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run test lint typecheck unit bench test-reliability deploy-tools deploy-check image fmt lock clean
+.PHONY: help venv run test lint typecheck unit bench test-reliability deploy-tools deploy-check image fmt lock clean browser test-browser screenshots vendor-axe
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -37,7 +37,28 @@ deploy-check: $(STAMP) deploy-tools ## render, lint and validate the chart; test
 image: ## build the container image (needs a Docker engine)
 	docker build -f deploy/Dockerfile -t tollgate:$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) .
 
-test: $(STAMP) deploy-tools lint typecheck ## lint, type check and the whole pytest suite
+browser: ## install Debian's chromium for the browser tests and screenshots when it is missing
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-liberation >/dev/null; }
+
+test-browser: $(STAMP) browser ## the console's browser and accessibility tests only
+	$(PY) -m pytest tests/browser
+
+screenshots: $(STAMP) browser ## a screenshot of every console page, from a simulated dataset, into docs/
+	$(PY) -m tests.browser.screenshots docs
+
+AXE_VERSION := 4.14.1
+AXE_SHA256 := e6b0ce02b84d892e2e33e403485e7f3d6c29e2be6df65daf44d89ba564139745
+vendor-axe: ## fetch axe-core $(AXE_VERSION) with npm, check its checksum, vendor it for the tests
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent axe-core@$(AXE_VERSION) >/dev/null \
+	  && echo "$(AXE_SHA256)  axe-core-$(AXE_VERSION).tgz" | sha256sum -c - \
+	  && tar xzf axe-core-$(AXE_VERSION).tgz \
+	  && cp package/axe.min.js package/LICENSE package/LICENSE-3RD-PARTY.txt $(CURDIR)/tests/browser/vendor/axe-core/ \
+	  && rm -rf $$tmp
+
+test: $(STAMP) deploy-tools browser lint typecheck ## lint, type check and the whole pytest suite
 	$(PY) -m pytest
 
 unit: $(STAMP) ## unit tests only (no I/O)

@@ -64,6 +64,16 @@ BENCHMARKS: Final[tuple[tuple[str, str | None, tuple[str, ...]], ...]] = (
         ),
     ),
     ("reports", "reports", ("projection rate", "API latency")),
+    (
+        "console",
+        "reports",
+        (
+            "cost table API p95",
+            "user detail API p95",
+            "activity page API p95",
+            "cost table rendered in Chromium",
+        ),
+    ),
     ("publisher", "publisher", ("backlog drain rate",)),
 )
 RESULTS: Final = Path(os.environ.get("TOLLGATE_BENCH_RESULTS", ROOT / "bench" / "results.json"))
@@ -122,8 +132,10 @@ class System:
         for spec in specs:
             self.env[spec.port_env] = str(ports[spec.name])
             self.env[f"TOLLGATE_{spec.name.upper()}_METRICS_PORT"] = str(metrics_ports[spec.name])
-        if "limits" in ports:
-            self.env["TOLLGATE_LIMITS_URL"] = f"http://127.0.0.1:{ports['limits']}"
+        for name in ("ingest", "limits", "publisher"):
+            if name in ports:
+                self.env[f"TOLLGATE_{name.upper()}_URL"] = f"http://127.0.0.1:{ports[name]}"
+        self.env["TOLLGATE_PORTAL_SECRET"] = secrets.token_hex(32)
         if importlib.util.find_spec("services.publisher.sink") is not None:
             sink_port = free_port()
             self.env["BILLING_URL"] = f"http://127.0.0.1:{sink_port}"

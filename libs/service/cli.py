@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import importlib.util
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres
 from libs.service.kafka import ensure_topics
 from libs.service.logging import configure_logging
+from libs.service.portal import MIN_SECRET_LENGTH
 from libs.service.settings import EXTERNAL_EPOCH
 from libs.service.supervisor import (
     Child,
@@ -99,6 +101,19 @@ def _create_topics(_: argparse.Namespace) -> int:
     )
     print(f"created topics: {', '.join(created) or 'none (all present)'}")
     return 0
+
+
+def portal_secret(state_dir: Path) -> str:
+    """The secret `make run` signs portal tokens and console sessions with: made once, kept in
+    the state directory (readable by its owner only) so sessions outlive a restart."""
+    path = state_dir / "portal-secret"
+    if path.exists() and len(path.read_text().strip()) >= MIN_SECRET_LENGTH:
+        return path.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
 
 
 def _require_env(name: str) -> str:
@@ -195,8 +210,11 @@ class Runner:
         by_name = {claim.what: claim for claim in claims}
         host = _local_host(env["TOLLGATE_HOST"])
         ports = {spec.name: by_name[spec.name].port for spec in services}
-        if "limits" in ports:
-            env.setdefault("TOLLGATE_LIMITS_URL", f"http://{host}:{ports['limits']}")
+        for name in ("ingest", "limits", "publisher"):
+            if name in ports:
+                env.setdefault(f"TOLLGATE_{name.upper()}_URL", f"http://{host}:{ports[name]}")
+        if not env.get("TOLLGATE_PORTAL_SECRET"):
+            env["TOLLGATE_PORTAL_SECRET"] = portal_secret(self.state_dir)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:

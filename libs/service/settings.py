@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
+from libs.service.portal import MIN_SECRET_LENGTH
+from libs.service.portal import PREFIX as PORTAL_PREFIX
 
 #: Epoch used with an external Kafka, whose log outlives every client: it never changes.
 EXTERNAL_EPOCH = "external"
@@ -44,6 +46,9 @@ class CommonSettings(BaseSettings):
     db_pool_max: int = Field(10, alias="TOLLGATE_DB_POOL_MAX", ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, alias="TOLLGATE_MAX_BODY_BYTES", ge=1024)
     body_timeout_s: float = Field(10.0, alias="TOLLGATE_BODY_TIMEOUT", gt=0)
+    # Signs portal tokens and console sessions; services that accept neither ignore it.
+    portal_secret: str | None = Field(None, alias="TOLLGATE_PORTAL_SECRET", repr=False)
+    portal_refresh_s: float = Field(0.25, alias="TOLLGATE_PORTAL_REFRESH", gt=0, le=1)
 
     _split_tokens = field_validator("emitter_tokens", "admin_tokens", mode="before")(split_csv)
 
@@ -54,6 +59,24 @@ class CommonSettings(BaseSettings):
         if port is not None and port == metrics_port:
             raise ValueError(f"the metrics port must differ from the API port (both {port})")
         return self
+
+    @field_validator("emitter_tokens", "admin_tokens")
+    @classmethod
+    def _not_portal_shaped(cls, tokens: tuple[str, ...]) -> tuple[str, ...]:
+        if any(t.startswith(PORTAL_PREFIX) for t in tokens):
+            raise ValueError(f"tokens must not start with {PORTAL_PREFIX!r} (portal tokens do)")
+        return tokens
+
+    @field_validator("portal_secret")
+    @classmethod
+    def _long_enough(cls, secret: str | None) -> str | None:
+        if secret is not None and not secret.strip():
+            return None
+        if secret is not None and len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_SECRET_LENGTH} characters (e.g. openssl rand -hex 32)"
+            )
+        return secret
 
     @classmethod
     def from_env(cls) -> CommonSettings:

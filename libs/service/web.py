@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -26,6 +26,8 @@ from libs.service.errors import (
     Unprocessable,
 )
 from libs.service.openapi import OpenApi
+from libs.service.portal import PREFIX as PORTAL_PREFIX
+from libs.service.portal import PortalAuthority, PortalClaims, RevocationStore, running_authority
 from libs.service.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
@@ -44,6 +46,7 @@ class Role(IntEnum):
 
 
 _ROLE_ATTR = "__tollgate_role__"
+_PORTAL_ATTR = "__tollgate_portal_param__"
 
 SETTINGS_KEY = web.AppKey("settings", CommonSettings)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
@@ -55,6 +58,9 @@ READINESS_KEY = web.AppKey("readiness", list[Check])
 #: readiness: ingest keeps accepting events on its cached prices while PostgreSQL is away.
 DEPENDENCIES_KEY = web.AppKey("dependencies", list[Check])
 ROLE_KEY = web.RequestKey("tollgate_role", Role)
+#: Set on a service that accepts portal tokens (only on routes marked `portal_scoped`).
+PORTAL_KEY = web.AppKey("portal_authority", PortalAuthority)
+PORTAL_CLAIMS_KEY = web.RequestKey("tollgate_portal_claims", PortalClaims)
 
 
 def requires(role: Role) -> Callable[[H], H]:
@@ -62,6 +68,16 @@ def requires(role: Role) -> Callable[[H], H]:
 
     def mark(handler: H) -> H:
         setattr(handler, _ROLE_ATTR, role)
+        return handler
+
+    return mark
+
+
+def portal_scoped(param: str) -> Callable[[H], H]:
+    """Let a portal token call this route when the path parameter `param` is its own user."""
+
+    def mark(handler: H) -> H:
+        setattr(handler, _PORTAL_ATTR, param)
         return handler
 
     return mark
@@ -143,16 +159,37 @@ def _tokens_match(candidate: str, tokens: Iterable[str]) -> bool:
     return found
 
 
-def _role_of(request: web.Request, settings: CommonSettings) -> Role | None:
+def bearer_token(request: web.Request) -> str | None:
+    """The bearer token of the Authorization header, if there is one."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None
-    if _tokens_match(token.strip(), settings.admin_tokens):
+    return token
+
+
+def role_of_token(token: str, settings: CommonSettings) -> Role | None:
+    """The role an admin or emitter token has; None for any other string."""
+    if _tokens_match(token, settings.admin_tokens):
         return Role.ADMIN
-    if _tokens_match(token.strip(), settings.emitter_tokens):
+    if _tokens_match(token, settings.emitter_tokens):
         return Role.EMITTER
     return None
+
+
+def _portal_claims(request: web.Request, token: str, handler: Handler) -> PortalClaims:
+    """Check a portal token: 401 unless valid, 403 unless this route reads its own user."""
+    authority = request.app.get(PORTAL_KEY)
+    if authority is None:
+        raise Unauthorized("this service does not accept portal tokens")
+    claims = authority.verify(token)
+    param = getattr(handler, _PORTAL_ATTR, None)
+    if param is None:
+        raise Forbidden("a portal token may only read its own user's limit status and costs")
+    if request.match_info.get(param) != claims.user_id:
+        raise Forbidden("a portal token may only read its own user")
+    return claims
 
 
 # Methods as metric labels; anything else a client sends is `other`, so that made-up methods
@@ -231,7 +268,11 @@ def _make_middlewares(service: str, registry: CollectorRegistry) -> list[Any]:
         needed = getattr(handler, _ROLE_ATTR, Role.EMITTER)
         if needed is Role.PUBLIC:
             return await handler(request)
-        role = _role_of(request, request.app[SETTINGS_KEY])
+        token = bearer_token(request)
+        if token is not None and token.startswith(PORTAL_PREFIX):
+            request[PORTAL_CLAIMS_KEY] = _portal_claims(request, token, handler)
+            return await handler(request)
+        role = None if token is None else role_of_token(token, request.app[SETTINGS_KEY])
         if role is None:
             raise Unauthorized("missing or unknown bearer token")
         if role < needed:
@@ -362,3 +403,27 @@ def create_app(
     app.router.add_get("/openapi.json", _openapi)
     openapi.add_operational_routes()
     return app
+
+
+def accept_portal_tokens(
+    app: web.Application, settings: CommonSettings, *, store: RevocationStore | None = None
+) -> None:
+    """Verify portal tokens on this app's `portal_scoped` routes when a portal secret is set.
+
+    The authority polls the revocations table (or `store`, in tests) for the app's lifetime.
+    """
+    if not settings.portal_secret:
+        return
+
+    async def portal(app: web.Application) -> AsyncIterator[None]:
+        async with running_authority(
+            settings.portal_secret,
+            settings.database_url,
+            refresh_s=settings.portal_refresh_s,
+            store=store,
+        ) as authority:
+            assert authority is not None
+            app[PORTAL_KEY] = authority
+            yield
+
+    app.cleanup_ctx.append(portal)

@@ -13,7 +13,7 @@ from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, create_app
+from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
 from services.ingest.api import EVENT_LOG, METRICS, PRICE_STORE, PRICES, SETTINGS, add_routes
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
@@ -117,5 +117,7 @@ def build_app(
     # Accepting an event needs the broker and the prices in memory, never PostgreSQL itself.
     app[READINESS_KEY].extend([broker_ready, prices_ready])
     app[DEPENDENCIES_KEY].extend([broker_ready, database_up])
+    # Portal tokens are refused here with 403 (or 401 when expired, altered or revoked).
+    accept_portal_tokens(app, settings)
     add_routes(app, openapi)
     return app

@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from libs.events.models import MAX_INT
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
 from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, read_json, requires, validation_message
+from libs.service.web import (
+    Role,
+    json_response,
+    portal_scoped,
+    read_json,
+    requires,
+    validation_message,
+)
 from services.limits.admin_config import ConfigCache
 from services.limits.domain import LIMIT_EXCEEDED_MESSAGE, Decision, Limiter, Period, Source
 from services.limits.metrics import LimitsMetrics
@@ -96,6 +103,8 @@ class LimitStatus(BaseModel):
     spent_micros: int
     period_start: datetime
     period_end: datetime
+    source: Source
+    group_id: str | None
 
 
 class ConfigUpdate(BaseModel):
@@ -214,8 +223,9 @@ async def check(request: web.Request) -> web.Response:
     return response
 
 
+@portal_scoped("user_id")
 async def status(request: web.Request) -> web.Response:
-    """A user's limit, spend and period, for showing to the user."""
+    """A user's limit, spend and period, for showing to the user (a portal token: its own)."""
     user_id = _subject_id(request.match_info["user_id"], "user_id")
     runtime = _ready_runtime(request)
     decision = runtime.limiter.decide(user_id, runtime.clock())
@@ -228,6 +238,8 @@ async def status(request: web.Request) -> web.Response:
             "spent_micros": decision.spent_micros,
             "period_start": current.start_iso,
             "period_end": current.end_iso,
+            "source": decision.source,
+            "group_id": decision.group_id,
         }
     )
 
@@ -361,8 +373,8 @@ def add_routes(app: web.Application, openapi: OpenApi) -> None:
     openapi.add(
         "get",
         "/api/v1/limits/status/{user_id}",
-        summary="A user's limit, spend and period",
-        responses={200: LimitStatus, 503: None},
+        summary="A user's limit, spend and period (a portal token reads only its own user)",
+        responses={200: LimitStatus, 403: None, 503: None},
         tag="limits",
     )
     openapi.add(

@@ -18,8 +18,9 @@ from libs.service.consumer import ConsumerLoop
 from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
+from libs.service.portal import RevocationStore
 from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, create_app
+from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
 from services.limits.admin_config import ConfigCache
 from services.limits.api import RUNTIME, LimitsRuntime, add_routes
 from services.limits.config import LimitsSettings
@@ -62,6 +63,7 @@ def build_app(
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
     freeze_heap: bool = False,
+    revocations: RevocationStore | None = None,
 ) -> web.Application:
     """The limits application; real dependencies are built when none are given.
 
@@ -128,6 +130,7 @@ def build_app(
         return runtime is not None and runtime.configs.reachable, "database"
 
     app.cleanup_ctx.append(resources)
+    accept_portal_tokens(app, settings, store=revocations)
     app[READINESS_KEY].extend([log_ready, config_ready])
     app[DEPENDENCIES_KEY].append(database_up)
     add_routes(app, openapi)

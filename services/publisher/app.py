@@ -17,7 +17,7 @@ from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, create_app
+from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
 from services.publisher.api import METRICS, QUEUE, SETTINGS, add_routes
 from services.publisher.config import PublisherSettings
 from services.publisher.consumer import make_consumer
@@ -168,5 +168,7 @@ def build_app(
     app.cleanup_ctx.append(resources)
     app[READINESS_KEY].append(database_ready)
     app[DEPENDENCIES_KEY].append(database_ready)
+    # Portal tokens are refused here with 403 (or 401 when expired, altered or revoked).
+    accept_portal_tokens(app, settings)
     add_routes(app, openapi)
     return app

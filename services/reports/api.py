@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from libs.service.errors import BadRequest, DependencyUnavailable, NotFound
 from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, requires
+from libs.service.web import Role, json_response, portal_scoped, requires
 from services.reports.domain import (
     MAX_BUCKETS,
     CostSummary,
@@ -234,7 +234,7 @@ async def get_activity(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-COST_USERS_PARAMS: Final = ("start_date", "end_date", "q", "limit", "offset", "format")
+COST_USERS_PARAMS: Final = ("start_date", "end_date", "q", "limit", "offset", "format", "order")
 
 COST_CSV_HEADER: Final = (
     "user_id",
@@ -289,9 +289,12 @@ async def get_cost_users(request: web.Request) -> web.Response:
     )
     offset = query.integer("offset", default=0, low=0, high=MAX_OFFSET) or 0
     search = query.text("q")
+    order = (query.text("order") or "desc").lower()
+    if order not in ("asc", "desc"):
+        raise BadRequest(f"order: {order!r} is not asc or desc (by total cost)")
     async with _timed(request, "cost_users"):
         page = await request.app[STORE].cost_users(
-            window, search=search, limit=limit, offset=offset
+            window, search=search, limit=limit, offset=offset, ascending=order == "asc"
         )
     if as_csv:
         stamp = f"{window.start:%Y%m%dT%H}-{window.end:%Y%m%dT%H}"
@@ -327,8 +330,10 @@ def _summary_json(summary: CostSummary, window: Window) -> dict[str, Any]:
     }
 
 
+@portal_scoped("user_id")
 async def get_cost_user(request: web.Request) -> web.Response:
-    """One user's chat spend: totals, by model, by root chat, and their usage limit status."""
+    """One user's chat spend: totals, by model, by root chat, and their usage limit status
+    (a portal token reads only its own user)."""
     query = Query(request, COST_USER_PARAMS)
     user_id = request.match_info["user_id"]
     if not 1 <= len(user_id) <= 128 or "\x00" in user_id:
@@ -348,8 +353,68 @@ async def get_cost_user(request: web.Request) -> web.Response:
         limit_status.cancel()
         raise NotFound(f"user {user_id!r} has no directory entry and no chat usage")
     body = _summary_json(summary, window)
-    body["usage_limit"] = await limit_status
+    usage_limit = await limit_status
+    if usage_limit is not None:
+        usage_limit["group_name"] = None
+        if usage_limit.get("source") == "group" and usage_limit.get("group_id"):
+            async with _timed(request, "cost_user"):
+                groups = await request.app[STORE].directory_groups()
+            usage_limit["group_name"] = next(
+                (g.name for g in groups if g.group_id == usage_limit["group_id"]), None
+            )
+    body["usage_limit"] = usage_limit
     return json_response(body)
+
+
+DIRECTORY_USERS_PARAMS: Final = ("q", "limit", "offset")
+
+
+@requires(Role.ADMIN)
+async def get_directory_users(request: web.Request) -> web.Response:
+    """Directory users by username, searched by name, username or exact id; admin only."""
+    query = Query(request, DIRECTORY_USERS_PARAMS)
+    limit = query.integer("limit", default=DEFAULT_PAGE, low=1, high=MAX_PAGE) or DEFAULT_PAGE
+    offset = query.integer("offset", default=0, low=0, high=MAX_OFFSET) or 0
+    async with _timed(request, "directory_users"):
+        page = await request.app[STORE].directory_users(
+            search=query.text("q"), limit=limit, offset=offset
+        )
+    return json_response(
+        {
+            "count": page.count,
+            "users": [
+                {
+                    "user_id": p.user_id,
+                    "username": p.username,
+                    "name": p.name,
+                    "avatar_hash": p.avatar_hash,
+                    "suspended": p.suspended,
+                }
+                for p in page.users
+            ],
+        }
+    )
+
+
+@requires(Role.ADMIN)
+async def get_directory_groups(request: web.Request) -> web.Response:
+    """Every directory group with its member count, by name; admin only."""
+    Query(request, ())
+    async with _timed(request, "directory_groups"):
+        groups = await request.app[STORE].directory_groups()
+    return json_response(
+        {
+            "groups": [
+                {
+                    "group_id": g.group_id,
+                    "name": g.name,
+                    "org_id": g.org_id,
+                    "member_count": g.member_count,
+                }
+                for g in groups
+            ]
+        }
+    )
 
 
 CHARGEBACK_PARAMS: Final = ("reportMonth", "format", "table")
@@ -570,7 +635,7 @@ class ChatBreakdown(Sums):
 
 
 class UsageLimitStatus(BaseModel):
-    """The limits service's status for the user."""
+    """The limits service's status for the user, with where the limit comes from."""
 
     is_limited: bool
     period: str | None
@@ -578,6 +643,41 @@ class UsageLimitStatus(BaseModel):
     spent_micros: int | None
     period_start: str | None
     period_end: str | None
+    source: str | None = Field(None, description="user, group or default")
+    group_id: str | None = None
+    group_name: str | None = None
+
+
+class DirectoryUser(BaseModel):
+    """A directory user."""
+
+    user_id: str
+    username: str
+    name: str
+    avatar_hash: str | None
+    suspended: bool
+
+
+class DirectoryUsersResponse(BaseModel):
+    """A page of directory users."""
+
+    count: int
+    users: list[DirectoryUser]
+
+
+class DirectoryGroup(BaseModel):
+    """A directory group."""
+
+    group_id: str
+    name: str
+    org_id: str | None
+    member_count: int
+
+
+class DirectoryGroupsResponse(BaseModel):
+    """Every directory group."""
+
+    groups: list[DirectoryGroup]
 
 
 class CostSummaryResponse(Sums):
@@ -682,6 +782,29 @@ def add_routes(app: web.Application, openapi: OpenApi) -> None:
     app.router.add_get("/api/v1/costs/users", get_cost_users)
     app.router.add_get("/api/v1/costs/users/{user_id}", get_cost_user)
     app.router.add_get("/api/v1/chargeback/report", get_chargeback)
+    app.router.add_get("/api/v1/directory/users", get_directory_users)
+    app.router.add_get("/api/v1/directory/groups", get_directory_groups)
+    openapi.add(
+        "get",
+        "/api/v1/directory/users",
+        summary="Directory users by username, searched by name, username or id",
+        parameters=[
+            _param("q", "Case-insensitive substring of the name or username, or a user id"),
+            _param("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE})"),
+            _param("offset", "Rows to skip"),
+        ],
+        admin=True,
+        responses={200: DirectoryUsersResponse, 400: None, 503: None},
+        tag="directory",
+    )
+    openapi.add(
+        "get",
+        "/api/v1/directory/groups",
+        summary="Directory groups with their member counts",
+        admin=True,
+        responses={200: DirectoryGroupsResponse, 503: None},
+        tag="directory",
+    )
     openapi.add(
         "get",
         "/api/v1/metrics/activity",
@@ -718,6 +841,7 @@ def add_routes(app: web.Application, openapi: OpenApi) -> None:
             _param("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE}; CSV: all)"),
             _param("offset", "Rows to skip"),
             _param("format", "json (default) or csv", enum=["json", "csv"]),
+            _param("order", "By total cost: desc (default) or asc", enum=["desc", "asc"]),
         ],
         responses={200: CostUsersResponse, 400: None, 503: None},
         tag="costs",
@@ -730,7 +854,7 @@ def add_routes(app: web.Application, openapi: OpenApi) -> None:
             _param("start_date", f"{_TIME_DOC}. Default: end_date - 30 days"),
             _param("end_date", f"Exclusive. {_TIME_DOC}. Default: now"),
         ],
-        responses={200: CostSummaryResponse, 400: None, 404: None, 503: None},
+        responses={200: CostSummaryResponse, 400: None, 403: None, 404: None, 503: None},
         tag="costs",
     )
     openapi.add(

@@ -14,13 +14,21 @@ from libs.service.consumer import ConsumerLoop
 from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
+from libs.service.portal import InMemoryRevocationStore, RevocationStore
 from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, create_app
+from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
 from services.reports.api import LIMITS, METRICS, STORE, add_routes
 from services.reports.config import ReportsSettings
+from services.reports.console.routes import CONSOLE, add_console
+from services.reports.console.sessions import (
+    InMemorySessionStore,
+    PostgresSessionStore,
+    SessionStore,
+)
 from services.reports.consumer import ReportsSink, build_consumer
 from services.reports.limits import HttpLimitsClient, LimitsClient, NoLimits
 from services.reports.metrics import ReportsMetrics
+from services.reports.portal import add_portal_routes
 from services.reports.storage import PostgresReportStore, ReportStore
 
 CONSUMER = web.AppKey("reports_consumer", ConsumerLoop)
@@ -53,6 +61,8 @@ def _database(
     registry: CollectorRegistry,
     metrics: ReportsMetrics,
     runtime: Runtime,
+    *,
+    sessions_given: bool,
 ) -> CleanupCtx:
     async def database(app: web.Application) -> AsyncIterator[None]:
         if store is not None:
@@ -63,6 +73,8 @@ def _database(
         pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
         reports = PostgresReportStore(pool, max_session_hours=settings.max_session_hours)
         app[STORE] = reports
+        if not sessions_given:
+            app[CONSOLE].store = PostgresSessionStore(pool)
 
         async def probe() -> None:
             while True:
@@ -118,11 +130,14 @@ def build_app(
     store: ReportStore | None = None,
     limits: LimitsClient | None = None,
     registry: CollectorRegistry | None = None,
+    sessions: SessionStore | None = None,
+    revocations: RevocationStore | None = None,
 ) -> web.Application:
     """The reports application; real dependencies are built when none are given.
 
     With a `store` given, nothing connects to PostgreSQL or Kafka: the app serves that store
-    (tests pass an in-memory one) and is ready at once.
+    (tests pass an in-memory one) and is ready at once; console sessions and portal token
+    revocations are then kept in memory unless `sessions` and `revocations` are given.
     """
     registry = registry or CollectorRegistry()
     openapi = OpenApi(
@@ -136,12 +151,19 @@ def build_app(
     metrics = ReportsMetrics.build(registry)
     app[METRICS] = metrics
     runtime = Runtime()
+    if store is not None:
+        sessions = sessions or InMemorySessionStore()
+        revocations = revocations or InMemoryRevocationStore()
+    add_console(app, settings, sessions or InMemorySessionStore())
     app.cleanup_ctx.extend(
         [
-            _database(settings, store, registry, metrics, runtime),
+            _database(
+                settings, store, registry, metrics, runtime, sessions_given=sessions is not None
+            ),
             _limits(settings, limits, metrics),
         ]
     )
+    accept_portal_tokens(app, settings, store=revocations)
     checks: list[Callable[[], Awaitable[tuple[bool, str]]]] = [
         runtime.database_ready,
         runtime.consumer_ready,
@@ -149,4 +171,5 @@ def build_app(
     app[READINESS_KEY].extend(checks)
     app[DEPENDENCIES_KEY].append(runtime.database_ready)
     add_routes(app, openapi)
+    add_portal_routes(app, openapi)
     return app

@@ -34,6 +34,16 @@ class ReportsSettings(CommonSettings):
     limits_url: str | None = Field(None, alias="TOLLGATE_LIMITS_URL")
     limits_timeout_s: float = Field(0.2, alias="TOLLGATE_LIMITS_TIMEOUT", gt=0, le=30)
     limits_token_override: str | None = Field(None, alias="TOLLGATE_LIMITS_TOKEN")
+    # The other services, for the console's calls and (make run) one origin for every API.
+    ingest_url: str | None = Field(None, alias="TOLLGATE_INGEST_URL")
+    publisher_url: str | None = Field(None, alias="TOLLGATE_PUBLISHER_URL")
+    forward_timeout_s: float = Field(30.0, alias="TOLLGATE_FORWARD_TIMEOUT", gt=0, le=300)
+    # Console sessions last this long from sign-in (a portal session no longer than its token).
+    console_session_ttl_s: int = Field(
+        8 * 3600, alias="TOLLGATE_CONSOLE_SESSION_TTL", ge=300, le=7 * 86400
+    )
+    # Behind a TLS-terminating proxy or Ingress: believe its X-Forwarded-Proto and -Host.
+    trust_proxy: bool = Field(default=False, alias="TOLLGATE_TRUST_PROXY")
 
     @property
     def limits_token(self) -> str | None:

@@ -415,6 +415,24 @@ class UserProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A directory group with how many members it has now."""
+
+    group_id: str
+    name: str
+    org_id: str | None
+    member_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePage:
+    """A page of directory users and how many matched in all."""
+
+    count: int
+    users: list[UserProfile]
+
+
+@dataclass(frozen=True, slots=True)
 class ActivityFigures:
     """A user's activity in one bucket: overlap in microseconds and sessions started."""
 
@@ -573,10 +591,12 @@ def sort_chats(items: Iterable[ChatCost]) -> list[ChatCost]:
     return sorted(items, key=lambda c: (-c.figures.cost_micros, c.root_chat_id))
 
 
-def cost_order_key(row: CostUserRow) -> tuple[int, int, str, str]:
-    """The cost list's order: cost descending, then username (users without one last), then id."""
+def cost_order_key(row: CostUserRow, *, ascending: bool = False) -> tuple[int, int, str, str]:
+    """The cost list's order: cost descending (or ascending), then username (users without one
+    last), then id."""
     username = row.profile.username if row.profile else None
-    return (-row.figures.cost_micros, username is None, username or "", row.user_id)
+    cost = row.figures.cost_micros if ascending else -row.figures.cost_micros
+    return (cost, username is None, username or "", row.user_id)
 
 
 # -- activity body ----------------------------------------------------------------------------

@@ -26,6 +26,8 @@ STATUS_FIELDS: Final = (
     "spent_micros",
     "period_start",
     "period_end",
+    "source",
+    "group_id",
 )
 
 

@@ -22,6 +22,7 @@ from libs.events.models import (
     ApiUsageRecorded,
     ChatUsageRecorded,
     Envelope,
+    GroupUpdated,
     ProjectUpdated,
     StorageSampled,
     TeamUpdated,
@@ -42,7 +43,9 @@ from services.reports.domain import (
     CostSummary,
     CostUserRow,
     CostUsersPage,
+    GroupInfo,
     ModelCost,
+    ProfilePage,
     ProjectState,
     Span,
     TeamState,
@@ -86,9 +89,24 @@ class ReportStore(Protocol):
         ...
 
     async def cost_users(
-        self, window: Window, *, search: str | None, limit: int | None, offset: int
+        self,
+        window: Window,
+        *,
+        search: str | None,
+        limit: int | None,
+        offset: int,
+        ascending: bool = False,
     ) -> CostUsersPage:
-        """Per-user chat spend in the window, cost descending, filtered by name or username."""
+        """Per-user chat spend in the window, cost descending (or ascending), filtered by name
+        or username."""
+        ...
+
+    async def directory_users(self, *, search: str | None, limit: int, offset: int) -> ProfilePage:
+        """Directory users by username, filtered by a substring of name or username, or an id."""
+        ...
+
+    async def directory_groups(self) -> list[GroupInfo]:
+        """Every directory group with its member count, by name."""
         ...
 
     async def cost_user(self, window: Window, user_id: str) -> CostSummary | None:
@@ -424,6 +442,25 @@ WHERE $6::text IS NULL OR u.username ILIKE $6 OR u.name ILIKE $6 OR totals.user_
 ORDER BY totals.cost_micros DESC, u.username ASC NULLS LAST, totals.user_id ASC
 LIMIT $8 OFFSET $9
 """  # noqa: S608  # composed from constants only
+SELECT_COST_USERS_ASCENDING: Final = SELECT_COST_USERS.replace(
+    "ORDER BY totals.cost_micros DESC", "ORDER BY totals.cost_micros ASC"
+)
+
+SELECT_DIRECTORY_USERS: Final = """
+SELECT u.user_id, u.username, u.name, u.email, u.roles, u.avatar_hash, u.created_at,
+       u.suspended, u.licensed, count(*) OVER () AS matched
+FROM reports_users u
+WHERE $1::text IS NULL OR u.username ILIKE $1 OR u.name ILIKE $1 OR u.user_id = $2
+ORDER BY u.username, u.user_id
+LIMIT $3 OFFSET $4
+"""
+
+SELECT_DIRECTORY_GROUPS: Final = """
+SELECT group_id, name, org_id,
+       (SELECT count(DISTINCT m) FROM unnest(member_ids) AS m)::int AS members
+FROM reports_groups
+ORDER BY name, group_id
+"""
 
 _DETAIL_SPANS = """
     FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
@@ -601,20 +638,27 @@ class PostgresReportStore:
         return {k: v for k, v in found.items() if v is not None}
 
     async def cost_users(
-        self, window: Window, *, search: str | None, limit: int | None, offset: int
+        self,
+        window: Window,
+        *,
+        search: str | None,
+        limit: int | None,
+        offset: int,
+        ascending: bool = False,
     ) -> CostUsersPage:
         """A page of the per-user rollup, with the distinct chat count of the page's users."""
         rollup, exact = _split(cover(window.start, window.end, COST_TOTAL_GRAINS))
         pattern = like_pattern(search) if search else None
+        statement = SELECT_COST_USERS_ASCENDING if ascending else SELECT_COST_USERS
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                SELECT_COST_USERS, *rollup, *exact, pattern, search, limit, offset,
+                statement, *rollup, *exact, pattern, search, limit, offset,
                 timeout=self.timeout_s,
             )  # fmt: skip
             if not rows and offset > 0:
                 # Past the end: still say how many matched.
                 head = await conn.fetch(
-                    SELECT_COST_USERS, *rollup, *exact, pattern, search, 1, 0,
+                    statement, *rollup, *exact, pattern, search, 1, 0,
                     timeout=self.timeout_s,
                 )  # fmt: skip
                 return CostUsersPage(count=head[0]["matched"] if head else 0, rows=[])
@@ -636,6 +680,20 @@ class PostgresReportStore:
             for r in rows
         ]
         return CostUsersPage(count=rows[0]["matched"] if rows else 0, rows=page)
+
+    async def directory_users(self, *, search: str | None, limit: int, offset: int) -> ProfilePage:
+        """A page of `reports_users` by username."""
+        pattern = like_pattern(search) if search else None
+        rows = await self.pool.fetch(
+            SELECT_DIRECTORY_USERS, pattern, search, limit, offset, timeout=self.timeout_s
+        )
+        users = [p for r in rows if (p := _profile(r, r["user_id"])) is not None]
+        return ProfilePage(count=rows[0]["matched"] if rows else 0, users=users)
+
+    async def directory_groups(self) -> list[GroupInfo]:
+        """Every group in `reports_groups`."""
+        rows = await self.pool.fetch(SELECT_DIRECTORY_GROUPS, timeout=self.timeout_s)
+        return [GroupInfo(r["group_id"], r["name"], r["org_id"], r["members"]) for r in rows]
 
     async def cost_user(self, window: Window, user_id: str) -> CostSummary | None:
         """Totals, by model and by root chat from the detail rollup (and the archive's edges)."""
@@ -839,7 +897,13 @@ class InMemoryReportStore:
         )
 
     async def cost_users(
-        self, window: Window, *, search: str | None, limit: int | None, offset: int
+        self,
+        window: Window,
+        *,
+        search: str | None,
+        limit: int | None,
+        offset: int,
+        ascending: bool = False,
     ) -> CostUsersPage:
         """Sum each user's messages in the window."""
         totals: dict[str, ChatFigures] = {}
@@ -864,9 +928,36 @@ class InMemoryReportStore:
             ):
                 continue
             rows.append(CostUserRow(user_id, profile, figures, len(chats[user_id])))
-        rows.sort(key=cost_order_key)
+        rows.sort(key=lambda row: cost_order_key(row, ascending=ascending))
         end = None if limit is None else offset + limit
         return CostUsersPage(count=len(rows), rows=rows[offset:end])
+
+    async def directory_users(self, *, search: str | None, limit: int, offset: int) -> ProfilePage:
+        """The latest directory entries, by username."""
+        needle = (search or "").lower()
+        found = sorted(
+            (
+                p
+                for p in self._profiles().values()
+                if not search
+                or p.user_id == search
+                or needle in p.username.lower()
+                or needle in p.name.lower()
+            ),
+            key=lambda p: (p.username, p.user_id),
+        )
+        return ProfilePage(count=len(found), users=found[offset : offset + limit])
+
+    async def directory_groups(self) -> list[GroupInfo]:
+        """The latest state of every group."""
+        groups = []
+        for group_id, item in self._latest(GroupUpdated, "group_id").items():
+            event = item.event
+            assert isinstance(event, GroupUpdated)
+            groups.append(
+                GroupInfo(group_id, event.data.name, event.org_id, len(set(event.data.member_ids)))
+            )
+        return sorted(groups, key=lambda g: (g.name, g.group_id))
 
     async def cost_user(self, window: Window, user_id: str) -> CostSummary | None:
         """A user's messages in the window, by model and by root chat."""

@@ -49,6 +49,8 @@ SERVICES = ("ingest", "limits", "reports", "publisher")
 TOKENS = (
     "--set",
     "secrets.emitterTokens={trial-emitter-token-0001},secrets.adminTokens={trial-admin-token-0001}",
+    "--set",
+    "secrets.portalSecret=trial-portal-secret-0123456789abcdef0123456789",
 )
 #: The trial install as `helm template` renders it: the defaults plus what it cannot generate.
 TRIAL = (*TOKENS, "--set", "postgresql.auth.password=trial-password")
@@ -60,6 +62,13 @@ VALUE_SETS: dict[str, tuple[str, ...]] = {
         *TRIAL,
         "--set",
         "networkPolicy.enabled=true,publisher.billingUrl=https://billing.example.com",
+    ),
+    "ingress": (
+        *TRIAL,
+        "--set",
+        "ingress.enabled=true,ingress.host=tollgate.example.com,ingress.className=nginx",
+        "--set",
+        "ingress.tls[0].secretName=tollgate-tls,ingress.tls[0].hosts[0]=tollgate.example.com",
     ),
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -49,16 +50,16 @@ class Run:
     def children(self) -> dict[str, int]:
         """The pid of each direct child, by the last words of its command line."""
         found = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
+        for proc_stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+                fields = proc_stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (proc_stat.parent / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
             if int(fields[1]) == self.proc.pid:
                 words = [w.decode() for w in cmdline if w]
                 name = "tansu" if words[0].endswith("tansu") else " ".join(words[-2:])
-                found[name] = int(stat.parent.name)
+                found[name] = int(proc_stat.parent.name)
         return found
 
 
@@ -223,6 +224,27 @@ def test_a_killed_service_comes_back_while_the_others_keep_serving(started: Star
         k: v for k, v in before.items() if k != "serve limits"
     }
     assert run.proc.poll() is None
+
+
+def test_the_reports_port_serves_the_console_and_every_public_api(started: Started) -> None:
+    """The reports port answers the sign-in page and each other service's API (with the caller's token), and the generated portal secret is kept private in the state directory and out of the log."""
+    run = started.run
+    origin = run.url("reports")
+    with urllib.request.urlopen(f"{origin}/console/login", timeout=5) as resp:
+        page = resp.read().decode()
+        assert resp.status == 200
+        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+    assert 'name="token"' in page
+    assert _status(f"{origin}/api/v1/pricing/models", "dev-admin-token") == 200
+    assert _status(f"{origin}/api/v1/limits/config", "dev-admin-token") == 200
+    assert _status(f"{origin}/api/v1/limits/config", "dev-emitter-token") == 403
+    assert _status(f"{origin}/api/v1/publisher/status", "dev-admin-token") == 200
+    assert _status(f"{origin}/api/v1/costs/users", "dev-emitter-token") == 200
+    assert _status(f"{origin}/api/v1/limits/config") == 401
+    secret = run.state / "portal-secret"
+    assert len(secret.read_text().strip()) >= 32
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert secret.read_text().strip() not in run.output()
 
 
 def test_sigterm_stops_everything_and_a_second_run_starts_on_the_same_state(

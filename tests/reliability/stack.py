@@ -71,6 +71,10 @@ async def create_database(infra: Infra, name: str) -> str:
     return url
 
 
+#: Signs the stack's portal tokens and console sessions (test-only).
+PORTAL_SECRET = "reliability-portal-secret-0123456789abcdef"
+
+
 @dataclass
 class Stack:
     """The services of one run, their sink, and the faults injected into them."""
@@ -104,9 +108,12 @@ class Stack:
             # A dead member's partitions come back within seconds, not the production default.
             TOLLGATE_PUBLISHER_SESSION_TIMEOUT="4s",
             TOLLGATE_REPORTS_SESSION_TIMEOUT_MS="4000",
+            # Portal tokens and console sessions, so their routes are exercised too.
+            TOLLGATE_PORTAL_SECRET=PORTAL_SECRET,
         )
-        if "limits" in ports:
-            env["TOLLGATE_LIMITS_URL"] = f"http://127.0.0.1:{ports['limits'][0]}"
+        for name in ("ingest", "limits", "publisher"):
+            if name in ports:
+                env[f"TOLLGATE_{name.upper()}_URL"] = f"http://127.0.0.1:{ports[name][0]}"
         if "publisher" in names:
             sink_port, control_port = free_port(), free_port()
             env.update(

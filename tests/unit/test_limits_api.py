@@ -275,7 +275,7 @@ async def test_a_large_batch_is_folded_in_while_checks_are_answered(limits: Harn
 
 
 async def test_status_reports_the_contract_fields(limits: Harness) -> None:
-    """Status shows whether a limit applies, the limit, the spend and the period's bounds."""
+    """Status shows whether a limit applies, the limit, the spend, the period's bounds and where the limit comes from."""
     limits.caught_up()
     await limits.configure(period="week", default=700)
     await limits.feed(spend("e", "ann", 20))
@@ -288,6 +288,8 @@ async def test_status_reports_the_contract_fields(limits: Harness) -> None:
         "spent_micros": 20,
         "period_start": "2026-11-16T00:00:00Z",
         "period_end": "2026-11-23T00:00:00Z",
+        "source": "default",
+        "group_id": None,
     }
 
 

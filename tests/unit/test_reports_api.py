@@ -136,6 +136,8 @@ LIMITED = {
     "spent_micros": 1_250_000,
     "period_start": "2022-08-01T00:00:00Z",
     "period_end": "2022-09-01T00:00:00Z",
+    "source": "default",
+    "group_id": None,
 }
 
 
@@ -432,7 +434,7 @@ async def test_cost_detail_rolls_chats_up_to_the_root_and_shows_the_limit(
         ("gpt-4o", 500),
         ("local", 0),
     ]
-    assert body["usage_limit"] == LIMITED
+    assert body["usage_limit"] == {**LIMITED, "group_name": None}
     assert reports.limits.tokens[-1] == "Bearer admin"
 
 
