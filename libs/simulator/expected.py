@@ -213,13 +213,11 @@ class Tally:
             self.groups[event.data.group_id] = event
 
     def cost_of(self, event: ChatUsageRecorded) -> int | None:
-        """The cost ingest fixes on the event: the emitter's, or the price table's, or none."""
+        """The cost ingest fixes on the event: the price table's, else the emitter's, or none."""
         d = event.data
-        if d.cost_micros is not None:
-            return d.cost_micros
         price = self.prices.get(d.model)
         if price is None:
-            return None
+            return d.cost_micros
         return cost_micros(
             price,
             input_tokens=d.input_tokens,

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from libs.events.bounds import text_problem
 from libs.events.codec import EventValidationError, encode, parse_event
 from libs.events.models import ChatUsageRecorded, Envelope
 from libs.events.registry import EVENT_TYPES
@@ -18,7 +19,13 @@ from libs.service.kafka import BrokerUnavailableError
 from libs.service.openapi import OpenApi
 from libs.service.web import Role, json_response, read_json, read_model, requires
 from services.ingest.config import IngestSettings
-from services.ingest.domain import ModelPrice, Rejection, check_time, price_event
+from services.ingest.domain import (
+    CostTooHighError,
+    ModelPrice,
+    Rejection,
+    check_time,
+    price_event,
+)
 from services.ingest.metrics import IngestMetrics
 from services.ingest.prices import PriceCache
 from services.ingest.producer import EventLog
@@ -106,10 +113,10 @@ def _validate(
     settings: IngestSettings,
     prices: dict[str, ModelPrice],
     metrics: IngestMetrics,
-) -> tuple[list[Envelope], list[Rejection]]:
-    """Split a batch into priced valid events and rejections that name the field."""
+) -> tuple[list[tuple[int, Envelope]], list[Rejection]]:
+    """Split a batch into priced valid events (with their index) and rejections naming the field."""
     now = datetime.now(UTC)
-    accepted: list[Envelope] = []
+    accepted: list[tuple[int, Envelope]] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
     for index, raw in enumerate(raw_events):
@@ -127,11 +134,38 @@ def _validate(
             rejected.append(Rejection(index, event.id, problem, reason))
             metrics.events.labels(event.type, "rejected", reason).inc()
             continue
-        seen.add(event.id)
         if isinstance(event, ChatUsageRecorded):
-            event = price_event(event, prices)
-        accepted.append(event)
+            try:
+                event = price_event(event, prices)
+            except CostTooHighError as exc:
+                rejected.append(Rejection(index, event.id, str(exc), "cost_too_high"))
+                metrics.events.labels(event.type, "rejected", "cost_too_high").inc()
+                continue
+        seen.add(event.id)
+        accepted.append((index, event))
     return accepted, rejected
+
+
+def _encoded(
+    events: list[tuple[int, Envelope]], rejected: list[Rejection], metrics: IngestMetrics
+) -> tuple[list[Envelope], list[tuple[bytes, bytes]]]:
+    """Each accepted event as a log record; one that cannot be encoded is refused on its own.
+
+    The bounds make this unreachable for validated events, but a batch must never fail as a
+    whole because of one of its events.
+    """
+    kept: list[Envelope] = []
+    records: list[tuple[bytes, bytes]] = []
+    for index, event in events:
+        try:
+            records.append((event.partition_key.encode(), encode(event)))
+        except (TypeError, ValueError, UnicodeError) as exc:
+            message = f"event cannot be encoded for the log: {exc}"
+            rejected.append(Rejection(index, event.id, message, "unencodable"))
+            metrics.events.labels(event.type, "rejected", "unencodable").inc()
+            continue
+        kept.append(event)
+    return kept, records
 
 
 def _count_accepted(metrics: IngestMetrics, accepted: list[Envelope]) -> None:
@@ -150,11 +184,11 @@ async def post_events(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     raw_events = _batch_of(await read_json(request), settings.max_batch_events)
     metrics.batch_events.observe(len(raw_events))
-    accepted, rejected = _validate(
+    valid, rejected = _validate(
         raw_events, settings=settings, prices=request.app[PRICES].prices, metrics=metrics
     )
+    accepted, records = _encoded(valid, rejected, metrics)
     if accepted:
-        records = [(e.partition_key.encode(), encode(e)) for e in accepted]
         started = time.perf_counter()
         try:
             await request.app[EVENT_LOG].append(records)
@@ -171,7 +205,10 @@ async def post_events(request: web.Request) -> web.Response:
     if rejected:
         log.info("events_rejected", count=len(rejected), first=rejected[0].message)
     return json_response(
-        {"accepted": [e.id for e in accepted], "rejected": [r.as_json() for r in rejected]}
+        {
+            "accepted": [e.id for e in accepted],
+            "rejected": [r.as_json() for r in sorted(rejected, key=lambda r: r.index)],
+        }
     )
 
 
@@ -183,6 +220,9 @@ def _model_name(request: web.Request) -> str:
     model = request.match_info["model"]
     if not 1 <= len(model) <= 256:
         raise Unprocessable("model: must be 1 to 256 characters")
+    problem = text_problem(model)
+    if problem is not None:
+        raise Unprocessable(f"model: {problem}")
     return model
 
 
