@@ -55,6 +55,7 @@ __all__ = [
     "UserUpdated",
     "WorkspaceBuild",
     "WorkspaceBuilt",
+    "identity_of",
 ]
 
 # Integers stay within JSON's exactly representable range; the tighter per-field caps come
@@ -98,6 +99,11 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, BeforeValidator(_reject_non_text_time), AfterValidator(_as_utc)]
+
+
+def identity_of(type_name: str, subject: str, event_id: str) -> str:
+    """`Envelope.identity` from its parts (for a store that kept them apart, like an archive)."""
+    return f"{type_name}\x1f{subject}\x1f{event_id}"
 
 
 class EventData(BaseModel):
@@ -227,7 +233,7 @@ class Envelope(BaseModel):
         same id with another type or subject is another event. Ids and subjects hold no
         control characters, so the unit separator keeps the parts apart.
         """
-        return f"{self.type}\x1f{self.partition_key}\x1f{self.id}"
+        return identity_of(self.type, self.partition_key, self.id)
 
 
 class UserScopedEnvelope(Envelope):

@@ -169,6 +169,8 @@ class Tally:
         self.builds: dict[tuple[str, str], int] = defaultdict(int)
         self.agent_builds: dict[tuple[str, str], int] = defaultdict(int)
         self.billable_ids: list[str] = []
+        #: The same builds' event identities (`Envelope.identity`), which billing ids derive from.
+        self.billable_identities: list[str] = []
         self.api: dict[tuple[str, str, str], _ApiMonth] = defaultdict(_ApiMonth)
         self.storage: dict[tuple[str, str], tuple[datetime, StorageSampled]] = {}
 
@@ -194,6 +196,7 @@ class Tally:
             if event.data.agent_managed:
                 self.agent_builds[key] += 1
                 self.billable_ids.append(event.id)
+                self.billable_identities.append(event.identity)
         elif isinstance(event, ApiUsageRecorded):
             api = self.api[(event.user_id, _month(event.occurred_at), event.data.client)]
             api.count += event.data.count

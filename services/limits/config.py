@@ -22,6 +22,9 @@ class LimitsSettings(CommonSettings):
     )
     fetch_max_wait_ms: int = Field(20, alias="TOLLGATE_LIMITS_FETCH_WAIT_MS", ge=1, le=500)
     top_users: int = Field(20, alias="TOLLGATE_LIMITS_TOP_USERS", ge=0, le=1000)
+    # At a start in a new broker epoch (the embedded broker restarted with an empty log), add
+    # the chat usage the reports archive holds from after the carried snapshot.
+    archive_catchup: bool = Field(default=True, alias="TOLLGATE_LIMITS_ARCHIVE_CATCHUP")
 
     @classmethod
     def from_env(cls) -> LimitsSettings:

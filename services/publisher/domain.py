@@ -3,8 +3,9 @@
 Billing events are the only thing that ever leaves a deployment, so their shape is fixed
 here once: `{"id", "event_type", "event_data", "created_at"}` with `event_data` exactly
 `{"count": N}`. Nothing in them comes from a user, a workspace or a build except a count
-and a time; the id of a build's billing event is a one-way UUIDv5 of the source event id,
-so a replay of the log makes the very same id and the billing server deduplicates it.
+and a time; the id of a build's billing event is a one-way UUIDv5 of the source event's
+identity (type, user and id), so a replay of the log makes the very same id and the billing
+server deduplicates it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ MAX_BATCH: Final = 100
 #: Heartbeats are counted in 4-hour buckets aligned to UTC midnight (00, 04, 08, …).
 HEARTBEAT_BUCKET: Final = timedelta(hours=4)
 
-# Fixed forever: changing it would give every already-billed build a new id.
+# Fixed forever: changing it (or what `build_billing_id` hashes) would give every
+# already-billed build a new id.
 BUILD_ID_NAMESPACE: Final = uuid.UUID("5d0f4b8e-2c1a-5b7e-9a43-6f1d2e8c7b90")
 
 #: Why a whole request failed; the label values of `tollgate_publisher_send_errors_total`.
@@ -158,9 +160,13 @@ def rfc3339(moment: datetime) -> str:
     return text + "Z"
 
 
-def build_billing_id(source_event_id: str) -> str:
-    """A build's billing id: the same for every replay of the same source event."""
-    return str(uuid.uuid5(BUILD_ID_NAMESPACE, f"{DC_MANAGED_AGENTS}:{source_event_id}"))
+def build_billing_id(identity: str) -> str:
+    """A build's billing id from its event identity (`Envelope.identity`: type, user, id).
+
+    The same for every copy and replay of the event, so the billing server deduplicates it;
+    the same emitter id sent for two users names two builds and gets two billing ids.
+    """
+    return str(uuid.uuid5(BUILD_ID_NAMESPACE, f"{DC_MANAGED_AGENTS}:{identity}"))
 
 
 def heartbeat_bucket(moment: datetime) -> datetime:
@@ -219,7 +225,7 @@ def project(events: Iterable[Envelope]) -> Projection:
         if isinstance(event, WorkspaceBuilt):
             if not event.data.agent_managed:
                 continue
-            billing_id = build_billing_id(event.id)
+            billing_id = build_billing_id(event.identity)
             if billing_id not in seen_billing:
                 seen_billing.add(billing_id)
                 out.billing.append(
