@@ -391,4 +391,6 @@ def test_the_text_walk_is_skipped_only_for_bytes_that_cannot_hold_such_a_charact
         assert may_hold_unstorable(raw), raw
     accented = fixture("chat.usage.v1")
     accented["data"]["model"] = "mod\u00e8le-\u00a0"
-    assert decode(orjson.dumps(accented)).data.model == "mod\u00e8le-\u00a0"
+    decoded = decode(orjson.dumps(accented))
+    assert isinstance(decoded, ChatUsageRecorded)
+    assert decoded.data.model == "mod\u00e8le-\u00a0"
