@@ -10,14 +10,13 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from libs.events.bounds import text_problem
 from libs.events.codec import EventValidationError, encode, parse_event
 from libs.events.models import ChatUsageRecorded, Envelope
 from libs.events.registry import EVENT_TYPES
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
 from libs.service.kafka import BrokerUnavailableError
 from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, read_json, read_model, requires
+from libs.service.web import Role, json_response, read_json, read_model, requires, storable_text
 from services.ingest.config import IngestSettings
 from services.ingest.domain import (
     CostTooHighError,
@@ -217,13 +216,7 @@ def _priced(model: str, price: ModelPrice, updated_at: datetime) -> dict[str, ob
 
 
 def _model_name(request: web.Request) -> str:
-    model = request.match_info["model"]
-    if not 1 <= len(model) <= 256:
-        raise Unprocessable("model: must be 1 to 256 characters")
-    problem = text_problem(model)
-    if problem is not None:
-        raise Unprocessable(f"model: {problem}")
-    return model
+    return storable_text(request.match_info["model"], "model", max_length=256)
 
 
 @requires(Role.ADMIN)

@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from libs.events.models import MAX_INT
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
 from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, read_json, requires, validation_message
+from libs.service.web import (
+    Role,
+    json_response,
+    read_json,
+    requires,
+    storable_text,
+    validation_message,
+)
 from services.limits.admin_config import ConfigCache
 from services.limits.domain import LIMIT_EXCEEDED_MESSAGE, Decision, Limiter, Period, Source
 from services.limits.metrics import LimitsMetrics
@@ -178,9 +185,7 @@ def _user_id_of(body: object) -> str:
 def _subject_id(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise Unprocessable(f"{name}: Input should be a valid string")
-    if not 1 <= len(value) <= MAX_ID_LENGTH:
-        raise Unprocessable(f"{name}: must be 1 to {MAX_ID_LENGTH} characters")
-    return value
+    return storable_text(value, name, max_length=MAX_ID_LENGTH)
 
 
 def _ready_runtime(request: web.Request) -> LimitsRuntime:
@@ -238,6 +243,9 @@ async def status(request: web.Request) -> web.Response:
 async def _database(call: Awaitable[T]) -> T:
     try:
         return await call
+    except asyncpg.DataError as exc:
+        # The request holds a value no column takes: retrying can never help.
+        raise Unprocessable(f"a value in this request cannot be stored: {exc}") from exc
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DependencyUnavailable(
             "the limits database is unavailable; checks still answer from memory",
