@@ -126,8 +126,12 @@ def _validate(
             metrics.events.labels(_type_label(raw), "rejected", _reason_of(exc)).inc()
             continue
         problem = check_time(event, now, settings.max_future_skew)
-        if problem is None and event.id in seen:
-            problem = "id: appears more than once in this batch"
+        if problem is None and event.identity in seen:
+            # The same id for another user or as another type is another event (see
+            # `Envelope.identity`); the same event twice in one batch is a mistake.
+            problem = (
+                "id: this event (same type, subject and id) appears more than once in this batch"
+            )
         if problem is not None:
             reason = "future" if problem.startswith("occurred_at") else "duplicate_in_batch"
             rejected.append(Rejection(index, event.id, problem, reason))
@@ -140,7 +144,7 @@ def _validate(
                 rejected.append(Rejection(index, event.id, str(exc), "cost_too_high"))
                 metrics.events.labels(event.type, "rejected", "cost_too_high").inc()
                 continue
-        seen.add(event.id)
+        seen.add(event.identity)
         accepted.append((index, event))
     return accepted, rejected
 

@@ -201,6 +201,7 @@ class LimitsSink:
                         occurred_at=row.occurred_at.astimezone(UTC),
                         partition=row.partition,
                         log_ms=now_ms,
+                        title=row.title,
                     )
                     rows += 1
                     counted += outcome != "duplicate"

@@ -356,8 +356,6 @@ class Ledger:
 
     def _usage(self, event: ChatUsageRecorded, partition: int, log_ms: int) -> Outcome:
         data = event.data
-        if data.purpose == "title":
-            return "title"
         return self.count_usage(
             identity=event.identity,
             user_id=event.user_id,
@@ -366,6 +364,7 @@ class Ledger:
             occurred_at=event.occurred_at,
             partition=partition,
             log_ms=log_ms,
+            title=data.purpose == "title",
         )
 
     def count_usage(
@@ -378,8 +377,13 @@ class Ledger:
         occurred_at: datetime,
         partition: int,
         log_ms: int,
+        title: bool = False,
     ) -> Outcome:
-        """Count one chat message (not title generation) unless its identity was seen."""
+        """Count one chat message unless its identity was seen; title generation never counts.
+
+        A title-generation event is remembered all the same: it is the first copy of its
+        identity, and a later copy saying `purpose: chat` is a duplicate everywhere.
+        """
         occurred_ms = int(occurred_at.timestamp() * 1000)
         recent = self.recent.get(partition)
         if recent is None:
@@ -387,6 +391,8 @@ class Ledger:
         # A producer without timestamps (-1) still advances the window, by event time.
         if not recent.add(identity, log_ms if log_ms > 0 else occurred_ms):
             return "duplicate"
+        if title:
+            return "title"
         self.applied += 1
         seen = self.models.get(model)
         if seen is None:

@@ -111,7 +111,7 @@ class SnapshotStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ArchivedChat:
-    """A chat message (not title generation) as the reports archive kept it."""
+    """A chat usage event as the reports archive kept it."""
 
     identity: str
     user_id: str
@@ -119,6 +119,7 @@ class ArchivedChat:
     cost_micros: int | None
     occurred_at: datetime
     partition: int
+    title: bool = False
 
 
 class ChatArchive(Protocol):
@@ -131,7 +132,7 @@ class ChatArchive(Protocol):
     def chat_since(
         self, *, projected_from: datetime, occurred_from: datetime
     ) -> AsyncIterator[list[ArchivedChat]]:
-        """Chat messages projected from `projected_from` that occurred from `occurred_from`."""
+        """Chat usage projected from `projected_from` that occurred from `occurred_from`."""
         ...
 
 
@@ -204,10 +205,9 @@ WHERE topic = $1 AND id NOT IN (
 SELECT_ARCHIVE_EXISTS = "SELECT to_regclass('reports_events') IS NOT NULL"
 SELECT_ARCHIVED_CHAT = """
 SELECT id, user_id, occurred_at, log_partition, data->>'model' AS model,
-       (data->>'cost_micros')::bigint AS cost_micros
+       (data->>'cost_micros')::bigint AS cost_micros, data->>'purpose' = 'title' AS title
 FROM reports_events
-WHERE type = 'chat.usage.v1' AND data->>'purpose' = 'chat'
-  AND occurred_at >= $1 AND projected_at >= $2
+WHERE type = 'chat.usage.v1' AND occurred_at >= $1 AND projected_at >= $2
 """
 
 
@@ -374,6 +374,7 @@ class PostgresChatArchive:
                         cost_micros=row["cost_micros"],
                         occurred_at=row["occurred_at"],
                         partition=row["log_partition"],
+                        title=row["title"],
                     )
                 )
                 if len(page) >= self.page:

@@ -206,28 +206,33 @@ class Projection:
     billing: list[BillingEvent] = field(default_factory=list)
     seats: dict[str, SeatState] = field(default_factory=dict)
     chat_users: dict[tuple[date, str], datetime] = field(default_factory=dict)
+    #: Every build's billing id (its identity), agent-managed or not, with that flag: the
+    #: first copy of a build decides, so a later copy can never make it billable.
+    builds: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.billing or self.seats or self.chat_users)
+        return bool(self.billing or self.seats or self.chat_users or self.builds)
 
 
 def project(events: Iterable[Envelope]) -> Projection:
     """Turn decoded events into queue rows and seat facts; everything else is ignored.
 
-    Agent-managed builds become `dc_managed_agents_v1` with a count of one. Directory
+    Agent-managed builds become `dc_managed_agents_v1` with a count of one; the first copy of
+    a build (by identity) decides whether it is one, here and against every build the queue
+    has seen (`builds`, kept by the storage). Directory
     events keep the latest licence state per user (the newest `occurred_at` wins, so
     order and replays do not matter). Chat usage (not title generation) marks the user
     as an AI chat user in that month.
     """
     out = Projection()
-    seen_billing: set[str] = set()
     for event in events:
         if isinstance(event, WorkspaceBuilt):
-            if not event.data.agent_managed:
-                continue
             billing_id = build_billing_id(event.identity)
-            if billing_id not in seen_billing:
-                seen_billing.add(billing_id)
+            if billing_id in out.builds:
+                continue
+            agent = event.data.agent_managed
+            out.builds[billing_id] = (agent, event.occurred_at)
+            if agent:
                 out.billing.append(
                     BillingEvent(billing_id, DC_MANAGED_AGENTS, 1, event.occurred_at)
                 )

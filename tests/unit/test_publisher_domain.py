@@ -37,6 +37,7 @@ from services.publisher.domain import (
     retry_all,
     wire_event,
 )
+from services.publisher.storage import InMemoryQueue
 
 AT = datetime(2026, 11, 2, 10, 15, tzinfo=UTC)
 
@@ -294,3 +295,17 @@ def test_a_failed_request_retries_every_event_with_its_own_backoff() -> None:
     )
     assert [o.kind for o in out] == ["retry", "retry"]
     assert out[0].delay <= timedelta(seconds=1) < timedelta(seconds=64) <= out[1].delay
+
+
+def test_the_first_copy_of_a_build_decides_whether_it_is_billed() -> None:
+    """A build first seen as not agent-managed stays unbilled when a copy says otherwise, in a batch and across batches."""
+    plain, flipped = build("b1", agent=False), build("b1", agent=True)
+    result = project([plain, flipped])
+    assert result.billing == []
+    assert result.builds == {build_billing_id(plain.identity): (False, AT)}
+    queue = InMemoryQueue()
+    queue.apply_projection(project([plain]))
+    queue.apply_projection(project([flipped]))
+    assert queue.rows == {}
+    queue.apply_projection(project([build("b2", agent=True)]))
+    assert list(queue.rows) == [build_billing_id(build("b2", agent=True).identity)]
