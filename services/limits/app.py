@@ -218,6 +218,8 @@ class _Wiring:
                 ),
             ):
                 yield
+                # A clean stop reads the log to its end before the final snapshot.
+                await reader.drain()
             # The consumer has stopped: the ledger is final for this process.
             try:
                 await asyncio.wait_for(snapshotter.take(), 20)

@@ -57,6 +57,10 @@ class Feed(Protocol):
         """Consume until cancelled."""
         ...
 
+    async def drain(self, timeout_s: float = ...) -> bool:
+        """Before a clean stop: read the log to its end (or give up after `timeout_s`)."""
+        ...
+
 
 @dataclass
 class SnapshotStatus:

@@ -185,7 +185,7 @@ def settle(run: Run, users: list[str], expected: dict[str, int], timeout_s: floa
 
 
 def test_a_restart_keeps_every_users_spend_in_limits_and_reports(tmp_path: Path) -> None:
-    """A clean stop and start keeps every user's spend (and a resend still counts once); after a SIGKILL of everything but PostgreSQL, the spend limits never snapshotted comes back from the reports archive."""
+    """A clean stop and start keeps every user's spend, even spend accepted just before the stop (and a resend still counts once); after a SIGKILL of everything but PostgreSQL, the spend limits never snapshotted comes back from the reports archive."""
     state = tmp_path / "state"
     ports = {s.name: free_port() for s in available_services()}
     kafka_port = free_port()
@@ -203,6 +203,9 @@ def test_a_restart_keeps_every_users_spend_in_limits_and_reports(tmp_path: Path)
         assert status == 200
         send(first, batch)
         settle(first, users, expected)
+        # Accepted right before the stop: the consumers read the log to its end first.
+        send(first, [chat(users[2], 1)])
+        expected[users[2]] += 3
     finally:
         first.stop()
 
