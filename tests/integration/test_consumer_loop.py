@@ -203,6 +203,35 @@ def _loop_with(
     )
 
 
+async def _consume_all(
+    infra: Infra,
+    db: asyncpg.Pool,
+    topics: tuple[str, str],
+    handler: Any,
+    events: Sequence[ApiUsageRecorded],
+    *,
+    registry: CollectorRegistry,
+    name: str,
+) -> None:
+    """Produce `events` keyed as ingest keys them, then run a loop until it has read them all."""
+    producer = make_producer(infra.bootstrap, idempotent=False)
+    await producer.start()
+    try:
+        for e in events:
+            await producer.send_and_wait(topics[0], encode(e), key=e.partition_key.encode())
+        loop = _loop_with(
+            infra, db, topics, handler, producer=producer, registry=registry, name=name
+        )
+        task = asyncio.create_task(loop.run())
+        try:
+            await asyncio.wait_for(loop.caught_up.wait(), 20)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await producer.stop()
+
+
 async def test_an_event_the_sink_refuses_is_dead_lettered_once_and_the_rest_applied_once(
     infra: Infra, db: asyncpg.Pool, topics: tuple[str, str]
 ) -> None:
@@ -219,24 +248,9 @@ async def test_an_event_the_sink_refuses_is_dead_lettered_once_and_the_rest_appl
         if any(c.event.id == poison.id for c in batch):
             await conn.execute("SELECT 1 / 0")
 
-    producer = make_producer(infra.bootstrap, idempotent=False)
-    await producer.start()
-    try:
-        for e in events:
-            await producer.send_and_wait(topics[0], encode(e), key=e.partition_key.encode())
-        registry = CollectorRegistry()
-        name = unique("refusing")
-        loop = _loop_with(
-            infra, db, topics, handler, producer=producer, registry=registry, name=name
-        )
-        task = asyncio.create_task(loop.run())
-        try:
-            await asyncio.wait_for(loop.caught_up.wait(), 20)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    finally:
-        await producer.stop()
+    registry = CollectorRegistry()
+    name = unique("refusing")
+    await _consume_all(infra, db, topics, handler, events, registry=registry, name=name)
     rows = await db.fetch(f"SELECT id, count(*) AS n FROM {table} GROUP BY id")
     assert {r["id"]: r["n"] for r in rows} == {e.id: 1 for e in events if e is not poison}
     stored = await load_offsets(db, consumer=name, topic=topics[0], epoch=infra.epoch)
@@ -269,22 +283,7 @@ async def test_infrastructure_faults_are_retried_and_shown_as_consecutive_failur
             raise ConnectionResetError("the database went away")
         seen.extend(c.event.id for c in batch)
 
-    producer = make_producer(infra.bootstrap, idempotent=False)
-    await producer.start()
-    try:
-        for e in events:
-            await producer.send_and_wait(topics[0], encode(e), key=e.partition_key.encode())
-        loop = _loop_with(
-            infra, db, topics, handler, producer=producer, registry=registry, name=name
-        )
-        task = asyncio.create_task(loop.run())
-        try:
-            await asyncio.wait_for(loop.caught_up.wait(), 20)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    finally:
-        await producer.stop()
+    await _consume_all(infra, db, topics, handler, events, registry=registry, name=name)
     assert streaks[:4] == [0.0, 1.0, 2.0, 3.0]
     assert (
         registry.get_sample_value("tollgate_consumer_consecutive_failures", {"consumer": name}) == 0
