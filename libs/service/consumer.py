@@ -513,6 +513,10 @@ class ConsumerLoop:
 
     async def refuse(self, item: Consumed, exc: BaseException) -> None:
         """Dead-letter an event the sink refused (once per process), count it, and go on."""
+        position = (item.partition, item.offset)
+        if position in self._handled:
+            # Refused and dead-lettered already; the batch is being read again after a fault.
+            return
         reason = f"refused by {self.name}: {type(exc).__name__}: {exc}"
         self.metrics.refused.labels(self.name).inc()
         self._log.error(
@@ -523,9 +527,6 @@ class ConsumerLoop:
             offset=item.offset,
             reason=reason,
         )
-        position = (item.partition, item.offset)
-        if position in self._handled:
-            return
         value = item.raw if item.raw is not None else encode(item.event)
         await self._send_dead_letter(
             item.partition, item.offset, value, item.event.partition_key.encode(), reason

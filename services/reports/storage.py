@@ -728,18 +728,19 @@ def _newer(a: Consumed, b: Consumed | None) -> bool:
 
 
 class InMemoryReportStore:
-    """Every figure computed directly from the events kept in a dict (first id wins)."""
+    """Every figure computed directly from the events kept in a dict (first identity wins)."""
 
     def __init__(self, *, max_session_hours: int = 744) -> None:
         self.events: dict[str, Consumed] = {}
         self.max_session = timedelta(hours=max_session_hours)
 
     def add(self, events: Sequence[Consumed]) -> int:
-        """Keep events whose id is new; returns how many were."""
+        """Keep events whose identity (type, subject, id) is new; returns how many were."""
         added = 0
         for item in events:
-            if item.event.id not in self.events:
-                self.events[item.event.id] = item
+            identity = item.event.identity
+            if identity not in self.events:
+                self.events[identity] = item
                 added += 1
         return added
 
