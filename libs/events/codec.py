@@ -15,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from libs.events.bounds import find_unstorable, may_hold_unstorable
 from libs.events.models import Envelope, Event
 from libs.events.registry import EVENT_TYPES
 
@@ -112,15 +113,27 @@ def decode(raw: bytes | None, *, upcasters: Upcasters = DEFAULT_UPCASTERS) -> Ev
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(_json_failure(raw, exc)) from None
-    return parse_event(obj, upcasters=upcasters)
+    # Most records hold no escape at all, and then no character that text cannot store.
+    return parse_event(obj, upcasters=upcasters, check_text=may_hold_unstorable(raw))
 
 
-def parse_event(obj: object, *, upcasters: Upcasters = DEFAULT_UPCASTERS) -> Event:
-    """Validate an already-parsed JSON value as an event, raising `EventValidationError`."""
+def parse_event(
+    obj: object, *, upcasters: Upcasters = DEFAULT_UPCASTERS, check_text: bool = True
+) -> Event:
+    """Validate an already-parsed JSON value as an event, raising `EventValidationError`.
+
+    Besides the model's own rules, no string anywhere in it may hold a character that
+    PostgreSQL text cannot store (see `libs.events.bounds`); `check_text=False` skips that
+    walk for input known to hold none.
+    """
     if not isinstance(obj, dict):
         raise EventValidationError("an event must be a JSON object")
     raw_id = obj.get("id")
     event_id = raw_id if isinstance(raw_id, str) else None
+    if check_text:
+        problem = find_unstorable(obj)
+        if problem is not None:
+            raise EventValidationError(problem, event_id=event_id)
     type_name = obj.get("type")
     if type_name in upcasters:
         try:

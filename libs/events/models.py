@@ -21,6 +21,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from libs.events.bounds import (
+    MAX_DURATION_MS,
+    MAX_EVENT_COST_MICROS,
+    MAX_EVENT_COUNT,
+    MAX_EVENT_TOKENS,
+    MAX_JSON_INT,
+    MAX_SIZE_MB,
+)
+
 __all__ = [
     "EVENT_ADAPTER",
     "MAX_INT",
@@ -46,22 +55,25 @@ __all__ = [
     "UserUpdated",
     "WorkspaceBuild",
     "WorkspaceBuilt",
+    "identity_of",
 ]
 
-# Integers stay within JSON's exactly representable range, which also keeps
-# every stored counter and money column inside PostgreSQL's bigint.
-MAX_INT = 2**53 - 1
+# Integers stay within JSON's exactly representable range; the tighter per-field caps come
+# from `libs.events.bounds`, which derives them so that every consumer's sums stay exact.
+MAX_INT = MAX_JSON_INT
 
 Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
 Name = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
 # Directory display names are optional upstream and often empty.
 DisplayName = Annotated[str, StringConstraints(strict=True, max_length=256)]
 Email = Annotated[str, StringConstraints(strict=True, min_length=3, max_length=320)]
-Count = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]
-PositiveCount = Annotated[int, Field(strict=True, ge=1, le=MAX_INT)]
-Micros = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]
+Tokens = Annotated[int, Field(strict=True, ge=0, le=MAX_EVENT_TOKENS)]
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_EVENT_COUNT)]
+PositiveCount = Annotated[int, Field(strict=True, ge=1, le=MAX_EVENT_COUNT)]
+DurationMs = Annotated[int, Field(strict=True, ge=0, le=MAX_DURATION_MS)]
+Micros = Annotated[int, Field(strict=True, ge=0, le=MAX_EVENT_COST_MICROS)]
 Flag = Annotated[bool, Field(strict=True)]
-Megabytes = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+Megabytes = Annotated[float, Field(strict=True, ge=0, le=MAX_SIZE_MB, allow_inf_nan=False)]
 # Membership lists are replaced whole, so one event carries every member.
 MemberIds = Annotated[tuple[Id, ...], Field(max_length=100_000)]
 
@@ -89,6 +101,11 @@ def _as_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, BeforeValidator(_reject_non_text_time), AfterValidator(_as_utc)]
 
 
+def identity_of(type_name: str, subject: str, event_id: str) -> str:
+    """`Envelope.identity` from its parts (for a store that kept them apart, like an archive)."""
+    return f"{type_name}\x1f{subject}\x1f{event_id}"
+
+
 class EventData(BaseModel):
     """Base of every `data` payload: immutable, unknown fields rejected."""
 
@@ -96,19 +113,26 @@ class EventData(BaseModel):
 
 
 class ChatUsage(EventData):
-    """Tokens one chat message used; `cost_micros` is fixed when the event is priced."""
+    """Tokens one chat message used; `cost_micros` is fixed when the event is priced.
+
+    `cost_micros` is the cost that counts. Ingest sets it from the deployment's price table
+    when the model has a price (`priced` true) and keeps a cost the emitter sent beside it as
+    `reported_cost_micros`, for audit only; for a model without a price, the emitter's cost
+    is the only one there is and counts as sent (`priced` false).
+    """
 
     chat_id: Id
     root_chat_id: Id | None = None
     message_id: Id
     model: Name
     provider: Name | None = None
-    input_tokens: Count
-    output_tokens: Count
-    cache_read_tokens: Count = 0
-    cache_write_tokens: Count = 0
+    input_tokens: Tokens
+    output_tokens: Tokens
+    cache_read_tokens: Tokens = 0
+    cache_write_tokens: Tokens = 0
     cost_micros: Micros | None = None
     priced: Flag = False
+    reported_cost_micros: Micros | None = None
     purpose: Literal["chat", "title"] = "chat"
 
 
@@ -127,7 +151,7 @@ class ActivitySession(EventData):
 
     category: Literal["ide", "login", "app", "tunnel", "web_terminal"]
     detail: Name | None = None
-    duration_ms: Count
+    duration_ms: DurationMs
     count: PositiveCount = 1
     workspace_id: Id | None = None
 
@@ -200,6 +224,16 @@ class Envelope(BaseModel):
     @abstractmethod
     def partition_key(self) -> str:
         """The Kafka key, which keeps each subject's events in order on one partition."""
+
+    @property
+    def identity(self) -> str:
+        """What makes two records one event: the type, the subject (partition key) and the id.
+
+        Copies with the same identity are one event, counted once by every consumer; the
+        same id with another type or subject is another event. Ids and subjects hold no
+        control characters, so the unit separator keeps the parts apart.
+        """
+        return identity_of(self.type, self.partition_key, self.id)
 
 
 class UserScopedEnvelope(Envelope):

@@ -1,17 +1,33 @@
-"""The one consumer loop of limits, reports and publisher.
+"""The one consumer loop of limits, reports and publisher, and the rules they all follow.
 
-It fetches batches, decodes them (what cannot be decoded goes to the DLQ with the
-reason), hands each batch to a `Sink` that applies it together with the positions it
-reached, and tracks lag and whether it has caught up with the log as it stood at start.
-Offsets live wherever the sink keeps its effects (PostgreSQL rows, a snapshot), never in
-Kafka, so a crash between a write and a commit cannot count anything twice.
+It fetches batches, decodes them, hands each batch to a `Sink` that applies it together with
+the positions it reached, and tracks lag and whether it has caught up with the log as it
+stood at start. Offsets live wherever the sink keeps its effects (PostgreSQL rows, a
+snapshot), never in Kafka, so a crash between a write and a commit cannot count anything
+twice. Every consumer follows the same three rules here:
+
+- **Undecodable records** (bad JSON, an unknown type, a value outside the storable bounds of
+  `libs.events.bounds`) go to the dead-letter topic with the reason and are skipped.
+- **No poison pill.** When the sink refuses a batch for anything but an infrastructure fault
+  (a database or broker that does not answer), the batch is halved until the refused event is
+  alone; that event is dead-lettered once with the reason, counted in
+  `tollgate_consumer_refused_total`, and the consumer moves on. Infrastructure faults are
+  retried with backoff from the stored positions, and `tollgate_consumer_consecutive_failures`
+  shows a consumer that keeps failing at the same place.
+- **Placement.** An event counts only on its home partition: the one Kafka's default
+  partitioner (murmur2 of the event's partition key, as aiokafka and the Java client use)
+  gives it. A copy found elsewhere (a producer with another partitioner) is skipped, and the
+  consumers with `forward_misplaced` produce it to its home partition, where every consumer
+  reads it in the same order as the rest of its subject's events. So every copy of one event
+  identity (`Envelope.identity`) meets every consumer on one partition, in one order, and the
+  first copy counts everywhere whatever partitioner a producer used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,12 +35,13 @@ from typing import Protocol
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from libs.events.codec import DecodeError, decode
+from libs.events.codec import DecodeError, decode, encode
 from libs.events.models import Event
 from libs.service.db import Connection
-from libs.service.kafka import BrokerUnavailableError, bounded
+from libs.service.kafka import BrokerUnavailableError, bounded, home_partition
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +54,8 @@ class Consumed:
     partition: int
     offset: int
     timestamp_ms: int
+    #: The record's value as it was on the log (what a dead letter carries).
+    raw: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -46,6 +65,71 @@ class Batch:
     events: list[Consumed]
     positions: dict[int, int]
     dead_letters: int = 0
+
+
+ApplyBatch = Callable[[Batch], Awaitable[None]]
+Refuse = Callable[[Consumed, BaseException], Awaitable[None]]
+Isolate = Callable[[ApplyBatch, Batch], Awaitable[None]]
+
+
+class EarlierBatchFailedError(Exception):
+    """A sink that commits in the background found that an earlier batch did not commit.
+
+    Never blamed on the batch at hand: the loop re-reads from the stored positions.
+    """
+
+
+# Faults of the infrastructure rather than of an event: retrying the same batch later can
+# succeed, so they are never blamed on an event. Anything else a sink raises is.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    EarlierBatchFailedError,
+    OSError,
+    TimeoutError,
+    BrokerUnavailableError,
+    KafkaError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.PostgresSystemError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is an infrastructure fault (retry the batch) rather than a refused event."""
+    return isinstance(exc, _TRANSIENT)
+
+
+def halves(batch: Batch) -> tuple[Batch, Batch]:
+    """Two batches that, applied in order, do what `batch` does: each with its own positions."""
+    middle = len(batch.events) // 2
+    first = Batch(events=batch.events[:middle], positions={})
+    for item in first.events:
+        first.positions[item.partition] = item.offset + 1
+    return first, Batch(events=batch.events[middle:], positions=dict(batch.positions))
+
+
+async def apply_isolating(apply: ApplyBatch, batch: Batch, refuse: Refuse) -> None:
+    """Apply `batch`; when it is refused, set the refused events aside and apply the rest.
+
+    A refusal (any error but an infrastructure fault) fails the same way on every retry, so
+    the batch is halved until the refused event is alone: `refuse` gets it with the error,
+    its position is applied without it, and every other event is applied exactly as it would
+    have been. Infrastructure faults propagate, for the caller to retry later.
+    """
+    try:
+        await apply(batch)
+    except Exception as exc:
+        if is_transient(exc) or not batch.events:
+            raise
+        if len(batch.events) == 1:
+            await refuse(batch.events[0], exc)
+            await apply(Batch(events=[], positions=batch.positions))
+            return
+        first, second = halves(batch)
+        await apply_isolating(apply, first, refuse)
+        await apply_isolating(apply, second, refuse)
 
 
 class Sink(Protocol):
@@ -140,6 +224,9 @@ class PostgresSink:
 class _Metrics:
     events: Counter
     dlq: Counter
+    refused: Counter
+    misplaced: Counter
+    failures: Gauge
     lag: Gauge
     position: Gauge
     caught_up: Gauge
@@ -158,6 +245,27 @@ class _Metrics:
                 "tollgate_consumer_dlq_total",
                 "Records sent to the dead-letter topic, by reason",
                 ["consumer", "reason"],
+                registry=registry,
+            ),
+            refused=Counter(
+                "tollgate_consumer_refused_total",
+                "Decoded events the consumer's sink refused: each was dead-lettered once and "
+                "skipped, so it counts nowhere in this consumer",
+                ["consumer"],
+                registry=registry,
+            ),
+            misplaced=Counter(
+                "tollgate_consumer_misplaced_total",
+                "Events found on another partition than their key's home partition (a "
+                "producer with another partitioner); skipped there, counted once forwarded home",
+                ["consumer"],
+                registry=registry,
+            ),
+            failures=Gauge(
+                "tollgate_consumer_consecutive_failures",
+                "Attempts in a row that failed to apply the batch at the consumer's position "
+                "(0 after a success)",
+                ["consumer"],
                 registry=registry,
             ),
             lag=Gauge(
@@ -197,6 +305,10 @@ class _State:
 
 #: Pause between metadata requests while the topic is not known to the broker yet.
 METADATA_RETRY_S = 0.25
+#: The longest pause between two attempts at a batch that keeps failing.
+MAX_RETRY_DELAY_S = 30.0
+#: How long a clean stop keeps consuming to read the log to its end.
+DRAIN_S = 5.0
 
 
 class ConsumerLoop:
@@ -213,6 +325,7 @@ class ConsumerLoop:
         dlq_producer: AIOKafkaProducer,
         registry: CollectorRegistry,
         group_id: str | None = None,
+        forward_misplaced: bool = False,
         max_records: int = 5000,
         fetch_max_wait_ms: int = 20,
         fetch_min_bytes: int = 1,
@@ -227,8 +340,10 @@ class ConsumerLoop:
         self.topic = topic
         self.dlq_topic = dlq_topic
         self.sink = sink
+        # Also produces misplaced events to their home partition when `forward_misplaced`.
         self.dlq_producer = dlq_producer
         self.group_id = group_id
+        self.forward_misplaced = forward_misplaced
         self.max_records = max_records
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.fetch_min_bytes = fetch_min_bytes
@@ -240,9 +355,15 @@ class ConsumerLoop:
         # a turn (an HTTP request is answered) after every that many records.
         self.yield_every = yield_every
         self.metrics = _Metrics.build(registry)
+        self.metrics.failures.labels(name).set(0)
         self.caught_up = asyncio.Event()
         self.last_error: str | None = None
+        self.consecutive_failures = 0
+        self._fetches = 0
         self._state = _State()
+        # Records already dead-lettered or forwarded by this process, until the positions
+        # stored move past them: a batch that is read again never sends them twice.
+        self._handled: set[tuple[int, int]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._log = log.bind(consumer=name, topic=topic)
 
@@ -259,6 +380,33 @@ class ConsumerLoop:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._log.warning("consumer_restarting", error=self.last_error)
                 await asyncio.sleep(self.retry_delay_s)
+
+    async def drain(self, timeout_s: float = DRAIN_S) -> bool:
+        """Before a clean stop: keep consuming until the log is read to its end, or time is up.
+
+        The end is the one the broker reports to fetches made after this call began, so an
+        event acknowledged just before the stop is still applied. With the embedded broker,
+        whose log is gone once it stops, this is what keeps a clean stop from losing events;
+        True when drained.
+        """
+        started = self._fetches
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            consumer = self._consumer
+            if consumer is None:
+                return False
+            if self._fetches >= started + 2 and self._read_to_end(consumer):
+                return True
+            await asyncio.sleep(0.02)
+        self._log.warning("consumer_drain_incomplete", lag=sum(self.lag().values()))
+        return False
+
+    def _read_to_end(self, consumer: AIOKafkaConsumer) -> bool:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None and self._state.positions.get(tp.partition, 0) < highwater:
+                return False
+        return True
 
     def lag(self) -> dict[int, int]:
         """Records behind the end of each assigned partition, as last measured."""
@@ -342,21 +490,19 @@ class ConsumerLoop:
     async def _poll_forever(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             fetched = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
-            batch = await self._decode(fetched)
+            self._fetches += 1
+            batch = await self._decode(fetched, self._partition_count(consumer))
             if batch.events or batch.positions:
                 started = time.perf_counter()
                 try:
-                    await self.sink.apply(batch)
+                    await self.isolate(self.sink.apply, batch)
                 except Exception as exc:
                     # Nothing of the batch counts: re-read from what the sink really kept.
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    self._log.warning("batch_apply_failed", error=self.last_error)
-                    await asyncio.sleep(self.retry_delay_s)
+                    await self._failed(exc)
                     await self._seek_to_stored(consumer, list(consumer.assignment()))
                     continue
                 self.metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
-                self.last_error = None
-                self._state.positions.update(batch.positions)
+                self._succeeded(batch.positions)
                 by_type: dict[str, int] = {}
                 for item in batch.events:
                     by_type[item.event.type] = by_type.get(item.event.type, 0) + 1
@@ -368,7 +514,66 @@ class ConsumerLoop:
                 # backlog would be worked through in one go while nothing else runs.
                 await asyncio.sleep(0)
 
-    async def _decode(self, fetched: dict[TopicPartition, list[object]]) -> Batch:
+    async def isolate(self, apply: ApplyBatch, batch: Batch) -> None:
+        """`apply_isolating` with this consumer's dead letters: the one rule for refused events.
+
+        Sinks that commit in the background (reports) call it themselves for what they commit.
+        """
+        await apply_isolating(apply, batch, self.refuse)
+
+    async def refuse(self, item: Consumed, exc: BaseException) -> None:
+        """Dead-letter an event the sink refused (once per process), count it, and go on."""
+        position = (item.partition, item.offset)
+        if position in self._handled:
+            # Refused and dead-lettered already; the batch is being read again after a fault.
+            return
+        reason = f"refused by {self.name}: {type(exc).__name__}: {exc}"
+        self.metrics.refused.labels(self.name).inc()
+        self._log.error(
+            "event_refused",
+            event_id=item.event.id,
+            type=item.event.type,
+            partition=item.partition,
+            offset=item.offset,
+            reason=reason,
+        )
+        value = item.raw if item.raw is not None else encode(item.event)
+        await self._send_dead_letter(
+            item.partition, item.offset, value, item.event.partition_key.encode(), reason
+        )
+        self.metrics.dlq.labels(self.name, "refused").inc()
+        self._handled.add(position)
+
+    async def _failed(self, exc: Exception) -> None:
+        self.consecutive_failures += 1
+        self.metrics.failures.labels(self.name).set(self.consecutive_failures)
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._log.warning(
+            "batch_apply_failed",
+            error=self.last_error,
+            consecutive_failures=self.consecutive_failures,
+        )
+        delay = self.retry_delay_s * 2 ** min(self.consecutive_failures - 1, 16)
+        await asyncio.sleep(min(delay, max(self.retry_delay_s, MAX_RETRY_DELAY_S)))
+
+    def _succeeded(self, positions: dict[int, int]) -> None:
+        if self.consecutive_failures:
+            self._log.info("batch_apply_recovered", after_failures=self.consecutive_failures)
+            self.consecutive_failures = 0
+            self.metrics.failures.labels(self.name).set(0)
+        self.last_error = None
+        self._state.positions.update(positions)
+        if self._handled:
+            stored = self._state.positions
+            self._handled = {(p, o) for p, o in self._handled if o >= stored.get(p, 0)}
+
+    def _partition_count(self, consumer: AIOKafkaConsumer) -> int:
+        partitions = consumer.partitions_for_topic(self.topic)
+        return len(partitions) if partitions else 0
+
+    async def _decode(
+        self, fetched: dict[TopicPartition, list[object]], partition_count: int
+    ) -> Batch:
         events: list[Consumed] = []
         positions: dict[int, int] = {}
         dead = 0
@@ -385,37 +590,83 @@ class ConsumerLoop:
                 except DecodeError as exc:
                     await self._dead_letter(tp, record, exc.reason)
                     dead += 1
-                else:
-                    events.append(
-                        Consumed(event, tp.partition, record.offset, record.timestamp)  # type: ignore[attr-defined]
-                    )
+                    continue
+                offset: int = record.offset  # type: ignore[attr-defined]
+                home = (
+                    home_partition(event.partition_key, partition_count)
+                    if partition_count
+                    else tp.partition
+                )
+                if home != tp.partition:
+                    await self._misplaced(tp, offset, raw, event, home)
+                    continue
+                events.append(
+                    Consumed(event, tp.partition, offset, record.timestamp, raw)  # type: ignore[attr-defined]
+                )
             if records:
                 positions[tp.partition] = records[-1].offset + 1  # type: ignore[attr-defined]
         return Batch(events=events, positions=positions, dead_letters=dead)
+
+    async def _misplaced(
+        self, tp: TopicPartition, offset: int, raw: bytes, event: Event, home: int
+    ) -> None:
+        """Skip an event found off its home partition; forward it home if this consumer does."""
+        self.metrics.misplaced.labels(self.name).inc()
+        position = (tp.partition, offset)
+        if not self.forward_misplaced or position in self._handled:
+            return
+        await bounded(
+            self.dlq_producer.send_and_wait(
+                self.topic,
+                value=raw,
+                key=event.partition_key.encode(),
+                partition=home,
+                headers=[("forwarded_from", f"{tp.partition}:{offset}".encode())],
+            ),
+            self.timeout_s,
+            "forward to the home partition",
+        )
+        self._handled.add(position)
+        self._log.info(
+            "event_forwarded_home",
+            event_id=event.id,
+            partition=tp.partition,
+            offset=offset,
+            home=home,
+        )
 
     async def _dead_letter(self, tp: TopicPartition, record: object, reason: str) -> None:
         offset: int = record.offset  # type: ignore[attr-defined]
         self._log.warning(
             "event_dead_lettered", partition=tp.partition, offset=offset, reason=reason
         )
+        if (tp.partition, offset) in self._handled:
+            return
+        await self._send_dead_letter(
+            tp.partition,
+            offset,
+            record.value,  # type: ignore[attr-defined]
+            record.key,  # type: ignore[attr-defined]
+            reason,
+        )
+        self.metrics.dlq.labels(self.name, _reason_label(reason)).inc()
+        self._handled.add((tp.partition, offset))
+
+    async def _send_dead_letter(
+        self, partition: int, offset: int, value: bytes | None, key: bytes | None, reason: str
+    ) -> None:
         headers = [
             ("reason", reason.encode()[:1024]),
-            ("source_topic", tp.topic.encode()),
-            ("source_partition", str(tp.partition).encode()),
+            ("source_topic", self.topic.encode()),
+            ("source_partition", str(partition).encode()),
             ("source_offset", str(offset).encode()),
             ("consumer", self.name.encode()),
         ]
         await bounded(
-            self.dlq_producer.send_and_wait(
-                self.dlq_topic,
-                value=record.value,  # type: ignore[attr-defined]
-                key=record.key,  # type: ignore[attr-defined]
-                headers=headers,
-            ),
+            self.dlq_producer.send_and_wait(self.dlq_topic, value=value, key=key, headers=headers),
             self.timeout_s,
             "dead-letter produce",
         )
-        self.metrics.dlq.labels(self.name, _reason_label(reason)).inc()
 
     def _measure(self, consumer: AIOKafkaConsumer) -> None:
         state = self._state

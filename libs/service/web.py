@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from enum import IntEnum
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 import structlog
 from aiohttp import web
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel, ValidationError
 
+from libs.events.bounds import text_problem
 from libs.service.errors import (
     ApiError,
     BadRequest,
@@ -150,6 +152,22 @@ async def read_model(request: web.Request, model: type[M]) -> M:
         ) from exc
 
 
+def storable_text(
+    value: str, name: str, *, max_length: int = 128, error: type[ApiError] = Unprocessable
+) -> str:
+    """`value` when it is 1 to `max_length` characters that text can store; else `error` naming it.
+
+    Ids in paths, bodies and queries follow the event contract (`libs.events.bounds`): a value
+    no event can carry is refused here rather than failing in the database.
+    """
+    if not 1 <= len(value) <= max_length:
+        raise error(f"{name}: must be 1 to {max_length} characters")
+    problem = text_problem(value)
+    if problem is not None:
+        raise error(f"{name}: {problem}")
+    return value
+
+
 def _tokens_match(candidate: str, tokens: Iterable[str]) -> bool:
     # Compare against every token without short-circuiting so timing says nothing about which.
     found = False
@@ -248,6 +266,14 @@ def _make_middlewares(service: str, registry: CollectorRegistry) -> list[Any]:
             if status < 400:
                 raise
             return json_response(error_body(exc.reason), status=status)
+        except asyncpg.DataError as exc:
+            # A value the database cannot hold that no check caught: the request's fault,
+            # and resending it never helps, so never a 5xx.
+            status = 422
+            log.warning("request_value_unstorable", path=request.path, error=type(exc).__name__)
+            return json_response(
+                error_body(f"a value in this request cannot be stored: {exc}"), status=422
+            )
         except Exception:
             log.exception("unhandled_error", path=request.path)
             return json_response(error_body("internal error"), status=500)

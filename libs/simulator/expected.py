@@ -169,6 +169,8 @@ class Tally:
         self.builds: dict[tuple[str, str], int] = defaultdict(int)
         self.agent_builds: dict[tuple[str, str], int] = defaultdict(int)
         self.billable_ids: list[str] = []
+        #: The same builds' event identities (`Envelope.identity`), which billing ids derive from.
+        self.billable_identities: list[str] = []
         self.api: dict[tuple[str, str, str], _ApiMonth] = defaultdict(_ApiMonth)
         self.storage: dict[tuple[str, str], tuple[datetime, StorageSampled]] = {}
 
@@ -194,6 +196,7 @@ class Tally:
             if event.data.agent_managed:
                 self.agent_builds[key] += 1
                 self.billable_ids.append(event.id)
+                self.billable_identities.append(event.identity)
         elif isinstance(event, ApiUsageRecorded):
             api = self.api[(event.user_id, _month(event.occurred_at), event.data.client)]
             api.count += event.data.count
@@ -213,13 +216,11 @@ class Tally:
             self.groups[event.data.group_id] = event
 
     def cost_of(self, event: ChatUsageRecorded) -> int | None:
-        """The cost ingest fixes on the event: the emitter's, or the price table's, or none."""
+        """The cost ingest fixes on the event: the price table's, else the emitter's, or none."""
         d = event.data
-        if d.cost_micros is not None:
-            return d.cost_micros
         price = self.prices.get(d.model)
         if price is None:
-            return None
+            return d.cost_micros
         return cost_micros(
             price,
             input_tokens=d.input_tokens,

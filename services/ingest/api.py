@@ -16,9 +16,15 @@ from libs.events.registry import EVENT_TYPES
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
 from libs.service.kafka import BrokerUnavailableError
 from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, read_json, read_model, requires
+from libs.service.web import Role, json_response, read_json, read_model, requires, storable_text
 from services.ingest.config import IngestSettings
-from services.ingest.domain import ModelPrice, Rejection, check_time, price_event
+from services.ingest.domain import (
+    CostTooHighError,
+    ModelPrice,
+    Rejection,
+    check_time,
+    price_event,
+)
 from services.ingest.metrics import IngestMetrics
 from services.ingest.prices import PriceCache
 from services.ingest.producer import EventLog
@@ -106,10 +112,10 @@ def _validate(
     settings: IngestSettings,
     prices: dict[str, ModelPrice],
     metrics: IngestMetrics,
-) -> tuple[list[Envelope], list[Rejection]]:
-    """Split a batch into priced valid events and rejections that name the field."""
+) -> tuple[list[tuple[int, Envelope]], list[Rejection]]:
+    """Split a batch into priced valid events (with their index) and rejections naming the field."""
     now = datetime.now(UTC)
-    accepted: list[Envelope] = []
+    accepted: list[tuple[int, Envelope]] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
     for index, raw in enumerate(raw_events):
@@ -120,18 +126,49 @@ def _validate(
             metrics.events.labels(_type_label(raw), "rejected", _reason_of(exc)).inc()
             continue
         problem = check_time(event, now, settings.max_future_skew)
-        if problem is None and event.id in seen:
-            problem = "id: appears more than once in this batch"
+        if problem is None and event.identity in seen:
+            # The same id for another user or as another type is another event (see
+            # `Envelope.identity`); the same event twice in one batch is a mistake.
+            problem = (
+                "id: this event (same type, subject and id) appears more than once in this batch"
+            )
         if problem is not None:
             reason = "future" if problem.startswith("occurred_at") else "duplicate_in_batch"
             rejected.append(Rejection(index, event.id, problem, reason))
             metrics.events.labels(event.type, "rejected", reason).inc()
             continue
-        seen.add(event.id)
         if isinstance(event, ChatUsageRecorded):
-            event = price_event(event, prices)
-        accepted.append(event)
+            try:
+                event = price_event(event, prices)
+            except CostTooHighError as exc:
+                rejected.append(Rejection(index, event.id, str(exc), "cost_too_high"))
+                metrics.events.labels(event.type, "rejected", "cost_too_high").inc()
+                continue
+        seen.add(event.identity)
+        accepted.append((index, event))
     return accepted, rejected
+
+
+def _encoded(
+    events: list[tuple[int, Envelope]], rejected: list[Rejection], metrics: IngestMetrics
+) -> tuple[list[Envelope], list[tuple[bytes, bytes]]]:
+    """Each accepted event as a log record; one that cannot be encoded is refused on its own.
+
+    The bounds make this unreachable for validated events, but a batch must never fail as a
+    whole because of one of its events.
+    """
+    kept: list[Envelope] = []
+    records: list[tuple[bytes, bytes]] = []
+    for index, event in events:
+        try:
+            records.append((event.partition_key.encode(), encode(event)))
+        except (TypeError, ValueError, UnicodeError) as exc:
+            message = f"event cannot be encoded for the log: {exc}"
+            rejected.append(Rejection(index, event.id, message, "unencodable"))
+            metrics.events.labels(event.type, "rejected", "unencodable").inc()
+            continue
+        kept.append(event)
+    return kept, records
 
 
 def _count_accepted(metrics: IngestMetrics, accepted: list[Envelope]) -> None:
@@ -150,11 +187,11 @@ async def post_events(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     raw_events = _batch_of(await read_json(request), settings.max_batch_events)
     metrics.batch_events.observe(len(raw_events))
-    accepted, rejected = _validate(
+    valid, rejected = _validate(
         raw_events, settings=settings, prices=request.app[PRICES].prices, metrics=metrics
     )
+    accepted, records = _encoded(valid, rejected, metrics)
     if accepted:
-        records = [(e.partition_key.encode(), encode(e)) for e in accepted]
         started = time.perf_counter()
         try:
             await request.app[EVENT_LOG].append(records)
@@ -171,7 +208,10 @@ async def post_events(request: web.Request) -> web.Response:
     if rejected:
         log.info("events_rejected", count=len(rejected), first=rejected[0].message)
     return json_response(
-        {"accepted": [e.id for e in accepted], "rejected": [r.as_json() for r in rejected]}
+        {
+            "accepted": [e.id for e in accepted],
+            "rejected": [r.as_json() for r in sorted(rejected, key=lambda r: r.index)],
+        }
     )
 
 
@@ -180,10 +220,7 @@ def _priced(model: str, price: ModelPrice, updated_at: datetime) -> dict[str, ob
 
 
 def _model_name(request: web.Request) -> str:
-    model = request.match_info["model"]
-    if not 1 <= len(model) <= 256:
-        raise Unprocessable("model: must be 1 to 256 characters")
-    return model
+    return storable_text(request.match_info["model"], "model", max_length=256)
 
 
 @requires(Role.ADMIN)

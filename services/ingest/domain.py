@@ -10,12 +10,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from libs.events.bounds import MAX_EVENT_COST_MICROS, MAX_PRICE_PER_MILLION
 from libs.events.models import ChatUsageRecorded, Envelope
 
 # Dollars per million tokens as a decimal string: "3.00", "0.075". At most 6 places keeps
-# a price exact in micro-dollars per token.
+# a price exact in micro-dollars per token; the cap comes from `libs.events.bounds`.
 PricePerMillion = Annotated[
-    Decimal, Field(ge=0, le=1_000_000, max_digits=13, decimal_places=6, allow_inf_nan=False)
+    Decimal,
+    Field(ge=0, le=MAX_PRICE_PER_MILLION, max_digits=13, decimal_places=6, allow_inf_nan=False),
 ]
 
 
@@ -60,18 +62,29 @@ def cost_micros(
     return math.ceil(total)
 
 
-def price_event(event: ChatUsageRecorded, prices: dict[str, ModelPrice]) -> ChatUsageRecorded:
-    """Stamp `cost_micros` (and `priced`) from the price table when the emitter sent none.
+class CostTooHighError(ValueError):
+    """The deployment's price makes an event cost more than one event may (see bounds)."""
 
-    A model without a price stays unpriced (`cost_micros` null); the cost an emitter sent is
-    kept as it is. A price change later is never retroactive: the cost is fixed here.
+
+def price_event(event: ChatUsageRecorded, prices: dict[str, ModelPrice]) -> ChatUsageRecorded:
+    """Stamp the deployment's cost on chat usage of a priced model.
+
+    When the model has a price, ingest's cost is the one that counts (`cost_micros`,
+    `priced` true) and a cost the emitter sent is kept beside it as `reported_cost_micros`,
+    for audit: an emitter can never lower a user's spend below the deployment's price. A
+    model without a price keeps the emitter's `cost_micros` as sent (or none), `priced`
+    false. What the emitter put in `priced` or `reported_cost_micros` is replaced either
+    way: ingest alone decides them. A price change later is never retroactive.
+
+    Raises `CostTooHighError` when the priced cost is above `MAX_EVENT_COST_MICROS`.
     """
     data = event.data
-    if data.cost_micros is not None:
-        return event
     price = prices.get(data.model)
     if price is None:
-        return event
+        if not data.priced and data.reported_cost_micros is None:
+            return event
+        update: dict[str, object] = {"priced": False, "reported_cost_micros": None}
+        return event.model_copy(update={"data": data.model_copy(update=update)})
     cost = cost_micros(
         price,
         input_tokens=data.input_tokens,
@@ -79,9 +92,14 @@ def price_event(event: ChatUsageRecorded, prices: dict[str, ModelPrice]) -> Chat
         cache_read=data.cache_read_tokens,
         cache_write=data.cache_write_tokens,
     )
-    return event.model_copy(
-        update={"data": data.model_copy(update={"cost_micros": cost, "priced": True})}
-    )
+    if cost > MAX_EVENT_COST_MICROS:
+        raise CostTooHighError(
+            f"data: at the price of model {data.model!r} these tokens cost {cost} "
+            f"micro-dollars, more than one event may cost ({MAX_EVENT_COST_MICROS}); "
+            "send the usage in smaller events"
+        )
+    update = {"cost_micros": cost, "priced": True, "reported_cost_micros": data.cost_micros}
+    return event.model_copy(update={"data": data.model_copy(update=update)})
 
 
 @dataclass(frozen=True, slots=True)

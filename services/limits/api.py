@@ -22,6 +22,7 @@ from libs.service.web import (
     portal_scoped,
     read_json,
     requires,
+    storable_text,
     validation_message,
 )
 from services.limits.admin_config import ConfigCache
@@ -187,9 +188,7 @@ def _user_id_of(body: object) -> str:
 def _subject_id(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise Unprocessable(f"{name}: Input should be a valid string")
-    if not 1 <= len(value) <= MAX_ID_LENGTH:
-        raise Unprocessable(f"{name}: must be 1 to {MAX_ID_LENGTH} characters")
-    return value
+    return storable_text(value, name, max_length=MAX_ID_LENGTH)
 
 
 def _ready_runtime(request: web.Request) -> LimitsRuntime:
@@ -250,6 +249,9 @@ async def status(request: web.Request) -> web.Response:
 async def _database(call: Awaitable[T]) -> T:
     try:
         return await call
+    except asyncpg.DataError as exc:
+        # The request holds a value no column takes: retrying can never help.
+        raise Unprocessable(f"a value in this request cannot be stored: {exc}") from exc
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DependencyUnavailable(
             "the limits database is unavailable; checks still answer from memory",

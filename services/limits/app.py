@@ -28,7 +28,9 @@ from services.limits.consumer import Feed, LimitsSink, SnapshotStatus, Snapshott
 from services.limits.domain import Ledger, Limiter
 from services.limits.metrics import LimitsMetrics, TopUsers
 from services.limits.storage import (
+    ChatArchive,
     ConfigStore,
+    PostgresChatArchive,
     PostgresConfigStore,
     PostgresSnapshotStore,
     SnapshotStore,
@@ -59,6 +61,7 @@ def build_app(
     *,
     config_store: ConfigStore | None = None,
     snapshot_store: SnapshotStore | None = None,
+    archive: ChatArchive | None = None,
     feed: FeedFactory | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
@@ -68,7 +71,10 @@ def build_app(
     """The limits application; real dependencies are built when none are given.
 
     `feed` builds what reads the log into the sink; without it, a `ConsumerLoop` over
-    every partition of the events topic. `freeze_heap` (for the service's own process, never
+    every partition of the events topic. `archive` is where the previous log's tail is
+    recovered from after a broker epoch change; without it (and with the stores built here),
+    the reports archive in the same database, unless `TOLLGATE_LIMITS_ARCHIVE_CATCHUP` is off.
+    `freeze_heap` (for the service's own process, never
     for tests sharing one) moves everything alive once the log is read into the garbage
     collector's permanent generation (see `_freeze_heap_when_caught_up`).
     """
@@ -111,8 +117,8 @@ def build_app(
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with (
-            _stores(settings, config_store, snapshot_store) as (store, snapshots),
-            wiring.running(app, store, snapshots),
+            _stores(settings, config_store, snapshot_store, archive) as (store, snapshots, tail),
+            wiring.running(app, store, snapshots, tail),
         ):
             yield
 
@@ -153,7 +159,11 @@ class _Wiring:
 
     @asynccontextmanager
     async def running(
-        self, app: web.Application, store: ConfigStore, snapshots: SnapshotStore
+        self,
+        app: web.Application,
+        store: ConfigStore,
+        snapshots: SnapshotStore,
+        archive: ChatArchive | None,
     ) -> AsyncIterator[None]:
         """Load the configuration, start the consumer, refresher and snapshots; stop them."""
         settings, limiter, metrics = self.settings, self.limiter, self.metrics
@@ -169,6 +179,7 @@ class _Wiring:
             metrics=metrics,
             status=status,
             clock=clock,
+            archive=archive if settings.archive_catchup else None,
         )
         snapshotter = Snapshotter(
             limiter,
@@ -218,6 +229,8 @@ class _Wiring:
                 ),
             ):
                 yield
+                # A clean stop reads the log to its end before the final snapshot.
+                await reader.drain()
             # The consumer has stopped: the ledger is final for this process.
             try:
                 await asyncio.wait_for(snapshotter.take(), FINAL_SNAPSHOT_TIMEOUT_S)
@@ -233,16 +246,18 @@ async def _stores(
     settings: LimitsSettings,
     config_store: ConfigStore | None,
     snapshot_store: SnapshotStore | None,
-) -> AsyncIterator[tuple[ConfigStore, SnapshotStore]]:
+    archive: ChatArchive | None,
+) -> AsyncIterator[tuple[ConfigStore, SnapshotStore, ChatArchive | None]]:
     """The stores given, or PostgreSQL ones on a pool that closes with them."""
     if config_store is not None and snapshot_store is not None:
-        yield config_store, snapshot_store
+        yield config_store, snapshot_store, archive
         return
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
     try:
         yield (
             config_store or PostgresConfigStore(pool),
             snapshot_store or PostgresSnapshotStore(pool),
+            archive or PostgresChatArchive(pool),
         )
     finally:
         await pool.close()

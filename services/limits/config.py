@@ -25,6 +25,9 @@ class LimitsSettings(CommonSettings):
     # Off by default: user ids with their spend would reach everyone who can read Prometheus
     # or Grafana. Per-user spend belongs to the authenticated cost API.
     top_users: int = Field(0, alias="TOLLGATE_LIMITS_TOP_USERS", ge=0, le=1000)
+    # At a start in a new broker epoch (the embedded broker restarted with an empty log), add
+    # the chat usage the reports archive holds from after the carried snapshot.
+    archive_catchup: bool = Field(default=True, alias="TOLLGATE_LIMITS_ARCHIVE_CATCHUP")
 
     @classmethod
     def from_env(cls) -> LimitsSettings:

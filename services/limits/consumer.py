@@ -4,6 +4,14 @@ The consumer loop reads every partition (no consumer group) into `LimitsSink`. T
 keeps its positions in the ledger itself: a new replica restores the newest snapshot of
 this log and the loop resumes from the positions stored with it, so only the tail is
 replayed. Snapshots go to PostgreSQL periodically and at shutdown.
+
+Restarts of the embedded broker start a new, empty log (a new epoch). Spend must survive
+that, so a replica that finds no snapshot of its own log carries the newest snapshot of the
+previous one forward: its totals, groups and remembered event identities become the base,
+and the new log is read from its start on top (a resend of an event the base counted is
+recognised by identity). What the previous log held after that snapshot is recovered from
+the reports archive when it is in the same database (`TOLLGATE_LIMITS_ARCHIVE_CATCHUP`):
+every chat message projected since then is counted unless the base already has it.
 """
 
 from __future__ import annotations
@@ -13,15 +21,22 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 from typing import Protocol
 
 import structlog
 
 from libs.events.models import ChatUsageRecorded
 from libs.service.consumer import Batch, Consumed
-from services.limits.domain import SNAPSHOT_FORMAT, Ledger, LedgerImage, Limiter
+from services.limits.domain import (
+    READABLE_SNAPSHOT_FORMATS,
+    SNAPSHOT_FORMAT,
+    Ledger,
+    LedgerImage,
+    Limiter,
+)
 from services.limits.metrics import LimitsMetrics
-from services.limits.storage import Snapshot, SnapshotStore
+from services.limits.storage import ChatArchive, Snapshot, SnapshotStore
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +55,10 @@ class Feed(Protocol):
 
     async def run(self) -> None:
         """Consume until cancelled."""
+        ...
+
+    async def drain(self, timeout_s: float = ...) -> bool:
+        """Before a clean stop: read the log to its end (or give up after `timeout_s`)."""
         ...
 
 
@@ -70,6 +89,7 @@ class LimitsSink:
         metrics: LimitsMetrics,
         status: SnapshotStatus,
         clock: Callable[[], float] = time.time,
+        archive: ChatArchive | None = None,
     ) -> None:
         self.limiter = limiter
         self.snapshots = snapshots
@@ -79,7 +99,10 @@ class LimitsSink:
         self.metrics = metrics
         self.status = status
         self.clock = clock
+        self.archive = archive
         self.restored = False
+        #: The previous epoch's snapshot this replica started from, if it did.
+        self.carried: Snapshot | None = None
         self._log = log.bind(topic=topic, epoch=epoch)
 
     async def load_positions(self, partitions: Sequence[int]) -> dict[int, int]:
@@ -95,12 +118,26 @@ class LimitsSink:
         return {p: positions[p] for p in partitions if p in positions}
 
     async def _restore(self) -> None:
-        snapshot = await self.snapshots.latest(
-            topic=self.topic, epoch=self.epoch, format=SNAPSHOT_FORMAT
+        snapshot = None
+        for fmt in sorted(READABLE_SNAPSHOT_FORMATS, reverse=True):
+            snapshot = await self.snapshots.latest(topic=self.topic, epoch=self.epoch, format=fmt)
+            if snapshot is not None:
+                break
+        if snapshot is not None:
+            await self._load(snapshot, carried=False)
+            return
+        previous = await self.snapshots.newest_of_another_epoch(
+            topic=self.topic, epoch=self.epoch, formats=READABLE_SNAPSHOT_FORMATS
         )
-        if snapshot is None:
+        if previous is None:
             self._log.info("limits_snapshot_none", action="replaying the log from the start")
             return
+        if await self._load(previous, carried=True):
+            self.carried = previous
+            await self._catch_up(previous)
+
+    async def _load(self, snapshot: Snapshot, *, carried: bool) -> bool:
+        """Put a snapshot's ledger in force; one of another epoch keeps no positions."""
         try:
             raw = await asyncio.to_thread(zlib.decompress, snapshot.state)
             ledger = Ledger.load(raw, dedup_window_ms=self.dedup_window_ms)
@@ -111,19 +148,80 @@ class LimitsSink:
                 error=f"{type(exc).__name__}: {exc}",
                 action="replaying the log from the start",
             )
-            return
+            return False
         ledger.prune(self.limiter.current_periods(self.clock()))
-        self.limiter.ledger = ledger
         created = snapshot.created_at.timestamp() if snapshot.created_at else self.clock()
-        self.status.newest_at = created
-        self.status.newest_positions = dict(ledger.positions)
+        if carried:
+            # Its offsets point into a log that no longer exists: the new one is read from 0.
+            ledger.positions = {}
+        else:
+            self.status.newest_at = created
+            self.status.newest_positions = dict(ledger.positions)
+        self.limiter.ledger = ledger
         self._log.info(
-            "limits_snapshot_loaded",
+            "limits_snapshot_carried" if carried else "limits_snapshot_loaded",
             snapshot_id=snapshot.id,
+            snapshot_epoch=snapshot.epoch,
             age_s=round(self.clock() - created, 3),
             compressed_bytes=len(snapshot.state),
             events_applied=ledger.applied,
             next_offsets_total=sum(ledger.positions.values()),
+        )
+        return True
+
+    async def _catch_up(self, snapshot: Snapshot) -> None:
+        """Count what the reports archive took in after `snapshot`, unless the ledger has it.
+
+        Rows from the whole dedup window before the snapshot are read too: whatever the
+        ledger already counted is still among the identities it remembers, so nothing is
+        counted twice, and nothing limits had not yet applied when the snapshot was taken is
+        missed.
+        """
+        archive = self.archive
+        if archive is None or snapshot.created_at is None:
+            return
+        try:
+            if not await archive.available():
+                self._log.info("limits_archive_catchup_skipped", reason="no reports archive here")
+                return
+            window = timedelta(milliseconds=self.dedup_window_ms) - timedelta(hours=1)
+            current = self.limiter.current_periods(self.clock())
+            occurred_from = min(period.start for period in current)
+            ledger = self.limiter.ledger
+            # The new log's records carry about this time: remembered identities are kept
+            # for the window from here, as if the rows had just been read from the log.
+            now_ms = int(self.clock() * 1000)
+            rows = counted = 0
+            async for page in archive.chat_since(
+                projected_from=snapshot.created_at - max(window, timedelta(0)),
+                occurred_from=occurred_from,
+            ):
+                for row in page:
+                    outcome = ledger.count_usage(
+                        identity=row.identity,
+                        user_id=row.user_id,
+                        model=row.model,
+                        cost_micros=row.cost_micros,
+                        occurred_at=row.occurred_at.astimezone(UTC),
+                        partition=row.partition,
+                        log_ms=now_ms,
+                        title=row.title,
+                    )
+                    rows += 1
+                    counted += outcome != "duplicate"
+                await asyncio.sleep(0)
+        except Exception as exc:
+            self._log.warning(
+                "limits_archive_catchup_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                action="the previous log's tail after the snapshot is not counted",
+            )
+            return
+        self._log.info(
+            "limits_archive_catchup",
+            snapshot_taken_at=snapshot.created_at.astimezone(UTC).isoformat(),
+            rows_read=rows,
+            counted=counted,
         )
 
     async def apply(self, batch: Batch) -> None:

@@ -7,10 +7,13 @@ Every replica folds the whole log into a `Ledger` and answers checks from it thr
   calendar month an event *occurred* in. A late event lands in its own period, midnight
   needs no job (the next check simply reads the next bucket), and buckets older than the
   current periods are dropped because no check can read them again.
-- Duplicate event ids are recognised per partition (an id always travels with the same
-  key, so with the same partition) within a window of *log* time: the newest record
-  timestamp the partition has shown. Decisions depend only on the partition's own order,
-  which is why replaying the log from any snapshot gives exactly the same totals.
+- Duplicates are recognised by event identity (type, user and id: `Envelope.identity`) per
+  partition within a window of *log* time: the newest record timestamp the partition has
+  shown. The consumer loop hands over an event only on its home partition (see
+  `libs.service.consumer`), so every copy of one identity meets the ledger on one partition
+  whatever partitioner its producer used. Decisions depend only on each partition's own
+  order, which is why replaying the log from any snapshot gives exactly the same totals.
+- Totals saturate at `MAX_TOTAL` (2^53 - 1 micro-dollars), like every total in Tollgate.
 - A group's members are the list of its newest `directory.group.v1` (by `occurred_at`,
   then log position), whatever order the partitions are read in.
 """
@@ -31,6 +34,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
+from libs.events.bounds import MAX_TOTAL
 from libs.events.models import ChatUsageRecorded, Event, GroupUpdated
 
 Period = Literal["day", "week", "month"]
@@ -50,7 +54,9 @@ _ORDINAL_1970: Final = date(1970, 1, 1).toordinal()
 _NO_FLOOR: Final = -(2**62)
 _HOUR_MS: Final = 3_600_000
 
-SNAPSHOT_FORMAT: Final = 1
+#: Format 2 remembers event identities; format 1 (ids alone) still loads, without its ids.
+SNAPSHOT_FORMAT: Final = 2
+READABLE_SNAPSHOT_FORMATS: Final = (1, 2)
 
 
 # -- periods ---------------------------------------------------------------------------------
@@ -213,9 +219,9 @@ class Decision(NamedTuple):
 # -- deduplication ---------------------------------------------------------------------------
 
 
-def id_digest(event_id: str) -> int:
-    """A stable 60-bit digest of an event id (Python's `hash` changes between processes)."""
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+def id_digest(identity: str) -> int:
+    """A stable 60-bit digest of an event identity (Python's `hash` changes between processes)."""
+    digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
     # 60 bits keep each stored int in CPython's smallest two-digit form.
     return int.from_bytes(digest, "little") >> 4
 
@@ -244,11 +250,11 @@ class RecentIds:
         # The bucket of the watermark's hour, created with its first id.
         self.open: dict[int, None] | None = None
 
-    def add(self, event_id: str, log_ms: int) -> bool:
-        """Remember `event_id`; False when it was already seen within the window."""
+    def add(self, identity: str, log_ms: int) -> bool:
+        """Remember `identity`; False when it was already seen within the window."""
         if log_ms > self.watermark_ms:
             self._advance(log_ms)
-        digest = id_digest(event_id)
+        digest = id_digest(identity)
         for bucket in self.buckets.values():
             if digest in bucket:
                 return False
@@ -350,27 +356,54 @@ class Ledger:
 
     def _usage(self, event: ChatUsageRecorded, partition: int, log_ms: int) -> Outcome:
         data = event.data
-        if data.purpose == "title":
-            return "title"
-        occurred_ms = int(event.occurred_at.timestamp() * 1000)
+        return self.count_usage(
+            identity=event.identity,
+            user_id=event.user_id,
+            model=data.model,
+            cost_micros=data.cost_micros,
+            occurred_at=event.occurred_at,
+            partition=partition,
+            log_ms=log_ms,
+            title=data.purpose == "title",
+        )
+
+    def count_usage(
+        self,
+        *,
+        identity: str,
+        user_id: str,
+        model: str,
+        cost_micros: int | None,
+        occurred_at: datetime,
+        partition: int,
+        log_ms: int,
+        title: bool = False,
+    ) -> Outcome:
+        """Count one chat message unless its identity was seen; title generation never counts.
+
+        A title-generation event is remembered all the same: it is the first copy of its
+        identity, and a later copy saying `purpose: chat` is a duplicate everywhere.
+        """
+        occurred_ms = int(occurred_at.timestamp() * 1000)
         recent = self.recent.get(partition)
         if recent is None:
             recent = self.recent[partition] = RecentIds(self.dedup_window_ms)
         # A producer without timestamps (-1) still advances the window, by event time.
-        if not recent.add(event.id, log_ms if log_ms > 0 else occurred_ms):
+        if not recent.add(identity, log_ms if log_ms > 0 else occurred_ms):
             return "duplicate"
+        if title:
+            return "title"
         self.applied += 1
-        seen = self.models.get(data.model)
+        seen = self.models.get(model)
         if seen is None:
-            seen = self.models[data.model] = [-1, -1]
-        cost = data.cost_micros
-        if cost is None:
+            seen = self.models[model] = [-1, -1]
+        if cost_micros is None:
             seen[0] = max(seen[0], occurred_ms)
             return "unpriced"
         seen[1] = max(seen[1], occurred_ms)
-        if cost == 0:
+        if cost_micros == 0:
             return "free"
-        self.add_spend(event.user_id, cost, event.occurred_at)
+        self.add_spend(user_id, cost_micros, occurred_at)
         return "spend"
 
     def add_spend(self, user_id: str, cost_micros: int, occurred_at: datetime) -> None:
@@ -389,7 +422,8 @@ class Ledger:
             bucket = buckets.get(key)
             if bucket is None:
                 bucket = buckets[key] = {}
-            bucket[user_id] = bucket.get(user_id, 0) + cost_micros
+            total = bucket.get(user_id, 0) + cost_micros
+            bucket[user_id] = min(MAX_TOTAL, total)
 
     def _group(self, event: GroupUpdated, partition: int, offset: int) -> Outcome:
         data = event.data
@@ -489,7 +523,7 @@ class Ledger:
     def load(cls, raw: bytes, *, dedup_window_ms: int = 48 * _HOUR_MS) -> Ledger:
         """Rebuild a ledger from `dump()`; raises `ValueError` for another format."""
         doc = orjson.loads(raw)
-        if not isinstance(doc, dict) or doc.get("format") != SNAPSHOT_FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") not in READABLE_SNAPSHOT_FORMATS:
             raise ValueError("unknown snapshot format")
         ledger = cls(dedup_window_ms=dedup_window_ms)
         ledger.positions = {int(p): int(o) for p, o in doc["positions"].items()}
@@ -501,9 +535,12 @@ class Ledger:
         for group, (occurred_ms, partition, offset, members) in doc["groups"].items():
             ledger.set_group(group, members, (occurred_ms, partition, offset))
         ledger.models = {m: [int(u), int(p)] for m, (u, p) in doc["models"].items()}
-        ledger.recent = {
-            int(p): RecentIds.load(r, dedup_window_ms) for p, r in doc["recent"].items()
-        }
+        if doc["format"] == SNAPSHOT_FORMAT:
+            ledger.recent = {
+                int(p): RecentIds.load(r, dedup_window_ms) for p, r in doc["recent"].items()
+            }
+        # Format 1 remembered bare ids, which identities can never match: its spend,
+        # groups and positions carry over, its ids do not.
         return ledger
 
 

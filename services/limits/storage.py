@@ -5,7 +5,7 @@ Each store is a Protocol with a PostgreSQL implementation and an in-memory one f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 import asyncpg
 import orjson
 
+from libs.events.models import ChatUsageRecorded, identity_of
 from services.limits.domain import LimitsConfig, Period
 
 Subject = Literal["user", "group"]
@@ -97,8 +98,41 @@ class SnapshotStore(Protocol):
         """The snapshot of this log that got furthest, if any."""
         ...
 
+    async def newest_of_another_epoch(
+        self, *, topic: str, epoch: str, formats: Sequence[int]
+    ) -> Snapshot | None:
+        """The most recently taken snapshot of another log of this topic (a previous epoch)."""
+        ...
+
     async def save(self, snapshot: Snapshot, *, keep: int) -> Snapshot:
         """Store a snapshot and drop all but the `keep` furthest of its log (and other logs')."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedChat:
+    """A chat usage event as the reports archive kept it."""
+
+    identity: str
+    user_id: str
+    model: str
+    cost_micros: int | None
+    occurred_at: datetime
+    partition: int
+    title: bool = False
+
+
+class ChatArchive(Protocol):
+    """The reports archive, read back to recover what a lost log held (see `LimitsSink`)."""
+
+    async def available(self) -> bool:
+        """Whether this database holds the archive at all."""
+        ...
+
+    def chat_since(
+        self, *, projected_from: datetime, occurred_from: datetime
+    ) -> AsyncIterator[list[ArchivedChat]]:
+        """Chat usage projected from `projected_from` that occurred from `occurred_from`."""
         ...
 
 
@@ -142,6 +176,12 @@ WHERE topic = $1 AND epoch = $2 AND format = $3
 ORDER BY next_offsets_total DESC, id DESC
 LIMIT 1
 """
+SELECT_NEWEST_OTHER_EPOCH = """
+SELECT id, epoch, format, positions, events_applied, state, created_at FROM limits_snapshots
+WHERE topic = $1 AND epoch <> $2 AND format = ANY($3::int4[])
+ORDER BY created_at DESC, id DESC
+LIMIT 1
+"""
 INSERT_SNAPSHOT = """
 INSERT INTO limits_snapshots
     (topic, epoch, format, positions, next_offsets_total, events_applied, state)
@@ -157,6 +197,17 @@ WHERE topic = $1 AND id NOT IN (
     ORDER BY next_offsets_total DESC, id DESC
     LIMIT $4
 )
+"""
+
+
+# The reports archive's table (deploy/migrations/03xx): read only, and only at a start in a new
+# broker epoch.
+SELECT_ARCHIVE_EXISTS = "SELECT to_regclass('reports_events') IS NOT NULL"
+SELECT_ARCHIVED_CHAT = """
+SELECT id, user_id, occurred_at, log_partition, data->>'model' AS model,
+       (data->>'cost_micros')::bigint AS cost_micros, data->>'purpose' = 'title' AS title
+FROM reports_events
+WHERE type = 'chat.usage.v1' AND occurred_at >= $1 AND projected_at >= $2
 """
 
 
@@ -245,6 +296,26 @@ class PostgresSnapshotStore:
             id=row["id"],
         )
 
+    async def newest_of_another_epoch(
+        self, *, topic: str, epoch: str, formats: Sequence[int]
+    ) -> Snapshot | None:
+        """The most recently taken snapshot of another epoch's log."""
+        row = await self.pool.fetchrow(
+            SELECT_NEWEST_OTHER_EPOCH, topic, epoch, list(formats), timeout=self.timeout_s
+        )
+        if row is None:
+            return None
+        return Snapshot(
+            topic=topic,
+            epoch=row["epoch"],
+            format=row["format"],
+            positions={int(p): int(o) for p, o in orjson.loads(row["positions"]).items()},
+            events_applied=row["events_applied"],
+            state=bytes(row["state"]),
+            created_at=row["created_at"],
+            id=row["id"],
+        )
+
     async def save(self, snapshot: Snapshot, *, keep: int) -> Snapshot:
         """Insert and prune in one transaction."""
         positions = orjson.dumps(snapshot.positions, option=orjson.OPT_NON_STR_KEYS).decode()
@@ -270,6 +341,47 @@ class PostgresSnapshotStore:
                 timeout=self.timeout_s,
             )
         return replace(snapshot, id=row["id"], created_at=row["created_at"])
+
+
+class PostgresChatArchive:
+    """The reports archive in the same PostgreSQL database, read in pages."""
+
+    def __init__(self, pool: asyncpg.Pool, *, page: int = 5000, timeout_s: float = 30.0) -> None:
+        self.pool = pool
+        self.page = page
+        self.timeout_s = timeout_s
+
+    async def available(self) -> bool:
+        """Whether the reports tables are in this database."""
+        found: bool = await self.pool.fetchval(SELECT_ARCHIVE_EXISTS, timeout=self.timeout_s)
+        return found
+
+    async def chat_since(
+        self, *, projected_from: datetime, occurred_from: datetime
+    ) -> AsyncIterator[list[ArchivedChat]]:
+        """Pages of archived chat messages, through a cursor (one transaction, read only)."""
+        chat_type = ChatUsageRecorded.model_fields["type"].default
+        async with self.pool.acquire(timeout=5) as conn, conn.transaction(readonly=True):
+            page: list[ArchivedChat] = []
+            async for row in conn.cursor(
+                SELECT_ARCHIVED_CHAT, occurred_from, projected_from, prefetch=self.page
+            ):
+                page.append(
+                    ArchivedChat(
+                        identity=identity_of(chat_type, row["user_id"], row["id"]),
+                        user_id=row["user_id"],
+                        model=row["model"],
+                        cost_micros=row["cost_micros"],
+                        occurred_at=row["occurred_at"],
+                        partition=row["log_partition"],
+                        title=row["title"],
+                    )
+                )
+                if len(page) >= self.page:
+                    yield page
+                    page = []
+            if page:
+                yield page
 
 
 # -- in memory -------------------------------------------------------------------------------
@@ -344,6 +456,21 @@ class InMemorySnapshotStore:
         mine = [s for s in self.snapshots if (s.topic, s.epoch, s.format) == (topic, epoch, format)]
         return max(mine, key=lambda s: (sum(s.positions.values()), s.id or 0), default=None)
 
+    async def newest_of_another_epoch(
+        self, *, topic: str, epoch: str, formats: Sequence[int]
+    ) -> Snapshot | None:
+        """The most recently taken snapshot of another epoch's log."""
+        others = [
+            s
+            for s in self.snapshots
+            if s.topic == topic and s.epoch != epoch and s.format in formats
+        ]
+        return max(
+            others,
+            key=lambda s: (s.created_at or datetime.min.replace(tzinfo=UTC), s.id or 0),
+            default=None,
+        )
+
     async def save(self, snapshot: Snapshot, *, keep: int) -> Snapshot:
         """Store and keep the furthest `keep` of this log."""
         saved = replace(snapshot, id=self._next_id, created_at=datetime.now(UTC))
@@ -360,3 +487,26 @@ class InMemorySnapshotStore:
         )[:keep]
         self.snapshots = [s for s in self.snapshots if s.topic != saved.topic] + mine
         return saved
+
+
+class InMemoryChatArchive:
+    """Archived chat messages in a list, with the time each was projected, for unit tests."""
+
+    def __init__(self, rows: Sequence[tuple[datetime, ArchivedChat]] = ()) -> None:
+        self.rows = list(rows)
+
+    async def available(self) -> bool:
+        """Always there."""
+        return True
+
+    async def chat_since(
+        self, *, projected_from: datetime, occurred_from: datetime
+    ) -> AsyncIterator[list[ArchivedChat]]:
+        """One page of the matching rows."""
+        page = [
+            row
+            for projected_at, row in self.rows
+            if projected_at >= projected_from and row.occurred_at >= occurred_from
+        ]
+        if page:
+            yield page

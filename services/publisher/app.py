@@ -82,6 +82,8 @@ async def _start_consumer(
     stack.push_async_callback(lambda: asyncio.wait_for(producer.stop(), settings.kafka_timeout_s))
     loop = make_consumer(settings, pool, dlq_producer=producer, registry=registry)
     await stack.enter_async_context(background(loop.run(), name="publisher-consumer"))
+    # Runs first at a clean stop: read the log to its end (the embedded broker's is lost).
+    stack.push_async_callback(loop.drain)
     return loop.caught_up.is_set
 
 

@@ -62,4 +62,5 @@ def make_consumer(
         timeout_s=settings.kafka_timeout_s,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(100, session_ms // 5),
+        forward_misplaced=True,
     )

@@ -3,8 +3,9 @@
 Billing events are the only thing that ever leaves a deployment, so their shape is fixed
 here once: `{"id", "event_type", "event_data", "created_at"}` with `event_data` exactly
 `{"count": N}`. Nothing in them comes from a user, a workspace or a build except a count
-and a time; the id of a build's billing event is a one-way UUIDv5 of the source event id,
-so a replay of the log makes the very same id and the billing server deduplicates it.
+and a time; the id of a build's billing event is a one-way UUIDv5 of the source event's
+identity (type, user and id), so a replay of the log makes the very same id and the billing
+server deduplicates it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ MAX_BATCH: Final = 100
 #: Heartbeats are counted in 4-hour buckets aligned to UTC midnight (00, 04, 08, …).
 HEARTBEAT_BUCKET: Final = timedelta(hours=4)
 
-# Fixed forever: changing it would give every already-billed build a new id.
+# Fixed forever: changing it (or what `build_billing_id` hashes) would give every
+# already-billed build a new id.
 BUILD_ID_NAMESPACE: Final = uuid.UUID("5d0f4b8e-2c1a-5b7e-9a43-6f1d2e8c7b90")
 
 #: Why a whole request failed; the label values of `tollgate_publisher_send_errors_total`.
@@ -158,9 +160,13 @@ def rfc3339(moment: datetime) -> str:
     return text + "Z"
 
 
-def build_billing_id(source_event_id: str) -> str:
-    """A build's billing id: the same for every replay of the same source event."""
-    return str(uuid.uuid5(BUILD_ID_NAMESPACE, f"{DC_MANAGED_AGENTS}:{source_event_id}"))
+def build_billing_id(identity: str) -> str:
+    """A build's billing id from its event identity (`Envelope.identity`: type, user, id).
+
+    The same for every copy and replay of the event, so the billing server deduplicates it;
+    the same emitter id sent for two users names two builds and gets two billing ids.
+    """
+    return str(uuid.uuid5(BUILD_ID_NAMESPACE, f"{DC_MANAGED_AGENTS}:{identity}"))
 
 
 def heartbeat_bucket(moment: datetime) -> datetime:
@@ -200,28 +206,33 @@ class Projection:
     billing: list[BillingEvent] = field(default_factory=list)
     seats: dict[str, SeatState] = field(default_factory=dict)
     chat_users: dict[tuple[date, str], datetime] = field(default_factory=dict)
+    #: Every build's billing id (its identity), agent-managed or not, with that flag: the
+    #: first copy of a build decides, so a later copy can never make it billable.
+    builds: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.billing or self.seats or self.chat_users)
+        return bool(self.billing or self.seats or self.chat_users or self.builds)
 
 
 def project(events: Iterable[Envelope]) -> Projection:
     """Turn decoded events into queue rows and seat facts; everything else is ignored.
 
-    Agent-managed builds become `dc_managed_agents_v1` with a count of one. Directory
+    Agent-managed builds become `dc_managed_agents_v1` with a count of one; the first copy of
+    a build (by identity) decides whether it is one, here and against every build the queue
+    has seen (`builds`, kept by the storage). Directory
     events keep the latest licence state per user (the newest `occurred_at` wins, so
     order and replays do not matter). Chat usage (not title generation) marks the user
     as an AI chat user in that month.
     """
     out = Projection()
-    seen_billing: set[str] = set()
     for event in events:
         if isinstance(event, WorkspaceBuilt):
-            if not event.data.agent_managed:
+            billing_id = build_billing_id(event.identity)
+            if billing_id in out.builds:
                 continue
-            billing_id = build_billing_id(event.id)
-            if billing_id not in seen_billing:
-                seen_billing.add(billing_id)
+            agent = event.data.agent_managed
+            out.builds[billing_id] = (agent, event.occurred_at)
+            if agent:
                 out.billing.append(
                     BillingEvent(billing_id, DC_MANAGED_AGENTS, 1, event.occurred_at)
                 )

@@ -166,6 +166,16 @@ FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[])
 ON CONFLICT (queue, id) DO NOTHING
 """
 
+# Every build's first copy, by billing id (its identity): what it was decides for good.
+REMEMBER_BUILDS = """
+INSERT INTO publisher_builds (queue, billing_id, agent_managed, occurred_at)
+SELECT $1, r.billing_id, r.agent_managed, r.occurred_at
+FROM unnest($2::text[], $3::bool[], $4::timestamptz[]) AS r(billing_id, agent_managed, occurred_at)
+ORDER BY r.billing_id
+ON CONFLICT (queue, billing_id) DO NOTHING
+RETURNING billing_id
+"""
+
 DB_NOW = "SELECT now()"
 
 CLAIM = """
@@ -548,8 +558,26 @@ async def enqueue_on(conn: Connection, queue: str, events: Sequence[BillingEvent
 
 
 async def write_projection(conn: Connection, queue: str, projection: Projection) -> None:
-    """A batch's billing rows and seat facts, inside the transaction that stores its offsets."""
-    await enqueue_on(conn, queue, projection.billing)
+    """A batch's billing rows and seat facts, inside the transaction that stores its offsets.
+
+    Builds are remembered by billing id first; only those seen for the first time and
+    agent-managed are queued, so a later copy of a build never changes what it was.
+    """
+    billing = projection.billing
+    if projection.builds:
+        ids = list(projection.builds)
+        fresh = {
+            row["billing_id"]
+            for row in await conn.fetch(
+                REMEMBER_BUILDS,
+                queue,
+                ids,
+                [projection.builds[i][0] for i in ids],
+                [projection.builds[i][1] for i in ids],
+            )
+        }
+        billing = [b for b in billing if b.id in fresh]
+    await enqueue_on(conn, queue, billing)
     if projection.seats:
         seats = list(projection.seats.values())
         await conn.execute(
@@ -602,6 +630,7 @@ class InMemoryQueue:
         self.health = Health(deployment_id=deployment_id)
         self.seats: dict[str, SeatState] = {}
         self.chat_users: dict[tuple[date, str], datetime] = {}
+        self.builds: dict[str, bool] = {}
 
     async def open(self) -> Health:
         """Nothing to create."""
@@ -763,11 +792,13 @@ class InMemoryQueue:
 
     def apply_projection(self, projection: Projection) -> None:
         """What `write_projection` does, for unit tests of the heartbeat."""
+        fresh = {i for i in projection.builds if i not in self.builds}
+        self.builds.update({i: projection.builds[i][0] for i in fresh})
         self.rows.update(
             {
                 b.id: _Row(b, next_attempt_at=self.clock())
                 for b in projection.billing
-                if b.id not in self.rows
+                if b.id not in self.rows and (b.id in fresh or b.id not in projection.builds)
             }
         )
         for seat in projection.seats.values():

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from libs.service.errors import BadRequest, DependencyUnavailable, NotFound
 from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, portal_scoped, requires
+from libs.service.web import Role, json_response, portal_scoped, requires, storable_text
 from services.reports.domain import (
     MAX_BUCKETS,
     CostSummary,
@@ -86,10 +86,10 @@ class Query:
             if len(found) > 1:
                 raise BadRequest(f"{key}: given {len(found)} times; give it once")
             value = found[0]
-            if "\x00" in value:
-                raise BadRequest(f"{key}: must not contain NUL characters")
             if len(value) > MAX_TEXT:
                 raise BadRequest(f"{key}: longer than {MAX_TEXT} characters")
+            if value:
+                storable_text(value, key, max_length=MAX_TEXT, error=BadRequest)
             self.values[key] = value
 
     def text(self, name: str) -> str | None:
@@ -335,9 +335,7 @@ async def get_cost_user(request: web.Request) -> web.Response:
     """One user's chat spend: totals, by model, by root chat, and their usage limit status
     (a portal token reads only its own user)."""
     query = Query(request, COST_USER_PARAMS)
-    user_id = request.match_info["user_id"]
-    if not 1 <= len(user_id) <= 128 or "\x00" in user_id:
-        raise BadRequest("user_id: must be 1 to 128 characters without NUL")
+    user_id = storable_text(request.match_info["user_id"], "user_id", error=BadRequest)
     try:
         window = _cost_window(query, datetime.now(UTC))
     except InvalidQueryError as exc:

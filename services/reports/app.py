@@ -94,6 +94,8 @@ def _database(
                 background(loop.run(), name="consumer"),
             ):
                 yield
+                # A clean stop reads the log to its end first (the embedded broker's is lost).
+                await loop.drain()
         finally:
             await sink.close()
             with suppress(Exception):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 
 import asyncpg
@@ -23,16 +23,17 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from libs.events.codec import encode
 from libs.service.consumer import (
+    ApplyBatch,
     Batch,
     Consumed,
     ConsumerLoop,
+    EarlierBatchFailedError,
+    Isolate,
     PostgresSink,
     TransactionalHandler,
 )
 from libs.service.db import Connection
-from libs.service.kafka import bounded
 from services.reports.config import ReportsSettings
 from services.reports.metrics import ReportsMetrics
 from services.reports.projection import ProjectionOutcome, Projector
@@ -40,6 +41,9 @@ from services.reports.projection import ProjectionOutcome, Projector
 __all__ = ["ReportsSink", "build_consumer"]
 
 log = structlog.get_logger(__name__)
+
+#: How long a clean stop waits for the batch in flight to commit.
+CLOSE_WAIT_S = 10.0
 
 
 class ReportsSink:
@@ -52,8 +56,10 @@ class ReportsSink:
     loop fetches and decodes the next batch meanwhile; the next `apply` waits for them first,
     so batches still commit in log order.
 
-    A group whose transaction fails is retried (with backoff) until it commits: nothing of it
-    was kept, so retrying is what re-reading it from the log would do, without the re-read.
+    Each group is committed through `isolate` (the consumer loop's one rule for events a sink
+    refuses: the refused event is dead-lettered and the rest committed). An infrastructure
+    fault surfaces from the next `apply` or `settle`, and the loop then re-reads from the
+    positions PostgreSQL kept, with backoff, like every other consumer.
     """
 
     def __init__(
@@ -66,28 +72,33 @@ class ReportsSink:
         projector: Projector,
         metrics: ReportsMetrics,
         writers: int = 2,
-        retry_delay_s: float = 0.5,
-        dead_letter: Callable[[Consumed, str], Awaitable[None]] | None = None,
+        isolate: Isolate | None = None,
     ) -> None:
         self.pool = pool
-        self.dead_letter = dead_letter
         self.consumer = consumer
         self.topic = topic
         self.epoch = epoch
         self.projector = projector
         self.metrics = metrics
         self.writers = max(1, writers)
-        self.retry_delay_s = retry_delay_s
+        self.isolate: Isolate = isolate or _apply_plainly
         self._pending: asyncio.Task[None] | None = None
 
     async def load_positions(self, partitions: Sequence[int]) -> dict[int, int]:
-        """Positions from PostgreSQL, once the batch in flight (if any) has committed."""
-        await self.settle()
+        """Positions from PostgreSQL, once the batch in flight (if any) is over."""
+        with suppress(Exception):
+            # A failed commit was reported already; the positions say what it left.
+            await self.settle()
         return await self._sink(_no_events).load_positions(partitions)
 
     async def apply(self, batch: Batch) -> None:
         """Start committing `batch` once the previous batch has committed."""
-        await self.settle()
+        try:
+            await self.settle()
+        except Exception as exc:
+            raise EarlierBatchFailedError(
+                f"the previous batch did not commit: {type(exc).__name__}: {exc}"
+            ) from exc
         groups = [g for g in self.split(batch) if g.events or g.positions]
         self._pending = asyncio.create_task(self._commit_all(groups), name="reports-commit")
 
@@ -106,17 +117,22 @@ class ReportsSink:
         return self._pending is None or self._pending.done()
 
     async def settle(self) -> None:
-        """Wait until the batch in flight has committed."""
+        """Wait until the batch in flight is over; raise what made its commit fail."""
         task, self._pending = self._pending, None
         if task is not None:
             await task
 
     async def close(self) -> None:
-        """Abandon the batch in flight: its transactions roll back and it is read again later."""
+        """Let the batch in flight commit (briefly), so a clean stop keeps what was read."""
         task, self._pending = self._pending, None
-        if task is not None:
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT_S)
+        except Exception as exc:
+            log.warning("batch_commit_abandoned", error=f"{type(exc).__name__}: {exc}")
             task.cancel()
-            with suppress(asyncio.CancelledError):
+            with suppress(asyncio.CancelledError, Exception):
                 await task
 
     def _sink(self, handler: TransactionalHandler) -> PostgresSink:
@@ -125,43 +141,12 @@ class ReportsSink:
         )
 
     async def _commit_all(self, groups: list[Batch]) -> None:
-        await asyncio.gather(*(self._commit(group) for group in groups))
-
-    async def _commit(self, batch: Batch) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._commit_isolating(batch)
-            except Exception as exc:
-                attempt += 1
-                log.warning(
-                    "batch_commit_failed",
-                    error=f"{type(exc).__name__}: {exc}",
-                    attempt=attempt,
-                    events=len(batch.events),
-                )
-                await asyncio.sleep(min(self.retry_delay_s * attempt, 10.0))
-                continue
-            return
-
-    async def _commit_isolating(self, batch: Batch) -> None:
-        """Commit `batch`; if its data is refused, find and set aside the events PostgreSQL refuses.
-
-        A data error (a sum beyond bigint, say) fails the same way on every retry, so the batch
-        is halved until the refused event is alone; it goes to the dead-letter topic and its
-        offset is committed, and every other event is projected exactly once as usual.
-        """
-        try:
-            await self._transaction(batch)
-        except asyncpg.DataError as exc:
-            if len(batch.events) <= 1:
-                for item in batch.events:
-                    await self._set_aside(item, f"projection refused the event: {exc}")
-                await self._transaction(Batch(events=[], positions=batch.positions))
-                return
-            first, second = halves(batch)
-            await self._commit_isolating(first)
-            await self._commit_isolating(second)
+        results = await asyncio.gather(
+            *(self.isolate(self._transaction, group) for group in groups), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _transaction(self, batch: Batch) -> None:
         outcome = ProjectionOutcome()
@@ -174,26 +159,10 @@ class ReportsSink:
         await self._sink(project).apply(batch)
         self.metrics.record(outcome, time.perf_counter() - started)
 
-    async def _set_aside(self, item: Consumed, reason: str) -> None:
-        log.error(
-            "event_refused_by_projection",
-            event_id=item.event.id,
-            partition=item.partition,
-            offset=item.offset,
-            reason=reason,
-        )
-        self.metrics.refused.inc()
-        if self.dead_letter is not None:
-            await self.dead_letter(item, reason)
 
-
-def halves(batch: Batch) -> tuple[Batch, Batch]:
-    """Two batches that, committed in order, do what `batch` does: each with its own offsets."""
-    middle = len(batch.events) // 2
-    first = Batch(events=batch.events[:middle], positions={})
-    for item in first.events:
-        first.positions[item.partition] = item.offset + 1
-    return first, Batch(events=batch.events[middle:], positions=dict(batch.positions))
+async def _apply_plainly(apply: ApplyBatch, batch: Batch) -> None:
+    """Without a consumer loop (tests, benchmarks): a refusal fails the batch."""
+    await apply(batch)
 
 
 async def _no_events(conn: Connection, events: Sequence[Consumed]) -> None:
@@ -210,24 +179,6 @@ def build_consumer(
 ) -> tuple[ConsumerLoop, ReportsSink]:
     """The consumer group member that keeps the reports' tables up to date, and its sink."""
 
-    async def dead_letter(item: Consumed, reason: str) -> None:
-        await bounded(
-            dlq_producer.send_and_wait(
-                settings.dlq_topic,
-                value=encode(item.event),
-                key=item.event.partition_key.encode(),
-                headers=[
-                    ("reason", reason.encode()[:1024]),
-                    ("source_topic", settings.events_topic.encode()),
-                    ("source_partition", str(item.partition).encode()),
-                    ("source_offset", str(item.offset).encode()),
-                    ("consumer", settings.consumer_group.encode()),
-                ],
-            ),
-            max(settings.kafka_timeout_s, 10.0),
-            "dead-letter produce",
-        )
-
     sink = ReportsSink(
         pool,
         consumer=settings.consumer_group,
@@ -236,7 +187,6 @@ def build_consumer(
         projector=Projector(max_session_hours=settings.max_session_hours),
         metrics=metrics,
         writers=settings.writers,
-        dead_letter=dead_letter,
     )
     loop = ConsumerLoop(
         name="reports",
@@ -253,7 +203,9 @@ def build_consumer(
         timeout_s=max(settings.kafka_timeout_s, 10.0),
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        forward_misplaced=True,
     )
+    sink.isolate = loop.isolate
     metrics.caught_up = lambda: (
         loop.caught_up.is_set() and sink.idle and not any(loop.lag().values())
     )

@@ -16,6 +16,8 @@ from typing import Final, Literal
 
 import orjson
 
+from libs.events.bounds import MAX_SIZE_MB, capped
+
 __all__ = [
     "ACTIVITY_GRAINS",
     "ANY_CATEGORY",
@@ -487,13 +489,13 @@ class ChatFigures:
 
     def __add__(self, other: ChatFigures) -> ChatFigures:
         return ChatFigures(
-            self.cost_micros + other.cost_micros,
-            self.messages + other.messages,
-            self.priced_messages + other.priced_messages,
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cache_read_tokens + other.cache_read_tokens,
-            self.cache_write_tokens + other.cache_write_tokens,
+            capped(self.cost_micros + other.cost_micros),
+            capped(self.messages + other.messages),
+            capped(self.priced_messages + other.priced_messages),
+            capped(self.input_tokens + other.input_tokens),
+            capped(self.output_tokens + other.output_tokens),
+            capped(self.cache_read_tokens + other.cache_read_tokens),
+            capped(self.cache_write_tokens + other.cache_write_tokens),
         )
 
     def as_json(self) -> dict[str, int]:
@@ -638,8 +640,8 @@ def activity_body(
             }
         )
         for u, d, c in zip(*columns, strict=True):
-            durations[u] = durations.get(u, 0) + d
-            counts[u] = counts.get(u, 0) + c
+            durations[u] = capped(durations.get(u, 0) + d)
+            counts[u] = capped(counts.get(u, 0) + c)
     users = {
         user_id: {
             **_profile_json(user_id, profiles.get(user_id)),
@@ -721,7 +723,15 @@ class ChargebackData:
 
 
 def _fsum(values: Iterable[float]) -> float:
-    return math.fsum(values)
+    # Each sample is brought into the storable bounds first: a value stored before they were
+    # enforced (1e308, say) must not overflow the sum and fail the whole report.
+    return math.fsum(
+        min(value, MAX_SIZE_MB) if value > 0 and not math.isnan(value) else 0.0 for value in values
+    )
+
+
+def _isum(values: Iterable[int]) -> int:
+    return capped(sum(values))
 
 
 def chargeback_body(month: datetime, data: ChargebackData, now: datetime) -> dict[str, object]:
@@ -746,14 +756,14 @@ def chargeback_body(month: datetime, data: ChargebackData, now: datetime) -> dic
             profile = data.profiles.get(member_id)
             owned = [p for p in projects if p.owner_id == member_id]
             usage = data.usage.get(member_id, empty)
-            team_cost += usage.cost_micros
-            team_agent_builds += usage.agent_builds
+            team_cost = capped(team_cost + usage.cost_micros)
+            team_agent_builds = capped(team_agent_builds + usage.agent_builds)
             members.append(
                 {
                     "userId": member_id,
                     "userName": profile.username if profile else "",
                     "email": profile.email if profile else "",
-                    "numberOfExperiments": sum(p.experiments for p in owned),
+                    "numberOfExperiments": _isum(p.experiments for p in owned),
                     "totalSizeInMb": _fsum(p.size_mb for p in owned),
                     "llmCostMicros": usage.cost_micros,
                     "agentBuilds": usage.agent_builds,
@@ -765,7 +775,7 @@ def chargeback_body(month: datetime, data: ChargebackData, now: datetime) -> dic
                 "name": team.name,
                 "numberOfMembers": len(members),
                 "totalSizeInMb": _fsum(p.size_mb for p in projects),
-                "numberOfExperiments": sum(p.experiments for p in projects),
+                "numberOfExperiments": _isum(p.experiments for p in projects),
                 "llmCostMicros": team_cost,
                 "agentBuilds": team_agent_builds,
                 "members": members,

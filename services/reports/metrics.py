@@ -25,7 +25,6 @@ class ReportsMetrics:
     cost_micros: Counter
     clamped_sessions: Counter
     limits_errors: Counter
-    refused: Counter
     newest_log_ms: int | None = None
     caught_up: Callable[[], bool] = lambda: False
 
@@ -80,11 +79,6 @@ class ReportsMetrics:
                 "tollgate_reports_limits_errors_total",
                 "Limit status lookups that failed (the detail view shows usage_limit null)",
                 ["reason"],
-                registry=registry,
-            ),
-            refused=Counter(
-                "tollgate_reports_refused_events_total",
-                "Events PostgreSQL refused to project (sent to the dead-letter topic)",
                 registry=registry,
             ),
         )

@@ -1,10 +1,12 @@
 """The write side: a batch of events into the archive and the rollups, in the caller's transaction.
 
 A batch is copied into a temporary staging table, inserted into the archive with
-`ON CONFLICT (id) DO NOTHING`, and every staged row whose id was already archived is dropped
+`ON CONFLICT (id, type, subject) DO NOTHING` (an event's identity: see
+`Envelope.identity`), and every staged row whose identity was already archived is dropped
 from the stage. The rollups are then computed from what is left, set-wise, one statement per
-event type. So an id seen before (a replay, a retried batch, a zombie consumer after a
+event type. So an event seen before (a replay, a retried batch, a zombie consumer after a
 rebalance) changes nothing, and a batch costs a fixed handful of round trips whatever its size.
+Every sum saturates at `MAX_TOTAL` (see `libs.events.bounds`), so no rollup can overflow.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from libs.events.bounds import MAX_TOTAL
 from libs.events.models import ActivitySessionRecorded, ChatUsageRecorded
 from libs.service.consumer import Consumed
 from libs.service.db import Connection
@@ -24,6 +27,7 @@ STAGE_TABLE: Final = "reports_stage"
 STAGE_COLUMNS: Final = (
     "id",
     "type",
+    "subject",
     "occurred_at",
     "org_id",
     "user_id",
@@ -39,6 +43,7 @@ SET LOCAL timezone = 'UTC';
 CREATE TEMP TABLE IF NOT EXISTS reports_stage (
     id             text COLLATE "C" NOT NULL,
     type           text        NOT NULL,
+    subject        text COLLATE "C" NOT NULL,
     occurred_at    timestamptz NOT NULL,
     org_id         text,
     user_id        text,
@@ -53,20 +58,59 @@ CREATE TEMP TABLE IF NOT EXISTS reports_stage (
 TAKE_FRESH: Final = """
 WITH fresh AS (
     INSERT INTO reports_events
-        (id, type, occurred_at, org_id, user_id, log_partition, log_offset, data)
-    SELECT id, type, occurred_at, org_id, user_id, log_partition, log_offset, data
+        (id, type, subject, occurred_at, org_id, user_id, log_partition, log_offset, data)
+    SELECT id, type, subject, occurred_at, org_id, user_id, log_partition, log_offset, data
     FROM reports_stage
-    ORDER BY id
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
+    ORDER BY id, type, subject
+    ON CONFLICT (id, type, subject) DO NOTHING
+    RETURNING id, type, subject
 )
 DELETE FROM reports_stage s
-WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.id = s.id)
-RETURNING s.id
+WHERE NOT EXISTS (
+    SELECT 1 FROM fresh f WHERE f.id = s.id AND f.type = s.type AND f.subject = s.subject
+)
+RETURNING s.id, s.type, s.subject
 """
 
+
+def _add(table: str, *columns: str) -> str:
+    """`col = LEAST(LEAST(t.col, MAX_TOTAL) + EXCLUDED.col, MAX_TOTAL)` for each column.
+
+    The stored value is brought under the cap first, so a total written before the cap was
+    enforced cannot overflow either.
+    """
+    return ",\n    ".join(
+        f"{c} = LEAST(LEAST({table}.{c}, {MAX_TOTAL}) + EXCLUDED.{c}, {MAX_TOTAL})" for c in columns
+    )
+
+
+def _sum(expression: str) -> str:
+    return f"LEAST(sum({expression}), {MAX_TOTAL})"
+
+
+_CHAT_SUMS = ", ".join(
+    (
+        f"LEAST(COALESCE(sum(c.cost), 0), {MAX_TOTAL})",
+        "count(*)",
+        "count(c.cost)",
+        _sum("c.input_tokens"),
+        _sum("c.output_tokens"),
+        _sum("c.cache_read_tokens"),
+        _sum("c.cache_write_tokens"),
+    )
+)
+_CHAT_ADDS = (
+    "cost_micros",
+    "messages",
+    "priced_messages",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+)
+
 # Title generation is left out here, so it is out of every cost view.
-ROLLUP_CHAT: Final = """
+ROLLUP_CHAT: Final = f"""
 WITH chat AS MATERIALIZED (
     SELECT user_id, occurred_at,
            data->>'model' AS model,
@@ -83,42 +127,26 @@ WITH chat AS MATERIALIZED (
     INSERT INTO reports_chat_totals AS t
         (grain, period, user_id, cost_micros, messages, priced_messages, input_tokens,
          output_tokens, cache_read_tokens, cache_write_tokens)
-    SELECT g.grain, date_trunc(g.unit, c.occurred_at), c.user_id,
-           COALESCE(sum(c.cost), 0), count(*), count(c.cost), sum(c.input_tokens),
-           sum(c.output_tokens), sum(c.cache_read_tokens), sum(c.cache_write_tokens)
+    SELECT g.grain, date_trunc(g.unit, c.occurred_at), c.user_id, {_CHAT_SUMS}
     FROM chat c
     CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day'), ('m', 'month')) AS g (grain, unit)
     GROUP BY 1, 2, 3
     ORDER BY 1, 2, 3
     ON CONFLICT (grain, period, user_id) DO UPDATE SET
-        cost_micros = t.cost_micros + EXCLUDED.cost_micros,
-        messages = t.messages + EXCLUDED.messages,
-        priced_messages = t.priced_messages + EXCLUDED.priced_messages,
-        input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-        output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-        cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
-        cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens
+    {_add("t", *_CHAT_ADDS)}
 )
 INSERT INTO reports_chat_detail AS t
     (user_id, grain, period, model, provider, root_chat_id, cost_micros, messages,
      priced_messages, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
 SELECT c.user_id, g.grain, date_trunc(g.unit, c.occurred_at), c.model, c.provider,
-       c.root_chat_id, COALESCE(sum(c.cost), 0), count(*), count(c.cost),
-       sum(c.input_tokens), sum(c.output_tokens), sum(c.cache_read_tokens),
-       sum(c.cache_write_tokens)
+       c.root_chat_id, {_CHAT_SUMS}
 FROM chat c
 CROSS JOIN (VALUES ('d'::"char", 'day')) AS g (grain, unit)
 GROUP BY 1, 2, 3, 4, 5, 6
 ORDER BY 1, 2, 3, 4, 5, 6
 ON CONFLICT (user_id, grain, period, model, provider, root_chat_id) DO UPDATE SET
-    cost_micros = t.cost_micros + EXCLUDED.cost_micros,
-    messages = t.messages + EXCLUDED.messages,
-    priced_messages = t.priced_messages + EXCLUDED.priced_messages,
-    input_tokens = t.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = t.output_tokens + EXCLUDED.output_tokens,
-    cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
-    cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens
-"""
+    {_add("t", *_CHAT_ADDS)}
+"""  # noqa: S608  # composed from constants only
 
 # A session is [occurred_at, occurred_at + duration_ms). It is cut at every day, ISO week and
 # month boundary; each piece adds its overlap (µs) to its period, and the period holding the
@@ -152,31 +180,31 @@ WITH s AS MATERIALIZED (
 INSERT INTO reports_activity AS a
     (grain, category, period, org_id, user_id, duration_us, sessions, first_start)
 SELECT pieces.grain, c.category, pieces.period, pieces.org_id, pieces.user_id,
-       sum(pieces.duration_us), sum(pieces.sessions), min(pieces.started_at)
+       LEAST(sum(pieces.duration_us), {max_total}), LEAST(sum(pieces.sessions), {max_total}),
+       min(pieces.started_at)
 FROM pieces
 CROSS JOIN LATERAL (VALUES (pieces.category), ('*')) AS c (category)
 GROUP BY 1, 2, 3, 4, 5
 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (grain, category, period, org_id, user_id) DO UPDATE SET
-    duration_us = a.duration_us + EXCLUDED.duration_us,
-    sessions = a.sessions + EXCLUDED.sessions,
+    {adds},
     first_start = LEAST(a.first_start, EXCLUDED.first_start)
 """
 
-ROLLUP_API_USAGE: Final = """
+ROLLUP_API_USAGE: Final = f"""
 INSERT INTO reports_api_usage AS u (month, user_id, client, calls, last_at)
 SELECT date_trunc('month', occurred_at), user_id, data->>'client',
-       sum((data->>'count')::bigint), max(occurred_at)
+       {_sum("(data->>'count')::bigint")}, max(occurred_at)
 FROM reports_stage
 WHERE type = 'api.usage.v1'
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3
 ON CONFLICT (month, user_id, client) DO UPDATE SET
-    calls = u.calls + EXCLUDED.calls,
+    {_add("u", "calls")},
     last_at = GREATEST(u.last_at, EXCLUDED.last_at)
-"""
+"""  # noqa: S608  # composed from constants only
 
-ROLLUP_BUILDS: Final = """
+ROLLUP_BUILDS: Final = f"""
 INSERT INTO reports_builds AS b (month, user_id, builds, agent_builds)
 SELECT date_trunc('month', occurred_at), user_id, count(*),
        count(*) FILTER (WHERE (data->>'agent_managed')::boolean)
@@ -185,9 +213,8 @@ WHERE type = 'workspace.build.v1'
 GROUP BY 1, 2
 ORDER BY 1, 2
 ON CONFLICT (month, user_id) DO UPDATE SET
-    builds = b.builds + EXCLUDED.builds,
-    agent_builds = b.agent_builds + EXCLUDED.agent_builds
-"""
+    {_add("b", "builds", "agent_builds")}
+"""  # noqa: S608  # composed from constants only
 
 # Gauges and directory state: the newest event (occurred_at, then log position) wins, both
 # within the batch (DISTINCT ON) and against what is stored (the WHERE of the upsert).
@@ -303,19 +330,6 @@ WHERE (d.occurred_at, d.log_partition, d.log_offset)
     < (EXCLUDED.occurred_at, EXCLUDED.log_partition, EXCLUDED.log_offset)
 """
 
-_NUL = "\x00"
-_REPLACEMENT = "\ufffd"
-
-
-def _clean(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; an id with one must not wedge the projection.
-    return text.replace(_NUL, _REPLACEMENT) if _NUL in text else text
-
-
-def _clean_json(text: str) -> str:
-    # jsonb rejects the \u0000 escape for the same reason.
-    return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
-
 
 @dataclass(slots=True)
 class ProjectionOutcome:
@@ -347,7 +361,11 @@ class Projector:
             ("chat.usage.v1", ROLLUP_CHAT),
             (
                 "activity.session.v1",
-                ROLLUP_ACTIVITY_TEMPLATE.format(max_ms=self.max_session_ms),
+                ROLLUP_ACTIVITY_TEMPLATE.format(
+                    max_ms=self.max_session_ms,
+                    max_total=MAX_TOTAL,
+                    adds=_add("a", "duration_us", "sessions"),
+                ),
             ),
             ("api.usage.v1", ROLLUP_API_USAGE),
             ("workspace.build.v1", ROLLUP_BUILDS),
@@ -360,35 +378,37 @@ class Projector:
         if not events:
             return outcome
         records: list[tuple[object, ...]] = []
-        staged: dict[str, Consumed] = {}
+        staged: dict[tuple[str, str, str], Consumed] = {}
         for item in events:
             event = item.event
             if outcome.newest_log_ms is None or item.timestamp_ms > outcome.newest_log_ms:
                 outcome.newest_log_ms = item.timestamp_ms
-            event_id = _clean(event.id)
-            if event_id in staged:
+            subject = event.partition_key
+            key: tuple[str, str, str] = (event.id, event.type, subject)
+            if key in staged:
                 outcome.duplicates[event.type] += 1
                 continue
-            staged[event_id] = item
+            staged[key] = item
             records.append(
                 (
-                    event_id,
+                    event.id,
                     event.type,
+                    subject,
                     event.occurred_at,
-                    None if event.org_id is None else _clean(event.org_id),
-                    None if event.user_id is None else _clean(event.user_id),
+                    event.org_id,
+                    event.user_id,
                     item.partition,
                     item.offset,
-                    _clean_json(event.data.model_dump_json()),
+                    event.data.model_dump_json(),
                 )
             )
         await conn.execute(PREPARE_STAGE)
         await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=STAGE_COLUMNS)
-        seen_before = {row[0] for row in await conn.fetch(TAKE_FRESH)}
+        seen_before = {(row[0], row[1], row[2]) for row in await conn.fetch(TAKE_FRESH)}
         types: set[str] = set()
-        for event_id, item in staged.items():
+        for key, item in staged.items():
             event = item.event
-            if event_id in seen_before:
+            if key in seen_before:
                 outcome.duplicates[event.type] += 1
                 continue
             outcome.fresh[event.type] += 1

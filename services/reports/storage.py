@@ -17,6 +17,7 @@ from typing import Any, Final, Protocol
 
 import asyncpg
 
+from libs.events.bounds import MAX_TOTAL
 from libs.events.models import (
     ActivitySessionRecorded,
     ApiUsageRecorded,
@@ -224,11 +225,11 @@ _SESSION_END = (
 )
 SELECT_ACTIVITY_EDGES: Final = f"""
 SELECT r.bucket, e.user_id,
-       sum(GREATEST(0, extract(epoch FROM LEAST({_SESSION_END}, r.hi)
-                                          - GREATEST(e.occurred_at, r.lo)) * 1000000))::bigint
-           AS duration_us,
-       sum(CASE WHEN e.occurred_at >= r.lo THEN (e.data->>'count')::bigint ELSE 0 END)::bigint
-           AS sessions
+       LEAST(sum(GREATEST(0, extract(epoch FROM LEAST({_SESSION_END}, r.hi)
+                                          - GREATEST(e.occurred_at, r.lo)) * 1000000)),
+             {MAX_TOTAL})::bigint AS duration_us,
+       LEAST(sum(CASE WHEN e.occurred_at >= r.lo THEN (e.data->>'count')::bigint ELSE 0 END),
+             {MAX_TOTAL})::bigint AS sessions
 FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
      AS r (bucket, day, lo, hi)
 CROSS JOIN LATERAL (
@@ -267,8 +268,8 @@ _ROLLUP_ROWS = """
             OFFSET 0
         ) AS a"""
 _BUCKET_USERS: Final = f"""
-    SELECT p.user_id, sum(p.duration_us)::bigint AS duration_us,
-           sum(p.sessions)::bigint AS sessions
+    SELECT p.user_id, LEAST(sum(p.duration_us), {MAX_TOTAL})::bigint AS duration_us,
+           LEAST(sum(p.sessions), {MAX_TOTAL})::bigint AS sessions
     FROM (
         {_ROLLUP_ROWS}
         UNION ALL
@@ -406,13 +407,14 @@ _EXACT_SUMS = """(e.data->>'cost_micros')::bigint, 1,
 _ROLLUP_SUMS = """t.cost_micros, t.messages, t.priced_messages, t.input_tokens,
            t.output_tokens, t.cache_read_tokens, t.cache_write_tokens"""
 
-_SUMS = """COALESCE(sum(cost_micros), 0)::bigint AS cost_micros,
-       sum(messages)::bigint AS messages,
-       sum(priced_messages)::bigint AS priced_messages,
-       sum(input_tokens)::bigint AS input_tokens,
-       sum(output_tokens)::bigint AS output_tokens,
-       sum(cache_read_tokens)::bigint AS cache_read_tokens,
-       sum(cache_write_tokens)::bigint AS cache_write_tokens"""
+# Sums saturate at MAX_TOTAL like every total (see libs.events.bounds): never a bigint overflow.
+_SUMS = f"""LEAST(COALESCE(sum(cost_micros), 0), {MAX_TOTAL})::bigint AS cost_micros,
+       LEAST(sum(messages), {MAX_TOTAL})::bigint AS messages,
+       LEAST(sum(priced_messages), {MAX_TOTAL})::bigint AS priced_messages,
+       LEAST(sum(input_tokens), {MAX_TOTAL})::bigint AS input_tokens,
+       LEAST(sum(output_tokens), {MAX_TOTAL})::bigint AS output_tokens,
+       LEAST(sum(cache_read_tokens), {MAX_TOTAL})::bigint AS cache_read_tokens,
+       LEAST(sum(cache_write_tokens), {MAX_TOTAL})::bigint AS cache_write_tokens"""
 
 _TOTALS_SPANS = """
     FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
@@ -784,18 +786,19 @@ def _newer(a: Consumed, b: Consumed | None) -> bool:
 
 
 class InMemoryReportStore:
-    """Every figure computed directly from the events kept in a dict (first id wins)."""
+    """Every figure computed directly from the events kept in a dict (first identity wins)."""
 
     def __init__(self, *, max_session_hours: int = 744) -> None:
         self.events: dict[str, Consumed] = {}
         self.max_session = timedelta(hours=max_session_hours)
 
     def add(self, events: Sequence[Consumed]) -> int:
-        """Keep events whose id is new; returns how many were."""
+        """Keep events whose identity (type, subject, id) is new; returns how many were."""
         added = 0
         for item in events:
-            if item.event.id not in self.events:
-                self.events[item.event.id] = item
+            identity = item.event.identity
+            if identity not in self.events:
+                self.events[identity] = item
                 added += 1
         return added
 

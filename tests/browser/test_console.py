@@ -497,6 +497,9 @@ async def test_portal_token_opens_only_its_own_users_page(
     )
     assert from_page == [403, 403]
     await page.goto(f"{stack.url}/console/users/{b.id}")
+    await page.wait_for_function(
+        "() => !document.querySelector('main').innerText.includes('Loading')"
+    )
     assert "Not available" in await page.locator("main").inner_text()
 
 

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from libs.events.models import WorkspaceBuilt
 from libs.service.embedded import free_port, port_open
 from services.publisher.domain import build_billing_id
 from tests.support import (
@@ -137,6 +138,7 @@ class Traffic:
     def __init__(self) -> None:
         self.events: list[dict[str, object]] = []
         self.secrets: set[str] = set()
+        # Event identities of the builds, which billing ids derive from.
         self.agent: list[str] = []
         self.other: list[str] = []
         self.at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
@@ -185,7 +187,8 @@ class Traffic:
                     },
                 }
             )
-            (self.agent if agent else self.other).append(event_id)
+            identity = WorkspaceBuilt.model_validate(self.events[-1]).identity
+            (self.agent if agent else self.other).append(identity)
             self.secrets |= {event_id, workspace, build}
         self.secrets |= {"org-e2e-secret", "template-e2e-secret"}
 

@@ -17,18 +17,21 @@ from prometheus_client import CollectorRegistry
 
 from libs.events.codec import encode
 from libs.events.models import ChatUsage, ChatUsageRecorded, DirectoryGroup, Envelope, GroupUpdated
-from libs.service.consumer import ConsumerLoop
-from libs.service.kafka import make_producer
+from libs.service.consumer import Consumed, ConsumerLoop
+from libs.service.kafka import ensure_topics, home_partition, make_producer
 from services.limits.consumer import LimitsSink, SnapshotStatus, Snapshotter
 from services.limits.domain import DAY, MONTH, SNAPSHOT_FORMAT, WEEK, Ledger, Limiter
 from services.limits.metrics import LimitsMetrics
 from services.limits.storage import (
+    ChatArchive,
     InMemorySnapshotStore,
+    PostgresChatArchive,
     PostgresConfigStore,
     PostgresSnapshotStore,
     Snapshot,
     SnapshotStore,
 )
+from services.reports.projection import Projector
 from tests.support import Infra, eventually, unique
 
 pytestmark = pytest.mark.integration
@@ -122,7 +125,12 @@ class Replica:
 
 @asynccontextmanager
 async def replica(
-    infra: Infra, topics: tuple[str, str], snapshots: SnapshotStore, *, epoch: str
+    infra: Infra,
+    topics: tuple[str, str],
+    snapshots: SnapshotStore,
+    *,
+    epoch: str,
+    archive: ChatArchive | None = None,
 ) -> AsyncIterator[Replica]:
     """Run a replica until the block ends."""
     registry = CollectorRegistry()
@@ -137,6 +145,7 @@ async def replica(
         dedup_window_ms=WINDOW_MS,
         metrics=metrics,
         status=status,
+        archive=archive,
     )
     snapshotter = Snapshotter(
         limiter, snapshots, topic=topics[0], epoch=epoch, keep=3, metrics=metrics, status=status
@@ -207,9 +216,12 @@ async def test_replay_from_an_older_snapshot_gives_the_same_totals(
         assert latest.sink.status.newest_positions == newer.positions
         assert latest.totals() == expected
 
-    # Another epoch's snapshot points into a log that no longer exists: replay it all.
+    # In another epoch the snapshot is carried forward as a base and that epoch's log read
+    # from 0 on top: here the "new" log holds the very same events, so every one of them must
+    # be recognised as already counted.
     async with replica(infra, topics, store, epoch=f"other-{uuid.uuid4()}") as fresh:
         assert fresh.sink.status.newest_positions is None
+        assert fresh.sink.carried is not None
         assert fresh.totals() == expected
 
 
@@ -270,3 +282,54 @@ async def test_config_store_round_trip_moves_the_version(db: asyncpg.Pool) -> No
     await store.put_config(enabled=False, period="month", default_limit_micros=None)
     with pytest.raises(asyncpg.CheckViolationError):
         await store.put_override("group", grp, 0)
+
+
+async def test_a_new_epoch_recovers_the_previous_logs_tail_from_the_reports_archive(
+    infra: Infra, db: asyncpg.Pool, topics: tuple[str, str]
+) -> None:
+    """Spend limits had not snapshotted before the log was lost is read back from the archive reports projected, once."""
+    store = PostgresSnapshotStore(db)
+    old_epoch = f"old-{uuid.uuid4()}"
+    user = unique("user")
+
+    def message(n: int, cost: int) -> ChatUsageRecorded:
+        return ChatUsageRecorded(
+            id=unique(f"m{n}"),
+            occurred_at=datetime.now(UTC),
+            user_id=user,
+            data=ChatUsage(chat_id="c", message_id=f"m{n}", model="sonnet", input_tokens=1,
+                           output_tokens=1, cost_micros=cost),
+        )  # fmt: skip
+
+    snapshotted = [message(n, 1_000) for n in range(3)]
+    tail = [message(n, 10) for n in range(3, 7)]
+    partition = home_partition(user, 12)
+    # The old epoch: limits counted and snapshotted the first three; reports archived all seven.
+    async with replica(infra, topics, store, epoch=old_epoch) as old:
+        now_ms = int(time.time() * 1000)
+        for offset, event in enumerate(snapshotted):
+            old.limiter.ledger.apply(event, partition=partition, offset=offset, log_ms=now_ms)
+        old.limiter.ledger.positions[partition] = len(snapshotted)
+        assert await old.snapshotter.take() is not None
+    projector = Projector()
+    async with db.acquire() as conn, conn.transaction():
+        items = [Consumed(e, partition, n, 0) for n, e in enumerate([*snapshotted, *tail])]
+        await projector.project(conn, items)
+
+    new_topics = (f"{topics[0]}.new", f"{topics[1]}.new")
+    await ensure_topics(infra.bootstrap, events_topic=new_topics[0], dlq_topic=new_topics[1])
+    # Same topic name in the snapshot table: the new epoch's log is a fresh topic here.
+    await db.execute(
+        "UPDATE limits_snapshots SET topic = $1 WHERE topic = $2", new_topics[0], topics[0]
+    )
+    async with replica(
+        infra, new_topics, store, epoch=f"new-{uuid.uuid4()}", archive=PostgresChatArchive(db)
+    ) as fresh:
+        assert fresh.sink.carried is not None
+        spend = fresh.totals()["spend"]
+        assert isinstance(spend, list)
+        assert spend[MONTH][user] == 3 * 1_000 + 4 * 10
+        # A client resending one of the tail's events on the new log changes nothing.
+        await produce(infra, new_topics[0], [tail[0], snapshotted[0]])
+        await read_all(fresh, 2)
+        assert fresh.totals()["spend"] == spend

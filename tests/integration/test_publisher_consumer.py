@@ -75,6 +75,7 @@ class World:
         self.now = datetime.now(UTC) - timedelta(minutes=1)
         self.events: list[Envelope] = []
         self.secrets: set[str] = set()
+        # Event identities of the builds, which billing ids derive from.
         self.agent_builds: list[str] = []
         self.other_builds: list[str] = []
 
@@ -138,7 +139,7 @@ class World:
                 ),
             )
         )
-        (self.agent_builds if agent else self.other_builds).append(event_id)
+        (self.agent_builds if agent else self.other_builds).append(self.events[-1].identity)
         self.secrets |= {event_id, workspace, build, "tmpl-secret", "org-secret"}
 
 

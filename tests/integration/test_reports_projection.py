@@ -16,6 +16,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from libs.events.bounds import (
+    MAX_DURATION_MS,
+    MAX_EVENT_COST_MICROS,
+    MAX_EVENT_COUNT,
+    MAX_EVENT_TOKENS,
+    MAX_TOTAL,
+)
 from libs.events.models import (
     ActivitySession,
     ActivitySessionRecorded,
@@ -35,7 +42,15 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
-from libs.service.consumer import Batch, Consumed, PostgresSink, load_offsets
+from libs.service.consumer import (
+    Batch,
+    Consumed,
+    EarlierBatchFailedError,
+    PostgresSink,
+    apply_isolating,
+    is_transient,
+    load_offsets,
+)
 from libs.service.db import Connection
 from services.reports.consumer import ReportsSink
 from services.reports.domain import (
@@ -296,8 +311,10 @@ async def test_a_crash_between_the_rows_and_the_offsets_counts_nothing(db: async
     }
 
 
-async def test_a_failing_batch_is_retried_until_it_commits_once(db: asyncpg.Pool) -> None:
-    """A transaction that fails after writing is retried by the sink; the figures are exact."""
+async def test_a_failing_batch_leaves_nothing_and_commits_once_when_applied_again(
+    db: asyncpg.Pool,
+) -> None:
+    """A transaction that fails after writing keeps nothing; the next apply reports it, never blaming its own batch, and re-applying commits exactly once."""
     world = World(seed=3)
     events = world.directory() + world.usage(200)
 
@@ -316,16 +333,26 @@ async def test_a_failing_batch_is_retried_until_it_commits_once(db: asyncpg.Pool
             return outcome
 
     registry = CollectorRegistry()
+    consumer = unique("reports-retry")
     sink = ReportsSink(
         db,
-        consumer=unique("reports-retry"),
+        consumer=consumer,
         topic="t.retry",
         epoch="e1",
         projector=FailsTwice(max_session_hours=MAX_SESSION_HOURS),
         metrics=ReportsMetrics.build(registry),
-        retry_delay_s=0.01,
     )
-    await sink.apply(Batch(events=consumed(events), positions={0: len(events)}))
+    batch = Batch(events=consumed(events), positions={0: len(events)})
+    await sink.apply(batch)
+    with pytest.raises(EarlierBatchFailedError, match="went away"):
+        await sink.apply(Batch(events=[], positions={}))
+    assert is_transient(EarlierBatchFailedError("x"))
+    assert await load_offsets(db, consumer=consumer, topic="t.retry", epoch="e1") == {}
+    # What the loop does next: read again from the stored positions, and apply again.
+    await sink.apply(batch)
+    with pytest.raises(ConnectionResetError):
+        await sink.settle()
+    await sink.apply(batch)
     await sink.settle()
     assert FailsTwice.calls == 3
     reference = InMemoryReportStore(max_session_hours=MAX_SESSION_HOURS)
@@ -513,42 +540,27 @@ async def test_latest_directory_entry_and_storage_sample_win(db: asyncpg.Pool) -
     assert tuple(row) == (30.0, 3)
 
 
-async def test_nul_characters_and_huge_durations_do_not_wedge_the_projection(
-    db: asyncpg.Pool,
-) -> None:
-    """Text PostgreSQL cannot store is replaced, and a session is counted at most its cap."""
-    prefix = unique("odd")
-    user_id = f"{prefix}-u\x00x"
+async def test_the_longest_storable_session_counts_at_most_the_cap(db: asyncpg.Pool) -> None:
+    """A session of the largest allowed duration is counted as long as the configured cap."""
+    prefix = unique("long")
+    user_id = f"{prefix}-u"
     events = [
-        ChatUsageRecorded(
-            id=f"{prefix}-c\x00",
-            occurred_at=datetime(1800, 1, 1, tzinfo=UTC),
-            user_id=user_id,
-            data=ChatUsage(chat_id="c\x00", message_id="m", model="m\x00", input_tokens=1,
-                           output_tokens=1, cost_micros=5),
-        ),
         ActivitySessionRecorded(
             id=f"{prefix}-s",
             occurred_at=datetime(1800, 1, 1, tzinfo=UTC),
             user_id=user_id,
             org_id=prefix,
-            data=ActivitySession(category="app", duration_ms=2**53 - 1),
+            data=ActivitySession(category="app", duration_ms=MAX_DURATION_MS, count=MAX_EVENT_COUNT),
         ),
     ]  # fmt: skip
     await project(db, consumed(events))
     store = PostgresReportStore(db, max_session_hours=MAX_SESSION_HOURS)
-    clean = f"{prefix}-u\ufffdx"
-    summary = await store.cost_user(
-        Window(datetime(1800, 1, 1, tzinfo=UTC), datetime(1800, 1, 2, tzinfo=UTC)), clean
-    )
-    assert summary is not None
-    assert summary.figures.cost_micros == 5
-    assert summary.by_model[0].model == "m\ufffd"
     buckets = make_buckets(
         datetime(1800, 1, 1, tzinfo=UTC), datetime(1800, 3, 1, tzinfo=UTC), parse_interval("1 year")
     )
-    got = await store.activity(buckets, category="app", org=prefix)
-    assert got[0].by_user()[clean].duration_us == MAX_SESSION_HOURS * 3_600_000_000
+    got = (await store.activity(buckets, category="app", org=prefix))[0].by_user()[user_id]
+    assert got.duration_us == MAX_SESSION_HOURS * 3_600_000_000
+    assert got.count == MAX_EVENT_COUNT
 
 
 async def test_activity_json_by_week_in_one_org_and_with_a_user_in_two(db: asyncpg.Pool) -> None:
@@ -614,33 +626,25 @@ async def test_ranges_at_the_ends_of_the_calendar_answer(db: asyncpg.Pool) -> No
 async def test_an_event_postgresql_refuses_is_set_aside_and_the_rest_count_once(
     db: asyncpg.Pool,
 ) -> None:
-    """A sum beyond bigint fails every retry: that event is dead-lettered, the others project."""
+    """An event PostgreSQL cannot store (a NUL that got past decoding) is isolated and refused; the others project once."""
     prefix = unique("refused")
     hour = datetime(1700, 3, 4, 5, tzinfo=UTC)
-    victim, bystander = f"{prefix}-victim", f"{prefix}-other"
+    bystander = f"{prefix}-other"
 
-    def message(n: int, user_id: str, tokens: int) -> ChatUsageRecorded:
+    def message(n: int, user_id: str) -> ChatUsageRecorded:
         return ChatUsageRecorded(
             id=f"{prefix}-m{n}",
             occurred_at=hour,
             user_id=user_id,
-            data=ChatUsage(chat_id="c", message_id=str(n), model="m", input_tokens=tokens,
+            data=ChatUsage(chat_id="c", message_id=str(n), model="m", input_tokens=5,
                            output_tokens=1, cost_micros=10),
         )  # fmt: skip
 
-    await project(db, consumed([message(0, victim, 1)]))
-    # The victim's hour is one short of bigint's end: one more token cannot be added.
-    await db.execute(
-        "UPDATE reports_chat_totals SET input_tokens = 9223372036854775807 "
-        "WHERE user_id = $1 AND grain = 'h'",
-        victim,
-    )
     refused: list[tuple[str, str]] = []
 
-    async def dead_letter(item: Consumed, reason: str) -> None:
-        refused.append((item.event.id, reason))
+    async def refuse(item: Consumed, exc: BaseException) -> None:
+        refused.append((item.event.id, f"{type(exc).__name__}: {exc}"))
 
-    registry = CollectorRegistry()
     consumer = unique("reports-refused")
     sink = ReportsSink(
         db,
@@ -648,19 +652,61 @@ async def test_an_event_postgresql_refuses_is_set_aside_and_the_rest_count_once(
         topic="t.refused",
         epoch="e1",
         projector=Projector(),
-        metrics=ReportsMetrics.build(registry),
-        dead_letter=dead_letter,
+        metrics=ReportsMetrics.build(CollectorRegistry()),
+        isolate=lambda apply, batch: apply_isolating(apply, batch, refuse),
     )
-    batch = [message(n, bystander, 5) for n in range(1, 8)]
-    batch.insert(4, message(99, victim, 1))
+    batch = [message(n, bystander) for n in range(1, 8)]
+    # Built in Python, it skips the decoder's check: only PostgreSQL is left to refuse it.
+    batch.insert(4, message(99, f"{prefix}-eve\x00"))
     await sink.apply(Batch(events=consumed(batch, first_offset=10), positions={0: 18}))
     await sink.settle()
     assert [event_id for event_id, _ in refused] == [f"{prefix}-m99"]
-    assert "out of range" in refused[0][1]
+    assert "CharacterNotInRepertoireError" in refused[0][1]
     day = Window(hour, hour + timedelta(hours=1))
     other = await PostgresReportStore(db).cost_user(day, bystander)
     assert other is not None
     assert other.figures.messages == 7
     assert other.figures.input_tokens == 35
     assert await load_offsets(db, consumer=consumer, topic="t.refused", epoch="e1") == {0: 18}
-    assert registry.get_sample_value("tollgate_reports_refused_events_total") == 1
+
+
+async def test_totals_saturate_instead_of_overflowing_even_over_values_stored_before(
+    db: asyncpg.Pool,
+) -> None:
+    """A rollup already at bigint's end (stored before the bounds) takes more usage at the cap, never an error."""
+    prefix = unique("cap")
+    hour = datetime(1700, 5, 6, 7, tzinfo=UTC)
+    user = f"{prefix}-user"
+
+    def message(n: int, tokens: int, cost: int) -> ChatUsageRecorded:
+        return ChatUsageRecorded(
+            id=f"{prefix}-m{n}",
+            occurred_at=hour,
+            user_id=user,
+            data=ChatUsage(chat_id="c", message_id=str(n), model="m", input_tokens=tokens,
+                           output_tokens=1, cost_micros=cost),
+        )  # fmt: skip
+
+    await project(db, consumed([message(0, 1, 1)]))
+    await db.execute(
+        "UPDATE reports_chat_totals SET input_tokens = 9223372036854775807 WHERE user_id = $1",
+        user,
+    )
+    at_cap = [message(n, MAX_EVENT_TOKENS, MAX_EVENT_COST_MICROS) for n in range(1, 10_001, 1000)]
+    await project(db, consumed(at_cap, first_offset=1))
+    rows = await db.fetch(
+        "SELECT grain, cost_micros, input_tokens FROM reports_chat_totals WHERE user_id = $1",
+        user,
+    )
+    assert {r["grain"] for r in rows} == {b"h", b"d", b"m"}
+    for row in rows:
+        assert row["input_tokens"] == MAX_TOTAL
+        assert row["cost_micros"] == 1 + 10 * MAX_EVENT_COST_MICROS
+    # Two days of hours and days, each at the cap: the cost list's sum saturates as well.
+    page = await PostgresReportStore(db).cost_users(
+        Window(hour - timedelta(minutes=30), hour + timedelta(days=2)),
+        search=user,
+        limit=1,
+        offset=0,
+    )
+    assert [row.figures.input_tokens for row in page.rows] == [MAX_TOTAL]

@@ -398,7 +398,7 @@ async def check_publisher(stack: Stack, tally: Tally) -> CheckResult:
         ) as r:
             delivered = (await r.json())["events"]
     got = {e["id"]: e for e in delivered}
-    expected = {build_billing_id(src) for src in tally.billable_ids}
+    expected = {build_billing_id(src) for src in tally.billable_identities}
     result.compared = len(expected)
     missing = expected - set(got)
     extra = set(got) - expected

@@ -21,6 +21,7 @@ from libs.events import (
     encode,
     parse_event,
 )
+from libs.events.bounds import MAX_EVENT_COST_MICROS, MAX_EVENT_TOKENS, may_hold_unstorable
 from libs.events.codec import format_validation_errors
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "events"
@@ -267,9 +268,12 @@ def test_failing_upcaster_becomes_a_validation_error() -> None:
 
 # Properties
 
-ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=128)
-names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=256)
-counts = st.integers(min_value=0, max_value=2**53 - 1)
+# Every storable character: no control characters (category Cc) and no surrogates (Cs).
+storable = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"))
+ids = st.text(storable, min_size=1, max_size=128)
+names = st.text(storable, min_size=1, max_size=256)
+tokens = st.integers(min_value=0, max_value=MAX_EVENT_TOKENS)
+costs = st.integers(min_value=0, max_value=MAX_EVENT_COST_MICROS)
 offsets = st.sampled_from(
     [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
 )
@@ -293,12 +297,13 @@ chat_usage_events = st.builds(
         message_id=ids,
         model=names,
         provider=st.none() | names,
-        input_tokens=counts,
-        output_tokens=counts,
-        cache_read_tokens=counts,
-        cache_write_tokens=counts,
-        cost_micros=st.none() | counts,
+        input_tokens=tokens,
+        output_tokens=tokens,
+        cache_read_tokens=tokens,
+        cache_write_tokens=tokens,
+        cost_micros=st.none() | costs,
         priced=st.booleans(),
+        reported_cost_micros=st.none() | costs,
         purpose=st.sampled_from(["chat", "title"]),
     ),
 )
@@ -344,3 +349,48 @@ def test_any_json_value_in_any_field_is_accepted_or_rejected_cleanly(
     else:
         message = "valid"
     assert message
+
+
+unstorable_chars = st.sampled_from(["\x00", "\x01", "\x1f", "\x7f", "\x85", "\x9f"])
+text_fields = st.sampled_from(
+    ["id", "user_id", "org_id", "data.chat_id", "data.message_id", "data.model", "data.provider"]
+)
+
+
+@given(field=text_fields, char=unstorable_chars, at=st.integers(min_value=0, max_value=5))
+def test_a_control_character_in_any_text_field_is_refused_naming_it(
+    field: str, char: str, at: int
+) -> None:
+    """A NUL or other control character anywhere in a string is refused with the field's path."""
+    event = fixture("chat.usage.v1")
+    target = event["data"] if field.startswith("data.") else event
+    name = field.removeprefix("data.")
+    target[name] = str(target[name])[:at] + char + str(target[name])[at:]
+    with pytest.raises(EventValidationError) as caught:
+        decode(orjson.dumps(event))
+    assert caught.value.message.startswith(f"{field}: contains a control character")
+    assert f"U+{ord(char):04X}" in caught.value.message
+
+
+def test_a_control_character_in_a_member_list_or_field_name_is_refused() -> None:
+    """Strings in lists and in unknown field names are checked too, not only known fields."""
+    group = fixture("directory.group.v1")
+    group["data"]["member_ids"] = ["ok", "bad\x00"]
+    with pytest.raises(EventValidationError, match=r"data\.member_ids\[1\]: contains"):
+        parse_event(group)
+    chat = fixture("chat.usage.v1")
+    chat["data"]["odd\x07"] = 1
+    with pytest.raises(EventValidationError, match="the field name contains"):
+        parse_event(chat)
+
+
+def test_the_text_walk_is_skipped_only_for_bytes_that_cannot_hold_such_a_character() -> None:
+    """Plain bytes skip the walk; escapes, DEL and U+0080-U+00BF bytes always get it."""
+    assert not may_hold_unstorable(b'{"id": "plain ascii and \xc3\xa9"}')
+    for raw in (b'"\\u0000"', b'"\\n"', b'"\x7f"', b'"\xc2\x85"'):
+        assert may_hold_unstorable(raw), raw
+    accented = fixture("chat.usage.v1")
+    accented["data"]["model"] = "mod\u00e8le-\u00a0"
+    decoded = decode(orjson.dumps(accented))
+    assert isinstance(decoded, ChatUsageRecorded)
+    assert decoded.data.model == "mod\u00e8le-\u00a0"

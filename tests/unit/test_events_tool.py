@@ -98,13 +98,18 @@ def test_a_row_of_the_table_lines_up_with_the_header() -> None:
 
 
 def test_text_from_the_log_cannot_drive_the_terminal() -> None:
-    """Escape sequences, bidi overrides and newlines in a user id are printed escaped."""
-    event = _fixture("api.usage.v1", user_id="eve\x1b[2J\u202e\nx")
+    """Bidi overrides and line separators (storable in an event) and escape sequences in a record's key (which no decoder checks) are printed escaped."""
+    event = _fixture("api.usage.v1", user_id="eve\u202e\u2028x")
     row = table_row(_record(event))
-    assert "\x1b" not in row
     assert "\u202e" not in row
+    assert "\u2028" not in row
+    assert "eve\\u202e\\u2028x" in row
+    record = _record(None, error="invalid JSON")
+    hostile = Record(3, 41, record.timestamp_ms, "k\x1b[2J\ny", (), None, "invalid JSON")
+    row = table_row(hostile)
+    assert "\x1b" not in row
     assert "\n" not in row
-    assert "eve\\x1b[2J\\u202e\\nx" in row
+    assert "k\\x1b[2J\\ny" in row
     assert printable("plain text") == "plain text"
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from libs.events.bounds import MAX_EVENT_COST_MICROS
 from services.ingest.app import build_app
 from services.ingest.config import IngestSettings
 from services.ingest.producer import InMemoryEventLog
@@ -306,3 +307,78 @@ async def test_starts_without_the_database_and_turns_ready_once_prices_are_read(
             return bool(body["ready"]) and body["dependencies"]["database"] == "failing"
 
         await eventually(database_reported_down, timeout_s=5)
+
+
+HUGE_PRICE = {"input_price_per_million": "1000000", "output_price_per_million": "1000000"}
+
+
+async def test_one_unpriceable_event_is_refused_and_the_rest_of_the_batch_accepted(
+    ingest: Harness,
+) -> None:
+    """An event whose priced cost exceeds the per-event cap is a per-event 422-style rejection, never a 500."""
+    resp = await ingest.client.put("/api/v1/pricing/models/sonnet", json=HUGE_PRICE, headers=ADMIN)
+    assert resp.status == 200
+    batch = [
+        chat("ok", model="other"),
+        chat("overflow", input_tokens=2**53 - 1),
+        chat("too-costly", input_tokens=10**10),
+        chat("at-cap", input_tokens=10**6, output_tokens=0),
+    ]
+    resp = await ingest.client.post("/api/v1/events", json={"events": batch}, headers=EMITTER)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["accepted"] == ["ok", "at-cap"]
+    rejected = {r["id"]: r for r in body["rejected"]}
+    assert rejected["overflow"]["message"].startswith("data.input_tokens: Input should be less")
+    assert rejected["too-costly"]["message"].startswith("data: at the price of model 'sonnet'")
+    assert str(MAX_EVENT_COST_MICROS) in rejected["too-costly"]["message"]
+    assert [r["index"] for r in body["rejected"]] == [1, 2]
+    on_log = [orjson.loads(v) for _, v in ingest.log.records]
+    assert [e["id"] for e in on_log] == ["ok", "at-cap"]
+    assert on_log[1]["data"]["cost_micros"] == MAX_EVENT_COST_MICROS
+
+
+async def test_a_user_cannot_lower_their_spend_with_an_emitter_cost(ingest: Harness) -> None:
+    """`cost_micros: 0` on a priced model is repriced; the emitter's figure is kept for audit only."""
+    await ingest.client.put("/api/v1/pricing/models/sonnet", json=PRICE, headers=ADMIN)
+    resp = await ingest.client.post(
+        "/api/v1/events",
+        json={"events": [chat("free?", input_tokens=10**9, output_tokens=0, cost_micros=0)]},
+        headers=EMITTER,
+    )
+    assert (await resp.json())["accepted"] == ["free?"]
+    data = orjson.loads(ingest.log.records[-1][1])["data"]
+    assert (data["cost_micros"], data["priced"], data["reported_cost_micros"]) == (
+        3 * 10**9,
+        True,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("user_id", "eve\x00"), ("id", "e\x01"), ("data.model", "m\x7f"), ("data.chat_id", "c\x85")],
+)
+async def test_unstorable_text_is_refused_per_event_naming_the_field(
+    ingest: Harness, where: str, value: str
+) -> None:
+    """NUL and other control characters are refused per event with the field named; the rest is accepted."""
+    bad = chat("bad")
+    target = bad["data"] if where.startswith("data.") else bad
+    assert isinstance(target, dict)
+    target[where.removeprefix("data.")] = value
+    resp = await ingest.client.post(
+        "/api/v1/events", json={"events": [chat("good"), bad]}, headers=EMITTER
+    )
+    body = await resp.json()
+    assert body["accepted"] == ["good"]
+    assert body["rejected"][0]["message"].startswith(f"{where}: contains a control character")
+
+
+async def test_a_model_name_with_a_control_character_is_422_on_the_pricing_routes(
+    ingest: Harness,
+) -> None:
+    """Pricing paths follow the same text rule as events."""
+    resp = await ingest.client.put("/api/v1/pricing/models/a%00b", json=PRICE, headers=ADMIN)
+    assert resp.status == 422
+    assert (await resp.json())["message"].startswith("model: contains a control character")

@@ -10,8 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from libs.events.bounds import MAX_EVENT_COST_MICROS
 from libs.events.models import ChatUsage, ChatUsageRecorded
-from services.ingest.domain import ModelPrice, check_time, cost_micros, price_event
+from services.ingest.domain import (
+    CostTooHighError,
+    ModelPrice,
+    check_time,
+    cost_micros,
+    price_event,
+)
 
 SONNET = ModelPrice(
     input_price_per_million=Decimal("3.00"),
@@ -70,10 +77,44 @@ def test_price_event_stamps_cost_and_marks_priced() -> None:
     assert priced.data.priced is True
 
 
-def test_price_event_keeps_the_emitters_cost() -> None:
-    """A cost the emitter sent is kept as it is, not repriced."""
-    event = _chat(input_tokens=1000, cost_micros=7)
-    assert price_event(event, {"sonnet": SONNET}) is event
+def test_the_deployments_price_wins_over_the_emitters_cost() -> None:
+    """For a priced model, ingest's cost counts and the emitter's is kept beside it for audit."""
+    event = price_event(_chat(input_tokens=1000, cost_micros=7), {"sonnet": SONNET})
+    assert event.data.cost_micros == 3000
+    assert event.data.priced is True
+    assert event.data.reported_cost_micros == 7
+
+
+def test_a_zero_emitter_cost_cannot_make_priced_usage_free() -> None:
+    """`cost_micros: 0` with many tokens of a priced model costs what the price says."""
+    event = price_event(_chat(input_tokens=10**9, cost_micros=0), {"sonnet": SONNET})
+    assert event.data.cost_micros == 3 * 10**9
+    assert event.data.reported_cost_micros == 0
+
+
+def test_an_unpriced_models_emitter_cost_counts_as_sent() -> None:
+    """Without a price, the emitter's cost is the only one and counts; ingest's fields are its own."""
+    sent = _chat(model="mystery", cost_micros=42)
+    forged = sent.model_copy(
+        update={"data": sent.data.model_copy(update={"priced": True, "reported_cost_micros": 1})}
+    )
+    event = price_event(forged, {"sonnet": SONNET})
+    assert event.data.cost_micros == 42
+    assert event.data.priced is False
+    assert event.data.reported_cost_micros is None
+    untouched = _chat(model="mystery", cost_micros=42)
+    assert price_event(untouched, {"sonnet": SONNET}) is untouched
+
+
+def test_a_cost_above_the_per_event_cap_is_refused_naming_the_cap() -> None:
+    """Tokens whose priced cost exceeds the largest cost of one event are refused, not stored."""
+    huge = ModelPrice.model_validate(
+        {"input_price_per_million": "1000000", "output_price_per_million": "0"}
+    )
+    with pytest.raises(CostTooHighError, match=str(MAX_EVENT_COST_MICROS)):
+        price_event(_chat(input_tokens=10**10), {"sonnet": huge})
+    at_cap = price_event(_chat(input_tokens=10**6), {"sonnet": huge})
+    assert at_cap.data.cost_micros == MAX_EVENT_COST_MICROS
 
 
 def test_unknown_model_stays_unpriced() -> None:

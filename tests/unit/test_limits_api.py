@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -37,6 +38,10 @@ class ManualFeed:
         """Load positions as the loop does, then idle."""
         await self.sink.load_positions(range(12))
         await asyncio.Event().wait()
+
+    async def drain(self, timeout_s: float = 0.0) -> bool:
+        """Everything fed is applied already."""
+        return True
 
 
 @dataclass
@@ -578,3 +583,52 @@ async def test_shutdown_writes_a_final_snapshot(limits: Harness) -> None:
     [final] = limits.snapshots.snapshots
     assert final.positions == {2: 1, 5: 1}
     assert (final.topic, final.epoch) == ("t.events", "epoch-1")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/limits/overrides/users/a%00b",
+        "/api/v1/limits/overrides/groups/g%1Fx",
+        "/api/v1/limits/overrides/users/tab%09id",
+        "/api/v1/limits/overrides/users/c1%C2%85",
+    ],
+)
+async def test_an_unstorable_id_in_an_override_path_is_422_never_503(
+    limits: Harness, path: str
+) -> None:
+    """A NUL or other control character in a path id is refused naming it, not sent to the database."""
+    limits.caught_up()
+    for method in ("put", "delete"):
+        resp = await limits.client.request(method, path, json={"limit_micros": 5}, headers=ADMIN)
+        assert resp.status == 422, await resp.text()
+        body = await resp.json()
+        assert body["message"].split(":")[0] in {"user_id", "group_id"}
+        assert "control character" in body["message"]
+    assert (await limits.config_store.load()).user_overrides == ()
+
+
+async def test_a_value_the_database_refuses_is_422_not_503(limits: Harness) -> None:
+    """A data error from the store means the request can never succeed: 422, no Retry-After."""
+    limits.caught_up()
+
+    async def refuse(*_: object) -> object:
+        raise asyncpg.CharacterNotInRepertoireError("invalid byte sequence")
+
+    limits.config_store.put_override = refuse  # type: ignore[method-assign,assignment]
+    resp = await limits.client.put(
+        "/api/v1/limits/overrides/users/u", json={"limit_micros": 1}, headers=ADMIN
+    )
+    assert resp.status == 422
+    assert "Retry-After" not in resp.headers
+    assert "cannot be stored" in (await resp.json())["message"]
+
+
+async def test_checks_and_status_refuse_unstorable_user_ids(limits: Harness) -> None:
+    """The check body and the status path follow the same text rule as events."""
+    limits.caught_up()
+    status, body = await check(limits, "eve\x00")
+    assert status == 422
+    assert str(body["message"]).startswith("user_id: contains a control character (U+0000")
+    resp = await limits.client.get("/api/v1/limits/status/eve%00", headers=EMITTER)
+    assert resp.status == 422

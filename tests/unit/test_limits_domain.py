@@ -6,10 +6,12 @@ import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libs.events.bounds import MAX_EVENT_COST_MICROS, MAX_TOTAL
 from libs.events.models import (
     ApiUsage,
     ApiUsageRecorded,
@@ -475,3 +477,42 @@ def test_snapshot_image_is_detached_and_large_buckets_round_trip() -> None:
     assert (
         loaded.apply(chat("e1", "user-1", 5), partition=0, offset=2, log_ms=NOW_MS) == "duplicate"
     )
+
+
+# -- identity, saturation and old snapshots ------------------------------------------------------
+
+
+def test_one_id_for_two_users_is_two_events_and_a_copy_is_one() -> None:
+    """Duplicates are by identity: the same id for another user counts for that user too."""
+    ledger = Ledger()
+    assert ledger.apply(chat("same", "x", 100), partition=0, offset=0, log_ms=NOW_MS) == "spend"
+    assert ledger.apply(chat("same", "y", 40), partition=0, offset=1, log_ms=NOW_MS) == "spend"
+    resend = chat("same", "x", 999)
+    assert ledger.apply(resend, partition=0, offset=2, log_ms=NOW_MS) == "duplicate"
+    assert (month_total(ledger, "x"), month_total(ledger, "y")) == (100, 40)
+
+
+def test_spend_saturates_at_the_largest_exact_total() -> None:
+    """A period's total never passes 2^53 - 1, whatever is added and in whatever order."""
+    ledger = Ledger()
+    for n in range(9_008):
+        ledger.apply(
+            chat(f"big-{n}", "whale", MAX_EVENT_COST_MICROS), partition=1, offset=n, log_ms=NOW_MS
+        )
+    assert month_total(ledger, "whale") == MAX_TOTAL
+    ledger.add_spend("whale", 1, NOW)
+    assert month_total(ledger, "whale") == MAX_TOTAL
+    assert ledger.spent(DAY, period_key("day", NOW), "whale") == MAX_TOTAL
+
+
+def test_a_format_1_snapshot_keeps_its_spend_and_positions_but_not_its_ids() -> None:
+    """Snapshots from before identities still load: totals and positions carry over."""
+    ledger = Ledger()
+    fold(ledger, [(chat("e1", "u", 70), 2, 0), (group("g1", "grp", ["u"]), 3, 0)])
+    doc = orjson.loads(ledger.dump())
+    doc["format"] = 1
+    loaded = Ledger.load(orjson.dumps(doc))
+    assert month_total(loaded, "u") == 70
+    assert loaded.positions == {2: 1, 3: 1}
+    assert loaded.user_groups == {"u": ("grp",)}
+    assert loaded.recent == {}

@@ -37,16 +37,17 @@ from services.publisher.domain import (
     retry_all,
     wire_event,
 )
+from services.publisher.storage import InMemoryQueue
 
 AT = datetime(2026, 11, 2, 10, 15, tzinfo=UTC)
 
 
-def build(event_id: str, *, agent: bool, at: datetime = AT) -> WorkspaceBuilt:
+def build(event_id: str, *, agent: bool, at: datetime = AT, user_id: str = "u-1") -> WorkspaceBuilt:
     """A workspace build event."""
     return WorkspaceBuilt(
         id=event_id,
         occurred_at=at,
-        user_id="u-1",
+        user_id=user_id,
         data=WorkspaceBuild(
             workspace_id="ws-1", build_id=f"b-{event_id}", template="t", agent_managed=agent
         ),
@@ -206,8 +207,21 @@ def test_only_agent_managed_builds_become_billing_events_with_the_build_time() -
         ]
     )
     assert [(b.id, b.event_type, b.count, b.created_at) for b in result.billing] == [
-        (build_billing_id("a"), DC_MANAGED_AGENTS, 1, AT)
+        (build_billing_id(build("a", agent=True).identity), DC_MANAGED_AGENTS, 1, AT)
     ]
+
+
+def test_one_emitter_id_for_two_users_is_two_builds_billed_once_each() -> None:
+    """Billing ids follow the event identity: the same id for another user is another build."""
+    result = project(
+        [
+            build("same", agent=True, user_id="u-1"),
+            build("same", agent=True, user_id="u-2"),
+            build("same", agent=True, user_id="u-1"),
+        ]
+    )
+    ids = [b.id for b in result.billing]
+    assert len(ids) == len(set(ids)) == 2
 
 
 def test_projection_keeps_the_newest_directory_state_and_first_chat_per_month() -> None:
@@ -281,3 +295,17 @@ def test_a_failed_request_retries_every_event_with_its_own_backoff() -> None:
     )
     assert [o.kind for o in out] == ["retry", "retry"]
     assert out[0].delay <= timedelta(seconds=1) < timedelta(seconds=64) <= out[1].delay
+
+
+def test_the_first_copy_of_a_build_decides_whether_it_is_billed() -> None:
+    """A build first seen as not agent-managed stays unbilled when a copy says otherwise, in a batch and across batches."""
+    plain, flipped = build("b1", agent=False), build("b1", agent=True)
+    result = project([plain, flipped])
+    assert result.billing == []
+    assert result.builds == {build_billing_id(plain.identity): (False, AT)}
+    queue = InMemoryQueue()
+    queue.apply_projection(project([plain]))
+    queue.apply_projection(project([flipped]))
+    assert queue.rows == {}
+    queue.apply_projection(project([build("b2", agent=True)]))
+    assert list(queue.rows) == [build_billing_id(build("b2", agent=True).identity)]

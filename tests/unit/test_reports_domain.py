@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libs.events.bounds import MAX_SIZE_MB, MAX_TOTAL
 from services.reports.domain import (
     ACTIVITY_GRAINS,
     COST_DETAIL_GRAINS,
@@ -312,3 +314,29 @@ def test_cover_and_buckets_reach_the_ends_of_the_calendar() -> None:
     assert len(buckets) == 12
     assert buckets[-1].end == end
     assert cover(utc(1, 1, 1), utc(1, 3, 1), COST_TOTAL_GRAINS)[0].grain == "m"
+
+
+def test_chargeback_sums_stay_finite_and_exact_over_values_stored_before_the_bounds() -> None:
+    """Sizes of 1e308 (stored before they were refused) and totals at the cap never break the report."""
+    data = ChargebackData(
+        teams=[TeamState("t1", "team", ("u1", "u2"))],
+        projects=[
+            ProjectState("p1", "t1", "a", 1e308, MAX_TOTAL, "u1"),
+            ProjectState("p2", "t1", "b", 1e308, MAX_TOTAL, "u1"),
+            ProjectState("p3", "t1", "c", float("nan"), 1, "u2"),
+        ],
+        profiles={"u1": _profile("u1", "a"), "u2": _profile("u2", "b")},
+        usage={
+            "u1": UsageMonth(cost_micros=MAX_TOTAL, agent_builds=MAX_TOTAL),
+            "u2": UsageMonth(cost_micros=MAX_TOTAL),
+        },
+    )
+    body = chargeback_body(utc(2021, 3, 1), data, utc(2021, 4, 1))
+    encoded = orjson.dumps(body)
+    [workspace] = orjson.loads(encoded)["workspaces"]
+    assert workspace["totalSizeInMb"] == 2 * MAX_SIZE_MB
+    assert workspace["numberOfExperiments"] == MAX_TOTAL
+    assert workspace["llmCostMicros"] == MAX_TOTAL
+    assert workspace["agentBuilds"] == MAX_TOTAL
+    owner = next(m for m in workspace["members"] if m["userId"] == "u1")
+    assert owner["totalSizeInMb"] == 2 * MAX_SIZE_MB

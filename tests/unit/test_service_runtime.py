@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -63,6 +64,11 @@ async def boom(_: web.Request) -> web.Response:
     raise RuntimeError("secret internals")
 
 
+async def unstorable(_: web.Request) -> web.Response:
+    """The database refuses a value of the request."""
+    raise asyncpg.CharacterNotInRepertoireError("invalid byte sequence for encoding UTF8: 0x00")
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """An app built on the skeleton with a route per case."""
@@ -85,6 +91,7 @@ async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app.router.add_get("/conflict", conflict)
     app.router.add_get("/down", down)
     app.router.add_get("/boom", boom)
+    app.router.add_get("/unstorable", unstorable)
     openapi.add("post", "/emit", summary="emit", request=Body, responses={200: Body})
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -279,3 +286,13 @@ async def test_a_stalled_body_times_out_with_408() -> None:
         writer.close()
     finally:
         await server.close()
+
+
+async def test_a_value_the_database_refuses_is_422_not_a_server_error(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """A database data error that no check caught is the request's fault: 422, no Retry-After."""
+    resp = await client.get("/unstorable", headers={"Authorization": "Bearer e1"})
+    assert resp.status == 422
+    assert "Retry-After" not in resp.headers
+    assert (await resp.json())["message"].startswith("a value in this request cannot be stored")

@@ -35,6 +35,7 @@ PRICE = ModelPrice(
     cache_read_price_per_million=Decimal("0.30"),
     cache_write_price_per_million=Decimal("3.75"),
 )
+# "m" is priced; "x" and "other" are not, so the costs tests give are what counts for them.
 PRICES = {"m": PRICE}
 # A Wednesday.
 NOW = datetime(2026, 11, 4, 12, 0, tzinfo=UTC)
@@ -95,7 +96,7 @@ def test_cost_is_ingests_own_rule() -> None:
 
 
 def test_emitter_cost_is_kept_and_unknown_models_are_unpriced() -> None:
-    """A cost the emitter sent wins; a model without a price counts as unpriced, cost 0."""
+    """An unpriced model's emitter cost counts; without one it is unpriced, cost 0."""
     tally = Tally(PRICES)
     tally.observe(_chat(1, NOW, cost=55, model="other"))
     tally.observe(_chat(2, NOW, model="unknown"))
@@ -117,11 +118,15 @@ def test_title_generation_never_counts() -> None:
 def test_limits_periods_start_at_midnight_monday_and_the_first() -> None:
     """Spend is summed over the UTC day, the week from Monday and the month from the 1st."""
     tally = Tally(PRICES)
-    tally.observe(_chat(1, NOW, cost=1))
-    tally.observe(_chat(2, NOW - timedelta(days=1), cost=10))  # Tuesday
-    tally.observe(_chat(3, NOW - timedelta(days=2, hours=12), cost=100))  # Monday 00:00
-    tally.observe(_chat(4, NOW - timedelta(days=2, hours=12, seconds=1), cost=1_000))  # Sunday
-    tally.observe(_chat(5, datetime(2026, 10, 31, 23, 59, tzinfo=UTC), cost=10_000))
+    tally.observe(_chat(1, NOW, cost=1, model="other"))
+    tally.observe(_chat(2, NOW - timedelta(days=1), cost=10, model="other"))  # Tuesday
+    tally.observe(
+        _chat(3, NOW - timedelta(days=2, hours=12), cost=100, model="other")
+    )  # Monday 00:00
+    tally.observe(
+        _chat(4, NOW - timedelta(days=2, hours=12, seconds=1), cost=1_000, model="other")
+    )  # Sunday
+    tally.observe(_chat(5, datetime(2026, 10, 31, 23, 59, tzinfo=UTC), cost=10_000, model="other"))
     limits = tally.limits(NOW)
     assert limits["spent_micros"]["u1"] == {"day": 1, "week": 111, "month": 1_111}
     assert period_starts(NOW) == {
@@ -134,8 +139,8 @@ def test_limits_periods_start_at_midnight_monday_and_the_first() -> None:
 def test_costs_roll_up_by_model_and_root_chat() -> None:
     """The per-user rollup counts chats, and `by_chat` folds sub-chats into their root."""
     tally = Tally(PRICES)
-    tally.observe(_chat(1, NOW, cost=5, chat="root"))
-    tally.observe(_chat(2, NOW, cost=7, chat="child", root="root"))
+    tally.observe(_chat(1, NOW, cost=5, chat="root", model="y"))
+    tally.observe(_chat(2, NOW, cost=7, chat="child", root="root", model="y"))
     tally.observe(_chat(3, NOW, cost=11, chat="other", model="x"))
     user = tally.costs(NOW.date(), NOW.date())["u1"]
     assert user["total_cost_micros"] == 23
@@ -143,7 +148,7 @@ def test_costs_roll_up_by_model_and_root_chat() -> None:
     assert user["chat_count"] == 2
     assert user["distinct_chat_ids"] == 3
     assert user["by_chat"]["root"]["total_cost_micros"] == 12
-    assert user["by_model"]["m"]["total_cost_micros"] == 12
+    assert user["by_model"]["y"]["total_cost_micros"] == 12
     assert user["by_model"]["x"]["message_count"] == 1
 
 
@@ -242,9 +247,9 @@ def test_chargeback_uses_the_latest_sample_and_the_months_usage() -> None:
                 data=ApiUsage(client=client, count=5),
             )
         )
-    tally.observe(_chat(1, datetime(2026, 11, 3, tzinfo=UTC), cost=40))
-    tally.observe(_chat(2, datetime(2026, 11, 3, tzinfo=UTC), cost=2, user="u2"))
-    tally.observe(_chat(3, datetime(2026, 10, 3, tzinfo=UTC), cost=1_000))
+    tally.observe(_chat(1, datetime(2026, 11, 3, tzinfo=UTC), cost=40, model="x"))
+    tally.observe(_chat(2, datetime(2026, 11, 3, tzinfo=UTC), cost=2, model="x", user="u2"))
+    tally.observe(_chat(3, datetime(2026, 10, 3, tzinfo=UTC), cost=1_000, model="x"))
     for n, agent in enumerate((True, False, True)):
         tally.observe(
             WorkspaceBuilt(
