@@ -1,4 +1,4 @@
-"""The publisher's composition root: queue, consumer, sender, heartbeat and the status API."""
+"""The publisher's composition root: queue, consumer, sender, heartbeats and the status API."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from libs.service.consumer import ConsumerLoop
 from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
 from libs.service.web import READINESS_KEY, create_app
-from services.publisher.api import METRICS, QUEUE, SETTINGS, add_routes
+from services.publisher.agent_time import AgentTimeHeartbeat, report_late
+from services.publisher.api import AGENT_TIME, METRICS, QUEUE, SETTINGS, add_routes
 from services.publisher.config import PublisherSettings
 from services.publisher.consumer import make_consumer
 from services.publisher.heartbeat import SeatHeartbeat
@@ -75,14 +77,24 @@ async def _start_consumer(
     pool: asyncpg.Pool,
     stack: AsyncExitStack,
     registry: CollectorRegistry,
-) -> Callable[[], bool]:
-    """Join the consumer group; returns whether it has caught up with the log."""
+    *,
+    agent_time: AgentTimeHeartbeat,
+    metrics: PublisherMetrics,
+) -> ConsumerLoop:
+    """Join the consumer group; the loop says whether it has caught up and where it stands."""
     producer = make_producer(settings.kafka_bootstrap_servers, idempotent=settings.kafka_idempotent)
     await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
     stack.push_async_callback(lambda: asyncio.wait_for(producer.stop(), settings.kafka_timeout_s))
-    loop = make_consumer(settings, pool, dlq_producer=producer, registry=registry)
+    loop = make_consumer(
+        settings,
+        pool,
+        dlq_producer=producer,
+        registry=registry,
+        runtime_since=agent_time.window_start,
+        on_late=lambda late: report_late(metrics, late),
+    )
     await stack.enter_async_context(background(loop.run(), name="publisher-consumer"))
-    return loop.caught_up.is_set
+    return loop
 
 
 class Health:
@@ -132,9 +144,24 @@ def build_app(
             health.database = True
             deployment_id = settings.deployment_id or state.deployment_id
             billing = client or await _http_client(settings, stack, deployment_id)
+            agent_time = AgentTimeHeartbeat(
+                store,
+                metrics,
+                topic=settings.events_topic,
+                progress=None,
+                lag=settings.agent_time_lag,
+                window=settings.agent_time_window,
+                check_every=settings.heartbeat_check,
+                clock=clock,
+            )
+            app[AGENT_TIME] = agent_time
             ready: Callable[[], bool] = lambda: True  # noqa: E731  # no consumer: always
             if consume and pool is not None:
-                ready = await _start_consumer(settings, pool, stack, registry)
+                loop = await _start_consumer(
+                    settings, pool, stack, registry, agent_time=agent_time, metrics=metrics
+                )
+                ready = loop.caught_up.is_set
+                agent_time.progress = loop.progress
 
             sender = Sender(
                 store,
@@ -159,6 +186,7 @@ def build_app(
 
             await stack.enter_async_context(background(refresh_gauges(), name="gauges"))
             await stack.enter_async_context(background(heartbeat.run_forever(), name="heartbeat"))
+            await stack.enter_async_context(background(agent_time.run_forever(), name="agent-time"))
             await stack.enter_async_context(background(sender.run_forever(), name="sender"))
             yield
 
