@@ -126,6 +126,11 @@ class PublisherSettings(CommonSettings):
             )
         if self.backoff_max < self.backoff_base:
             raise ValueError("PUBLISH_BACKOFF_MAX must not be shorter than PUBLISH_BACKOFF_BASE")
+        if "agent_time_window" not in self.model_fields_set:
+            # The default window fits inside a shorter PUBLISH_MAX_AGE by itself.
+            fitted = min(self.agent_time_window, self.max_age - timedelta(hours=1))
+            # The model is frozen; this is still its construction.
+            object.__setattr__(self, "agent_time_window", max(fitted, timedelta(hours=1)))
         if not timedelta(hours=1) <= self.agent_time_window < self.max_age:
             raise ValueError(
                 "TOLLGATE_PUBLISHER_AGENT_TIME_WINDOW must be at least 1h and shorter than "

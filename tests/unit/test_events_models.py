@@ -325,8 +325,10 @@ def test_constructing_in_python_applies_the_same_rules() -> None:
     [
         (
             {"output_tokens": 100, "reasoning_tokens": 101},
-            "data.reasoning_tokens: Input should be at most output_tokens (100): reasoning "
-            "tokens are part of the output tokens",
+            (
+                "data.reasoning_tokens: Input should be at most output_tokens (100): reasoning "
+                "tokens are part of the output tokens"
+            ),
         ),
         (
             {"reasoning_tokens": -1},
@@ -343,8 +345,10 @@ def test_constructing_in_python_applies_the_same_rules() -> None:
         ({"runtime_ms": "12\x00"}, "data.runtime_ms: Input should be a valid integer"),
         (
             {"purpose": "title", "runtime_ms": 10},
-            "data.runtime_ms: Input should be absent for title generation, which Agent Time "
-            "does not count",
+            (
+                "data.runtime_ms: Input should be absent for title generation, which Agent Time "
+                "does not count"
+            ),
         ),
     ],
 )

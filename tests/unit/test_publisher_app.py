@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from structlog.testing import capture_logs
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from libs.events.models import MAX_INT
 from libs.service.consumer import Progress
@@ -297,3 +297,11 @@ async def test_runtime_arriving_after_its_hour_was_queued_is_reported_late_not_s
     assert runtime(queue, "early", DAY_START + 8 * HOUR, 100) == []
     [hour] = [h for h in await queue.agent_time_report(DAY_START) if h.hour == DAY_START + 8 * HOUR]
     assert (hour.reported_ms, hour.counted_ms, hour.late_ms) == (100, 130, 30)
+
+
+def test_the_default_agent_time_window_fits_a_shorter_maximum_age() -> None:
+    """Unset, the window shrinks to fit PUBLISH_MAX_AGE; set too long, it is an error."""
+    assert settings().agent_time_window == timedelta(days=7)
+    assert settings(PUBLISH_MAX_AGE="2d").agent_time_window == timedelta(days=2) - HOUR
+    with pytest.raises(ValidationError, match="AGENT_TIME_WINDOW"):
+        settings(PUBLISH_MAX_AGE="2d", TOLLGATE_PUBLISHER_AGENT_TIME_WINDOW="7d")
