@@ -76,16 +76,19 @@ WITH chat AS MATERIALIZED (
            (data->>'input_tokens')::bigint AS input_tokens,
            (data->>'output_tokens')::bigint AS output_tokens,
            (data->>'cache_read_tokens')::bigint AS cache_read_tokens,
-           (data->>'cache_write_tokens')::bigint AS cache_write_tokens
+           (data->>'cache_write_tokens')::bigint AS cache_write_tokens,
+           COALESCE((data->>'reasoning_tokens')::bigint, 0) AS reasoning_tokens,
+           COALESCE((data->>'runtime_ms')::bigint, 0) AS runtime_ms
     FROM reports_stage
     WHERE type = 'chat.usage.v1' AND data->>'purpose' = 'chat'
 ), totals AS (
     INSERT INTO reports_chat_totals AS t
         (grain, period, user_id, cost_micros, messages, priced_messages, input_tokens,
-         output_tokens, cache_read_tokens, cache_write_tokens)
+         output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, runtime_ms)
     SELECT g.grain, date_trunc(g.unit, c.occurred_at), c.user_id,
            COALESCE(sum(c.cost), 0), count(*), count(c.cost), sum(c.input_tokens),
-           sum(c.output_tokens), sum(c.cache_read_tokens), sum(c.cache_write_tokens)
+           sum(c.output_tokens), sum(c.cache_read_tokens), sum(c.cache_write_tokens),
+           sum(c.reasoning_tokens), sum(c.runtime_ms)
     FROM chat c
     CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day'), ('m', 'month')) AS g (grain, unit)
     GROUP BY 1, 2, 3
@@ -97,15 +100,18 @@ WITH chat AS MATERIALIZED (
         input_tokens = t.input_tokens + EXCLUDED.input_tokens,
         output_tokens = t.output_tokens + EXCLUDED.output_tokens,
         cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
-        cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens
+        cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens,
+        reasoning_tokens = t.reasoning_tokens + EXCLUDED.reasoning_tokens,
+        runtime_ms = t.runtime_ms + EXCLUDED.runtime_ms
 )
 INSERT INTO reports_chat_detail AS t
     (user_id, grain, period, model, provider, root_chat_id, cost_micros, messages,
-     priced_messages, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+     priced_messages, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+     reasoning_tokens, runtime_ms)
 SELECT c.user_id, g.grain, date_trunc(g.unit, c.occurred_at), c.model, c.provider,
        c.root_chat_id, COALESCE(sum(c.cost), 0), count(*), count(c.cost),
        sum(c.input_tokens), sum(c.output_tokens), sum(c.cache_read_tokens),
-       sum(c.cache_write_tokens)
+       sum(c.cache_write_tokens), sum(c.reasoning_tokens), sum(c.runtime_ms)
 FROM chat c
 CROSS JOIN (VALUES ('d'::"char", 'day')) AS g (grain, unit)
 GROUP BY 1, 2, 3, 4, 5, 6
@@ -117,7 +123,9 @@ ON CONFLICT (user_id, grain, period, model, provider, root_chat_id) DO UPDATE SE
     input_tokens = t.input_tokens + EXCLUDED.input_tokens,
     output_tokens = t.output_tokens + EXCLUDED.output_tokens,
     cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
-    cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens
+    cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens,
+    reasoning_tokens = t.reasoning_tokens + EXCLUDED.reasoning_tokens,
+    runtime_ms = t.runtime_ms + EXCLUDED.runtime_ms
 """
 
 # A session is [occurred_at, occurred_at + duration_ms). It is cut at every day, ISO week and
