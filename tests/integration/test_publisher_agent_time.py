@@ -162,9 +162,10 @@ async def test_a_simulated_day_reports_each_hour_once_across_a_restart(
             ).json()
             return body if body["late_runtime_ms"] else None
 
-        report = await eventually(late_seen, timeout_s=20)
+        seen = await eventually(late_seen, timeout_s=20)
         metrics = await (await client.get("/metrics")).text()
-    [hour] = [h for h in report["hours"] if h["id"] == agent_time_id(late_hour)]
+    assert seen is not None
+    [hour] = [h for h in seen["hours"] if h["id"] == agent_time_id(late_hour)]
     assert hour["late_runtime_ms"] == 777
     assert hour["runtime_ms"] == expected[hour["id"]] + 777
     assert "tollgate_publisher_agent_time_late_runtime_ms_total 777.0" in metrics
