@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from libs.events.codec import encode
+from libs.events.models import Envelope
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, start_cli
+from libs.service.kafka import make_producer
 
 ROOT = Path(__file__).resolve().parents[1]
 EMITTER_TOKEN = "test-emitter-token"
@@ -137,3 +140,15 @@ async def eventually(
             return last
         await asyncio.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s}s; last value: {last!r}")
+
+
+async def produce(infra: Infra, topic: str, events: list[Envelope]) -> None:
+    """Put events straight on a topic, keyed as ingest keys them."""
+    producer = make_producer(infra.bootstrap, idempotent=False)
+    await producer.start()
+    try:
+        for e in events:
+            await producer.send(topic, encode(e), key=e.partition_key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,32 +9,19 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from libs.events.models import ChatUsage, ChatUsageRecorded, Envelope
-from libs.service.embedded import free_port
 from libs.simulator.expected import Tally
 from libs.simulator.generate import Simulation, SimulationConfig
 from services.publisher.app import build_app
 from services.publisher.config import PublisherSettings
 from services.publisher.domain import HB_AGENT_RUNTIME, agent_time_id, rfc3339
 from services.publisher.sink import BillingSink
-from tests.integration.test_publisher_consumer import produce
-from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, unique
+from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, produce, unique
 
 pytestmark = pytest.mark.integration
 
 # Three days ago: the queue expires what is older than PUBLISH_MAX_AGE by the database's clock.
 DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
 LAG = timedelta(minutes=5)
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[BillingSink]:
-    """A billing sink on free ports."""
-    sink = BillingSink(port=free_port(), control_port=free_port())
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
 
 
 def settings_for(

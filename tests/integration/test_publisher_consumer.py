@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +10,6 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from libs.events.codec import encode
 from libs.events.models import (
     ChatUsage,
     ChatUsageRecorded,
@@ -21,8 +19,6 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
-from libs.service.embedded import free_port
-from libs.service.kafka import make_producer
 from services.publisher.app import build_app
 from services.publisher.config import PublisherSettings
 from services.publisher.domain import (
@@ -34,20 +30,9 @@ from services.publisher.domain import (
     rfc3339,
 )
 from services.publisher.sink import BillingSink
-from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, unique
+from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, produce, unique
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[BillingSink]:
-    """A billing sink on free ports."""
-    sink = BillingSink(port=free_port(), control_port=free_port())
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
 
 
 def settings_for(
@@ -155,18 +140,6 @@ class World:
         )
         (self.agent_builds if agent else self.other_builds).append(event_id)
         self.secrets |= {event_id, workspace, build, "tmpl-secret", "org-secret"}
-
-
-async def produce(infra: Infra, topic: str, events: list[Envelope]) -> None:
-    """Put events on the topic keyed as ingest keys them."""
-    producer = make_producer(infra.bootstrap, idempotent=False)
-    await producer.start()
-    try:
-        for e in events:
-            await producer.send(topic, encode(e), key=e.partition_key.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def test_agent_builds_and_the_heartbeats_reach_the_sink_and_nothing_personal_does(

@@ -28,17 +28,6 @@ def event(event_id: str, count: int = 1) -> dict[str, object]:
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[BillingSink]:
-    """A sink on free ports, with a control port."""
-    sink = BillingSink(port=free_port(), control_port=free_port())
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A client with a short timeout."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
