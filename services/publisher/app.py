@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -104,6 +104,25 @@ class Health:
         self.database = False
 
 
+async def _refresh_gauges(
+    store: BillingQueue, metrics: PublisherMetrics, health: Health, every: timedelta
+) -> None:
+    """Refresh the gauges from the queue, and note whether the database answers, until cancelled."""
+    while True:
+        try:
+            # Not `wait_for`: on Python 3.11 it can swallow the cancellation that stops this
+            # loop when the status arrives at the same moment, and shutting down would then
+            # wait for this task for ever.
+            async with asyncio.timeout(5):
+                status = await store.status()
+            metrics.observe_status(status)
+        except Exception:
+            health.database = False
+        else:
+            health.database = True
+        await asyncio.sleep(every.total_seconds())
+
+
 def build_app(
     settings: PublisherSettings,
     *,
@@ -174,17 +193,11 @@ def build_app(
                 store, metrics, ready=ready, check_every=settings.heartbeat_check, clock=clock
             )
 
-            async def refresh_gauges() -> None:
-                while True:
-                    try:
-                        metrics.observe_status(await asyncio.wait_for(store.status(), 5))
-                    except Exception:
-                        health.database = False
-                    else:
-                        health.database = True
-                    await asyncio.sleep(settings.gauge_refresh.total_seconds())
-
-            await stack.enter_async_context(background(refresh_gauges(), name="gauges"))
+            await stack.enter_async_context(
+                background(
+                    _refresh_gauges(store, metrics, health, settings.gauge_refresh), name="gauges"
+                )
+            )
             await stack.enter_async_context(background(heartbeat.run_forever(), name="heartbeat"))
             await stack.enter_async_context(background(agent_time.run_forever(), name="agent-time"))
             await stack.enter_async_context(background(sender.run_forever(), name="sender"))
