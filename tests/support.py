@@ -17,7 +17,10 @@ from typing import Protocol, TypeVar
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from libs.events.codec import encode
+from libs.events.models import Envelope
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, start_cli
+from libs.service.kafka import make_producer
 from libs.service.web import create_metrics_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,3 +198,15 @@ async def eventually(
             return last
         await asyncio.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s}s; last value: {last!r}")
+
+
+async def produce(infra: Infra, topic: str, events: list[Envelope]) -> None:
+    """Put events straight on a topic, keyed as ingest keys them."""
+    producer = make_producer(infra.bootstrap, idempotent=False)
+    await producer.start()
+    try:
+        for e in events:
+            await producer.send(topic, encode(e), key=e.partition_key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()

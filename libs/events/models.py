@@ -16,8 +16,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
 )
 from pydantic_core import PydanticCustomError
 
@@ -33,6 +37,7 @@ from libs.events.bounds import (
 __all__ = [
     "EVENT_ADAPTER",
     "MAX_INT",
+    "MAX_RUNTIME_MS",
     "ActivitySession",
     "ActivitySessionRecorded",
     "ApiUsage",
@@ -76,6 +81,10 @@ Flag = Annotated[bool, Field(strict=True)]
 Megabytes = Annotated[float, Field(strict=True, ge=0, le=MAX_SIZE_MB, allow_inf_nan=False)]
 # Membership lists are replaced whole, so one event carries every member.
 MemberIds = Annotated[tuple[Id, ...], Field(max_length=100_000)]
+#: The longest generation one chat usage event may report: a day. Agent Time sums these per
+#: hour; at this cap even ten million events in one hour stay below MAX_INT.
+MAX_RUNTIME_MS = 86_400_000
+RuntimeMs = Annotated[int, Field(strict=True, ge=0, le=MAX_RUNTIME_MS)]
 
 
 def _reject_non_text_time(value: object) -> object:
@@ -134,6 +143,43 @@ class ChatUsage(EventData):
     priced: Flag = False
     reported_cost_micros: Micros | None = None
     purpose: Literal["chat", "title"] = "chat"
+    # Added after v1 was published, so both are optional and left out of the encoded event
+    # when absent: readers of an older release still decode every event that does not use them.
+    #: Tokens spent reasoning; already part of `output_tokens`, so never priced on their own.
+    reasoning_tokens: Tokens | None = None
+    #: Wall-clock milliseconds of the model invocation that produced the message (Agent Time).
+    runtime_ms: RuntimeMs | None = None
+
+    @field_validator("reasoning_tokens")
+    @classmethod
+    def _reasoning_within_output(cls, value: int | None, info: ValidationInfo) -> int | None:
+        output = info.data.get("output_tokens")
+        if value is not None and isinstance(output, int) and value > output:
+            raise PydanticCustomError(
+                "reasoning_exceeds_output",
+                "Input should be at most output_tokens ({output_tokens}): reasoning tokens are "
+                "part of the output tokens",
+                {"output_tokens": output},
+            )
+        return value
+
+    @field_validator("runtime_ms")
+    @classmethod
+    def _no_runtime_for_titles(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("purpose") == "title":
+            raise PydanticCustomError(
+                "runtime_for_title",
+                "Input should be absent for title generation, which Agent Time does not count",
+            )
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        for name in ("reasoning_tokens", "runtime_ms"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class WorkspaceBuild(EventData):

@@ -58,6 +58,21 @@ class Consumed:
     raw: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a consumer is through the partitions it holds, as of its last fetch."""
+
+    #: Partitions of the topic (0 until the consumer has its metadata).
+    partitions: int
+    #: Records between the position and the end, per assigned partition with a known end.
+    behind: dict[int, int]
+
+    @property
+    def at_end(self) -> list[int]:
+        """Assigned partitions read to their end."""
+        return sorted(p for p, n in self.behind.items() if n == 0)
+
+
 @dataclass(slots=True)
 class Batch:
     """Decoded events of one fetch and the next offset of every partition they came from."""
@@ -414,6 +429,20 @@ class ConsumerLoop:
             p: max(0, self._state.targets.get(p, 0) - pos)
             for p, pos in self._state.positions.items()
         }
+
+    def progress(self) -> Progress:
+        """Where each assigned partition stands against its end as last fetched."""
+        consumer = self._consumer
+        if consumer is None:
+            return Progress(0, {})
+        behind: dict[int, int] = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                behind[tp.partition] = max(
+                    0, highwater - self._state.positions.get(tp.partition, 0)
+                )
+        return Progress(len(consumer.partitions_for_topic(self.topic) or ()), behind)
 
     async def _run_once(self) -> None:
         consumer = AIOKafkaConsumer(

@@ -179,11 +179,14 @@ def summary(event: Event) -> str:
     match event:
         case ChatUsageRecorded(data=d):
             tokens = f"in={d.input_tokens} out={d.output_tokens}"
+            if d.reasoning_tokens is not None:
+                tokens += f" (reasoning={d.reasoning_tokens})"
             if d.cache_read_tokens or d.cache_write_tokens:
                 tokens += f" cache_read={d.cache_read_tokens} cache_write={d.cache_write_tokens}"
             cost = "unpriced" if d.cost_micros is None else dollars(d.cost_micros)
             title = " (title)" if d.purpose == "title" else ""
-            return f"{d.model} {tokens} {cost}{title} chat={d.chat_id}"
+            runtime = "" if d.runtime_ms is None else f" runtime={_duration(d.runtime_ms)}"
+            return f"{d.model} {tokens} {cost}{title}{runtime} chat={d.chat_id}"
         case WorkspaceBuilt(data=d):
             agent = " agent-managed" if d.agent_managed else ""
             return f"workspace={d.workspace_id} build={d.build_id} template={d.template}{agent}"

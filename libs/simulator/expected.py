@@ -3,7 +3,8 @@
 `Tally.observe` sees every event exactly as it is sent; the methods then answer, in the
 shapes the APIs return, what limits, reports and the publisher must show for any period:
 spend per user for the current day/week/month, activity per bucket, cost per user for a
-range, the chargeback report of a month and the billable events. Costs use ingest's own
+range, the chargeback report of a month, the billable events and the Agent Time of every
+hour (what `hb_agent_runtime_v1` must report). Costs use ingest's own
 rule (`cost_micros` with the same price table), so a figure can only differ from the
 service's when an event was lost or counted twice.
 """
@@ -31,6 +32,7 @@ from libs.events.models import (
     WorkspaceBuilt,
 )
 from services.ingest.domain import ModelPrice, cost_micros
+from services.publisher.domain import HB_AGENT_RUNTIME, agent_hour, agent_time_id
 
 __all__ = [
     "CATEGORIES",
@@ -67,6 +69,8 @@ class ChatTotals:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    runtime_ms: int = 0
 
     def add(self, other: ChatTotals) -> None:
         """Add another sum into this one."""
@@ -78,6 +82,8 @@ class ChatTotals:
         self.output_tokens += other.output_tokens
         self.cache_read_tokens += other.cache_read_tokens
         self.cache_write_tokens += other.cache_write_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.runtime_ms += other.runtime_ms
 
     def as_json(self) -> dict[str, int]:
         """The rollup fields of the cost API (Coder's names: cache writes are "creation")."""
@@ -90,6 +96,8 @@ class ChatTotals:
             "total_output_tokens": self.output_tokens,
             "total_cache_read_tokens": self.cache_read_tokens,
             "total_cache_creation_tokens": self.cache_write_tokens,
+            "total_reasoning_tokens": self.reasoning_tokens,
+            "total_runtime_ms": self.runtime_ms,
         }
 
 
@@ -173,6 +181,7 @@ class Tally:
         self.billable_identities: list[str] = []
         self.api: dict[tuple[str, str, str], _ApiMonth] = defaultdict(_ApiMonth)
         self.storage: dict[tuple[str, str], tuple[datetime, StorageSampled]] = {}
+        self.agent_runtime: dict[datetime, int] = defaultdict(int)
 
     def observe_all(self, events: Iterable[Envelope]) -> None:
         """Observe each of `events`."""
@@ -244,7 +253,11 @@ class Tally:
             output_tokens=d.output_tokens,
             cache_read_tokens=d.cache_read_tokens,
             cache_write_tokens=d.cache_write_tokens,
+            reasoning_tokens=d.reasoning_tokens or 0,
+            runtime_ms=d.runtime_ms or 0,
         )
+        if d.runtime_ms is not None:
+            self.agent_runtime[agent_hour(event.occurred_at)] += d.runtime_ms
         day = self.chat_days[(event.user_id, event.occurred_at.date())]
         day.totals.add(one)
         day.by_model[d.model].add(one)
@@ -452,6 +465,18 @@ class Tally:
             "source_event_ids": sorted(self.billable_ids),
         }
 
+    def agent_time(self, start: datetime, end: datetime) -> dict[str, int]:
+        """`runtime_ms` of every UTC hour that overlaps `[start, end)`, by heartbeat id.
+
+        Idle hours are 0, as the publisher reports them.
+        """
+        hours: dict[str, int] = {}
+        hour = agent_hour(start)
+        while hour < end:
+            hours[agent_time_id(hour)] = self.agent_runtime.get(hour, 0)
+            hour += timedelta(hours=1)
+        return hours
+
     # ----- everything ----------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
@@ -478,6 +503,11 @@ class Tally:
             "activity": self.activity(start, end, interval),
             "chargeback": {m: self.chargeback(m) for m in self.months()},
             "billing": self.billing(),
+            "agent_time": {
+                "event_type": HB_AGENT_RUNTIME,
+                "hours": self.agent_time(start, end),
+                "total_runtime_ms": sum(self.agent_time(start, end).values()),
+            },
         }
 
 

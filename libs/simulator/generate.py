@@ -58,6 +58,10 @@ _MODEL_WEIGHTS: Final = tuple(w for _, _, w in MODELS)
 _PROVIDERS: Final = {m: p for m, p, _ in MODELS}
 # Title generation uses a small, cheap model, as chat front-ends do.
 _TITLE_MODEL: Final = "gpt-4o-mini"
+# Models that report reasoning tokens (part of their output tokens) on some messages.
+_REASONING_MODELS: Final = frozenset({"o3", "claude-sonnet-4", "gemini-2.5-pro"})
+#: The longest generation step an agent chat message reports.
+_MAX_STEP_MS: Final = 15 * 60_000
 
 
 def _now() -> datetime:
@@ -415,15 +419,25 @@ class _UserDay:
             if provider_billed
             else rng.choices(_MODEL_NAMES, user.model_weights)[0]
         )
+        # Drawn apart from the day's generator, so the rest of the day is the same either way.
+        agent = self.sim.rng("agent", chat_id).random() < (0.6 if user.runs_agents else 0.15)
         t = start
         if root is None:
             self._message(chat_id, None, _TITLE_MODEL, t, purpose="title", small=True)
         for _ in range(rng.randint(1, 10)):
             t += rng.uniform(10, 300)
-            self._message(chat_id, root, model, t, purpose="chat", small=False)
+            self._message(chat_id, root, model, t, purpose="chat", small=False, agent=agent)
 
     def _message(
-        self, chat_id: str, root: str | None, model: str, at_s: float, *, purpose: str, small: bool
+        self,
+        chat_id: str,
+        root: str | None,
+        model: str,
+        at_s: float,
+        *,
+        purpose: str,
+        small: bool,
+        agent: bool = False,
     ) -> None:
         rng = self.rng
         at = self._at(at_s)
@@ -438,6 +452,19 @@ class _UserDay:
             write = int(inp * rng.uniform(0.0, 0.5)) if rng.random() < 0.3 else 0
         cost = rng.randint(10, 5_000) if model == PROVIDER_BILLED_MODEL else None
         message_id = self._id("m")
+        # Reasoning and Agent Time come from a generator of their own (keyed by the message),
+        # so adding them changed no other draw of the simulation.
+        extra = self.sim.rng("message", message_id)
+        reasoning = (
+            int(out * extra.uniform(0.1, 0.8))
+            if purpose == "chat" and model in _REASONING_MODELS and extra.random() < 0.5
+            else None
+        )
+        runtime = (
+            int(min(_MAX_STEP_MS, max(200, extra.lognormvariate(math.log(20_000), 0.9))))
+            if agent and purpose == "chat"
+            else None
+        )
         self.out.append(
             ChatUsageRecorded(
                 id=message_id,
@@ -456,6 +483,8 @@ class _UserDay:
                     cache_write_tokens=write,
                     cost_micros=cost,
                     purpose=purpose,
+                    reasoning_tokens=reasoning,
+                    runtime_ms=runtime,
                 ),
             )
         )

@@ -1,24 +1,28 @@
-"""The publisher's HTTP API: its status, for operators and alerts."""
+"""The publisher's HTTP API: its status and the Agent Time report, for operators and alerts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from libs.service.errors import DependencyUnavailable
 from libs.service.openapi import OpenApi
 from libs.service.web import Role, json_response, requires
+from services.publisher.agent_time import AgentTimeHeartbeat
 from services.publisher.config import PublisherSettings
-from services.publisher.domain import format_duration
+from services.publisher.domain import HB_AGENT_RUNTIME, format_duration, log_watermark
 from services.publisher.metrics import PublisherMetrics
-from services.publisher.storage import BillingQueue, QueueStatus
+from services.publisher.storage import AgentHourReport, BillingQueue, QueueStatus, Status
 
 SETTINGS = web.AppKey("publisher_settings", PublisherSettings)
 QUEUE = web.AppKey("publisher_queue", BillingQueue)
 METRICS = web.AppKey("publisher_metrics", PublisherMetrics)
+AGENT_TIME = web.AppKey("publisher_agent_time", AgentTimeHeartbeat)
 
 
 class PublisherStatus(BaseModel):
@@ -93,22 +97,94 @@ def status_body(settings: PublisherSettings, status: QueueStatus) -> PublisherSt
     )
 
 
-@requires(Role.ADMIN)
-async def get_status(request: web.Request) -> web.Response:
-    """Pending events, their age, and the sender's health (durable across restarts)."""
+@contextmanager
+def _database() -> Iterator[None]:
+    """A database that does not answer is a 503, not a 500."""
     try:
-        status = await request.app[QUEUE].status()
+        yield
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DependencyUnavailable(
             "the publisher's database is unavailable", detail=str(exc)
         ) from exc
+
+
+@requires(Role.ADMIN)
+async def get_status(request: web.Request) -> web.Response:
+    """Pending events, their age, and the sender's health (durable across restarts)."""
+    with _database():
+        status = await request.app[QUEUE].status()
     request.app[METRICS].observe_status(status)
     body = status_body(request.app[SETTINGS], status)
     return json_response(body.model_dump())
 
 
+class AgentHour(BaseModel):
+    """One UTC hour of Agent Time: what was reported and what the log holds for it now."""
+
+    hour: datetime
+    id: str
+    status: Status | None = Field(description="The heartbeat's status; null while the hour is open")
+    reported_runtime_ms: int | None = Field(description="runtime_ms as queued; null while open")
+    runtime_ms: int = Field(description="Runtime of the hour's chat usage received so far")
+    late_runtime_ms: int = Field(description="Runtime that arrived after the hour was reported")
+
+
+class AgentTimeReport(BaseModel):
+    """`GET /api/v1/publisher/agent-time`: every hour of the window with runtime or a heartbeat."""
+
+    event_type: str
+    lag: str
+    window: str
+    window_start: datetime
+    log_read_until: datetime | None = Field(
+        description="Every partition of the log was read to its end at this time or later"
+    )
+    hours: list[AgentHour]
+    late_runtime_ms: int
+
+
+def _hour(item: AgentHourReport) -> AgentHour:
+    return AgentHour(
+        hour=item.hour,
+        id=item.id,
+        status=item.status,
+        reported_runtime_ms=item.reported_ms,
+        runtime_ms=item.counted_ms,
+        late_runtime_ms=item.late_ms,
+    )
+
+
+@requires(Role.ADMIN)
+async def get_agent_time(request: web.Request) -> web.Response:
+    """The hours of the Agent Time window: reported runtime beside what has arrived since."""
+    settings, queue = request.app[SETTINGS], request.app[QUEUE]
+    start = request.app[AGENT_TIME].window_start()
+    with _database():
+        hours = [_hour(h) for h in await queue.agent_time_report(start)]
+        watermark = log_watermark(await queue.log_progress(settings.events_topic))
+    body = AgentTimeReport(
+        event_type=HB_AGENT_RUNTIME,
+        lag=format_duration(settings.agent_time_lag),
+        window=format_duration(settings.agent_time_window),
+        window_start=start,
+        log_read_until=watermark,
+        hours=hours,
+        late_runtime_ms=sum(h.late_runtime_ms for h in hours),
+    )
+    return json_response(body.model_dump())
+
+
 def add_routes(app: web.Application, openapi: OpenApi) -> None:
     """Register the handlers and describe them in the OpenAPI document."""
+    app.router.add_get("/api/v1/publisher/agent-time", get_agent_time)
+    openapi.add(
+        "get",
+        "/api/v1/publisher/agent-time",
+        summary="Agent Time per UTC hour: reported, received since, and late",
+        admin=True,
+        responses={200: AgentTimeReport, 503: None},
+        tag="publisher",
+    )
     app.router.add_get("/api/v1/publisher/status", get_status)
     openapi.add(
         "get",

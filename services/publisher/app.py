@@ -1,11 +1,11 @@
-"""The publisher's composition root: queue, consumer, sender, heartbeat and the status API."""
+"""The publisher's composition root: queue, consumer, sender, heartbeats and the status API."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -13,12 +13,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from libs.service.consumer import ConsumerLoop
 from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
 from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
-from services.publisher.api import METRICS, QUEUE, SETTINGS, add_routes
+from services.publisher.agent_time import AgentTimeHeartbeat, report_late
+from services.publisher.api import AGENT_TIME, METRICS, QUEUE, SETTINGS, add_routes
 from services.publisher.config import PublisherSettings
 from services.publisher.consumer import make_consumer
 from services.publisher.heartbeat import SeatHeartbeat
@@ -75,16 +77,26 @@ async def _start_consumer(
     pool: asyncpg.Pool,
     stack: AsyncExitStack,
     registry: CollectorRegistry,
-) -> Callable[[], bool]:
-    """Join the consumer group; returns whether it has caught up with the log."""
+    *,
+    agent_time: AgentTimeHeartbeat,
+    metrics: PublisherMetrics,
+) -> ConsumerLoop:
+    """Join the consumer group; the loop says whether it has caught up and where it stands."""
     producer = make_producer(settings.kafka_bootstrap_servers, idempotent=settings.kafka_idempotent)
     await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
     stack.push_async_callback(lambda: asyncio.wait_for(producer.stop(), settings.kafka_timeout_s))
-    loop = make_consumer(settings, pool, dlq_producer=producer, registry=registry)
+    loop = make_consumer(
+        settings,
+        pool,
+        dlq_producer=producer,
+        registry=registry,
+        runtime_since=agent_time.window_start,
+        on_late=lambda late: report_late(metrics, late),
+    )
     await stack.enter_async_context(background(loop.run(), name="publisher-consumer"))
     # Runs first at a clean stop: read the log to its end (the embedded broker's is lost).
     stack.push_async_callback(loop.drain)
-    return loop.caught_up.is_set
+    return loop
 
 
 class Health:
@@ -92,6 +104,25 @@ class Health:
 
     def __init__(self) -> None:
         self.database = False
+
+
+async def _refresh_gauges(
+    store: BillingQueue, metrics: PublisherMetrics, health: Health, every: timedelta
+) -> None:
+    """Refresh the gauges from the queue, and note whether the database answers, until cancelled."""
+    while True:
+        try:
+            # Not `wait_for`: on Python 3.11 it can swallow the cancellation that stops this
+            # loop when the status arrives at the same moment, and shutting down would then
+            # wait for this task for ever.
+            async with asyncio.timeout(5):
+                status = await store.status()
+            metrics.observe_status(status)
+        except Exception:
+            health.database = False
+        else:
+            health.database = True
+        await asyncio.sleep(every.total_seconds())
 
 
 def build_app(
@@ -134,9 +165,24 @@ def build_app(
             health.database = True
             deployment_id = settings.deployment_id or state.deployment_id
             billing = client or await _http_client(settings, stack, deployment_id)
+            agent_time = AgentTimeHeartbeat(
+                store,
+                metrics,
+                topic=settings.events_topic,
+                progress=None,
+                lag=settings.agent_time_lag,
+                window=settings.agent_time_window,
+                check_every=settings.heartbeat_check,
+                clock=clock,
+            )
+            app[AGENT_TIME] = agent_time
             ready: Callable[[], bool] = lambda: True  # noqa: E731  # no consumer: always
             if consume and pool is not None:
-                ready = await _start_consumer(settings, pool, stack, registry)
+                loop = await _start_consumer(
+                    settings, pool, stack, registry, agent_time=agent_time, metrics=metrics
+                )
+                ready = loop.caught_up.is_set
+                agent_time.progress = loop.progress
 
             sender = Sender(
                 store,
@@ -149,18 +195,13 @@ def build_app(
                 store, metrics, ready=ready, check_every=settings.heartbeat_check, clock=clock
             )
 
-            async def refresh_gauges() -> None:
-                while True:
-                    try:
-                        metrics.observe_status(await asyncio.wait_for(store.status(), 5))
-                    except Exception:
-                        health.database = False
-                    else:
-                        health.database = True
-                    await asyncio.sleep(settings.gauge_refresh.total_seconds())
-
-            await stack.enter_async_context(background(refresh_gauges(), name="gauges"))
+            await stack.enter_async_context(
+                background(
+                    _refresh_gauges(store, metrics, health, settings.gauge_refresh), name="gauges"
+                )
+            )
             await stack.enter_async_context(background(heartbeat.run_forever(), name="heartbeat"))
+            await stack.enter_async_context(background(agent_time.run_forever(), name="agent-time"))
             await stack.enter_async_context(background(sender.run_forever(), name="sender"))
             yield
 

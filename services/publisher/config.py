@@ -54,6 +54,12 @@ class PublisherSettings(CommonSettings):
     heartbeat_check: Duration = Field(
         timedelta(seconds=30), alias="TOLLGATE_PUBLISHER_HEARTBEAT_CHECK"
     )
+    agent_time_lag: Duration = Field(
+        timedelta(minutes=5), alias="TOLLGATE_PUBLISHER_AGENT_TIME_LAG"
+    )
+    agent_time_window: Duration = Field(
+        timedelta(days=7), alias="TOLLGATE_PUBLISHER_AGENT_TIME_WINDOW"
+    )
     retention: Duration = Field(timedelta(days=90), alias="TOLLGATE_PUBLISHER_RETENTION")
     session_timeout: Duration = Field(
         timedelta(seconds=10), alias="TOLLGATE_PUBLISHER_SESSION_TIMEOUT"
@@ -98,7 +104,7 @@ class PublisherSettings(CommonSettings):
             raise ValueError("must be a positive duration such as 17m, 2s or 500ms")
         return value
 
-    @field_validator("first_delay")
+    @field_validator("first_delay", "agent_time_lag")
     @classmethod
     def _not_negative(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value < timedelta(0):
@@ -121,6 +127,22 @@ class PublisherSettings(CommonSettings):
             )
         if self.backoff_max < self.backoff_base:
             raise ValueError("PUBLISH_BACKOFF_MAX must not be shorter than PUBLISH_BACKOFF_BASE")
+        if "agent_time_window" not in self.model_fields_set:
+            # The default window fits inside a shorter PUBLISH_MAX_AGE by itself.
+            fitted = min(self.agent_time_window, self.max_age - timedelta(hours=1))
+            # The model is frozen; this is still its construction.
+            object.__setattr__(self, "agent_time_window", max(fitted, timedelta(hours=1)))
+        if not timedelta(hours=1) <= self.agent_time_window < self.max_age:
+            raise ValueError(
+                "TOLLGATE_PUBLISHER_AGENT_TIME_WINDOW must be at least 1h and shorter than "
+                f"PUBLISH_MAX_AGE (now {self.agent_time_window} and {self.max_age}): an hour "
+                "older than the maximum age would expire unsent"
+            )
+        if self.agent_time_lag >= self.agent_time_window:
+            raise ValueError(
+                "TOLLGATE_PUBLISHER_AGENT_TIME_LAG must be shorter than "
+                "TOLLGATE_PUBLISHER_AGENT_TIME_WINDOW, or no hour would ever close"
+            )
         return self
 
     @property

@@ -2,10 +2,12 @@
 
 Billing events are the only thing that ever leaves a deployment, so their shape is fixed
 here once: `{"id", "event_type", "event_data", "created_at"}` with `event_data` exactly
-`{"count": N}`. Nothing in them comes from a user, a workspace or a build except a count
-and a time; the id of a build's billing event is a one-way UUIDv5 of the source event's
-identity (type, user and id), so a replay of the log makes the very same id and the billing
-server deduplicates it.
+`{"count": N}` (`{"runtime_ms": N}` for Agent Time). Nothing in them comes from a user, a
+workspace or a build except a number and a time; the id of a build's billing event is a
+one-way UUIDv5 of the source event's identity (type, user and id), so a replay of the log
+makes the very same id and the billing server deduplicates it. Heartbeat ids name their
+bucket's start the way Coder writes them (`hb_ai_seats_v1:2026-11-27_08:00:00`), so every
+replica makes the same id.
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from libs.events.models import ChatUsageRecorded, Envelope, UserUpdated, WorkspaceBuilt
+from libs.events.models import MAX_INT, ChatUsageRecorded, Envelope, UserUpdated, WorkspaceBuilt
 
 DC_MANAGED_AGENTS: Final = "dc_managed_agents_v1"
 HB_AI_SEATS: Final = "hb_ai_seats_v1"
-BILLING_EVENT_TYPES: Final = (DC_MANAGED_AGENTS, HB_AI_SEATS)
+HB_AGENT_RUNTIME: Final = "hb_agent_runtime_v1"
+BILLING_EVENT_TYPES: Final = (DC_MANAGED_AGENTS, HB_AI_SEATS, HB_AGENT_RUNTIME)
+#: Heartbeats: one event per bucket, whose `created_at` is the bucket start.
+HEARTBEAT_TYPES: Final = (HB_AI_SEATS, HB_AGENT_RUNTIME)
 
 #: The billing server's ingest route, appended to `BILLING_URL`.
 INGEST_PATH: Final = "/api/v1/events/ingest"
@@ -32,6 +37,10 @@ INGEST_PATH: Final = "/api/v1/events/ingest"
 MAX_BATCH: Final = 100
 #: Heartbeats are counted in 4-hour buckets aligned to UTC midnight (00, 04, 08, …).
 HEARTBEAT_BUCKET: Final = timedelta(hours=4)
+#: Agent Time is reported per UTC hour.
+AGENT_HOUR: Final = timedelta(hours=1)
+#: How a heartbeat id writes its bucket start: Go's `2006-01-02_15:04:05`, in UTC.
+HEARTBEAT_ID_TIME: Final = "%Y-%m-%d_%H:%M:%S"
 
 # Fixed forever: changing it (or what `build_billing_id` hashes) would give every
 # already-billed build a new id.
@@ -108,25 +117,51 @@ def backoff_delay(
 
 
 class CountData(BaseModel):
-    """The only `event_data` the publisher ever sends: a count and nothing else."""
+    """The `event_data` of builds and seats: a count and nothing else."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    count: int = Field(ge=0, le=2**53 - 1)
+    count: int = Field(ge=0, le=MAX_INT)
+
+
+class RuntimeData(BaseModel):
+    """The `event_data` of Agent Time: milliseconds and nothing else."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    runtime_ms: int = Field(ge=0, le=MAX_INT)
+
+
+#: The one shape of `event_data` each billing event type may have.
+EVENT_DATA: Final[dict[str, type[CountData | RuntimeData]]] = {
+    DC_MANAGED_AGENTS: CountData,
+    HB_AI_SEATS: CountData,
+    HB_AGENT_RUNTIME: RuntimeData,
+}
+
+
+def event_data(event_type: str, value: int) -> dict[str, int]:
+    """`{"count": value}`, or `{"runtime_ms": value}` for Agent Time."""
+    return {"runtime_ms": value} if event_type == HB_AGENT_RUNTIME else {"count": value}
 
 
 @dataclass(frozen=True, slots=True)
 class BillingEvent:
-    """One row of the billing queue, as it will be sent."""
+    """One row of the billing queue, as it will be sent: a type, one number and a time."""
 
     id: str
     event_type: str
-    count: int
+    value: int
     created_at: datetime
+
+    @property
+    def data(self) -> dict[str, int]:
+        """The `event_data` this event is sent with."""
+        return event_data(self.event_type, self.value)
 
     def wire(self) -> dict[str, object]:
         """The event exactly as the billing server receives it."""
-        return wire_event(self.id, self.event_type, {"count": self.count}, self.created_at)
+        return wire_event(self.id, self.event_type, self.data, self.created_at)
 
 
 class NotPublishableError(ValueError):
@@ -134,19 +169,21 @@ class NotPublishableError(ValueError):
 
 
 def wire_event(
-    event_id: str, event_type: str, event_data: object, created_at: datetime
+    event_id: str, event_type: str, data: object, created_at: datetime
 ) -> dict[str, object]:
-    """The wire shape, refusing anything but a known type with `{"count": N}` as its data."""
-    if event_type not in BILLING_EVENT_TYPES:
+    """The wire shape, refusing anything but a known type with exactly its one number."""
+    model = EVENT_DATA.get(event_type)
+    if model is None:
         raise NotPublishableError(f"unknown billing event type {event_type!r}")
     try:
-        data = CountData.model_validate(event_data)
+        checked = model.model_validate(data)
     except ValueError as exc:
-        raise NotPublishableError(f"event_data must be exactly {{'count': N}}: {exc}") from exc
+        shape = "{'runtime_ms': N}" if model is RuntimeData else "{'count': N}"
+        raise NotPublishableError(f"event_data must be exactly {shape}: {exc}") from exc
     return {
         "id": event_id,
         "event_type": event_type,
-        "event_data": {"count": data.count},
+        "event_data": checked.model_dump(),
         "created_at": rfc3339(created_at),
     }
 
@@ -172,18 +209,101 @@ def build_billing_id(identity: str) -> str:
 def heartbeat_bucket(moment: datetime) -> datetime:
     """Start of the 4-hour UTC bucket holding `moment`."""
     utc = moment.astimezone(UTC)
-    start = utc.replace(hour=utc.hour - utc.hour % 4, minute=0, second=0, microsecond=0)
-    return start
+    return utc.replace(hour=utc.hour - utc.hour % 4, minute=0, second=0, microsecond=0)
+
+
+def heartbeat_time(start: datetime) -> str:
+    """A bucket start as heartbeat ids write it: `2026-11-27_08:00:00` (UTC)."""
+    return start.astimezone(UTC).strftime(HEARTBEAT_ID_TIME)
 
 
 def heartbeat_id(bucket: datetime) -> str:
-    """`hb_ai_seats_v1:2026-11-02T08:00:00Z`: one id per bucket, whichever replica makes it."""
-    return f"{HB_AI_SEATS}:{rfc3339(heartbeat_bucket(bucket))}"
+    """`hb_ai_seats_v1:2026-11-02_08:00:00`: one id per bucket, whichever replica makes it."""
+    return f"{HB_AI_SEATS}:{heartbeat_time(heartbeat_bucket(bucket))}"
 
 
-def month_of(moment: datetime) -> date:
-    """First day of the UTC month holding `moment`."""
-    return moment.astimezone(UTC).date().replace(day=1)
+def agent_hour(moment: datetime) -> datetime:
+    """Start of the UTC hour holding `moment`."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def agent_time_id(hour: datetime) -> str:
+    """`hb_agent_runtime_v1:2026-11-02_08:00:00`: the one id of an hour's Agent Time."""
+    return f"{HB_AGENT_RUNTIME}:{heartbeat_time(agent_hour(hour))}"
+
+
+class BadAgentHourError(ValueError):
+    """An hour whose runtime cannot be reported (a sum outside 0 to MAX_INT)."""
+
+    def __init__(self, hour: datetime, total: int) -> None:
+        super().__init__(
+            f"runtime_ms of {rfc3339(hour)} sums to {total}, outside 0 to {MAX_INT}; "
+            "the hour is skipped"
+        )
+        self.hour = hour
+        self.total = total
+
+
+def checked_runtime(hour: datetime, total: int) -> int:
+    """The hour's runtime when it can be sent as it is, else `BadAgentHourError`."""
+    if not 0 <= total <= MAX_INT:
+        raise BadAgentHourError(hour, total)
+    return total
+
+
+def log_watermark(progress: Iterable[tuple[int, int, datetime]]) -> datetime | None:
+    """Until when every partition of the log has been read: the earliest of their times.
+
+    `progress` holds (partition, partitions of the topic, caught up at). None until every
+    partition of the topic has been read to its end at least once.
+    """
+    rows = list(progress)
+    if not rows:
+        return None
+    partitions = max(n for _, n, _ in rows)
+    seen = {p: at for p, _, at in rows}
+    if partitions < 1 or any(p not in seen for p in range(partitions)):
+        return None
+    return min(seen[p] for p in range(partitions))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTimePlan:
+    """Which hours a pass queues: closed ones in the window that have no heartbeat yet."""
+
+    window_start: datetime
+    closed_until: datetime | None
+    due: list[datetime]
+
+
+def plan_agent_hours(
+    *,
+    now: datetime,
+    watermark: datetime | None,
+    lag: timedelta,
+    window: timedelta,
+    queued: Collection[datetime],
+) -> AgentTimePlan:
+    """The hours to queue now, oldest first.
+
+    An hour is closed once `lag` has passed since it ended, both by the clock and by the log:
+    every partition was read to its end at a moment at least `lag` after the hour's end. The
+    window reaches back `window` from the current hour; hours older than that are not filled
+    in any more (like Coder, which can only ever undercount).
+    """
+    window_start = agent_hour(now) - window
+    if watermark is None:
+        return AgentTimePlan(window_start, None, [])
+    horizon = min(now, watermark) - lag
+    closed_until = agent_hour(horizon)  # the first hour not closed yet
+    have = {agent_hour(h) for h in queued}
+    due = []
+    hour = window_start
+    while hour < closed_until:
+        if hour not in have:
+            due.append(hour)
+        hour += AGENT_HOUR
+    return AgentTimePlan(window_start, closed_until, due)
 
 
 # -- what the consumer keeps ---------------------------------------------------------------
@@ -199,30 +319,50 @@ class SeatState:
     as_of: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class AgentRuntime:
+    """One chat usage event's Agent Time: the hour it counts in and its milliseconds."""
+
+    hour: datetime
+    runtime_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LateRuntime:
+    """Runtime that reached the publisher after its hour had been reported: never sent."""
+
+    hour: datetime
+    events: int
+    runtime_ms: int
+
+
 @dataclass(slots=True)
 class Projection:
-    """What one batch of the log changes: billing events, directory state, AI chat users."""
+    """What one batch of the log changes: billing events, directory state, AI use, Agent Time."""
 
     billing: list[BillingEvent] = field(default_factory=list)
     seats: dict[str, SeatState] = field(default_factory=dict)
-    chat_users: dict[tuple[date, str], datetime] = field(default_factory=dict)
+    #: Who used AI chat, and the first time in this batch: each holds an AI seat from then on.
+    ai_users: dict[str, datetime] = field(default_factory=dict)
+    #: Agent Time by source event identity (the identity deduplicates replays).
+    runtime: dict[str, AgentRuntime] = field(default_factory=dict)
     #: Every build's billing id (its identity), agent-managed or not, with that flag: the
     #: first copy of a build decides, so a later copy can never make it billable.
     builds: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.billing or self.seats or self.chat_users or self.builds)
+        return bool(self.billing or self.seats or self.ai_users or self.runtime or self.builds)
 
 
 def project(events: Iterable[Envelope]) -> Projection:
-    """Turn decoded events into queue rows and seat facts; everything else is ignored.
+    """Turn decoded events into queue rows, seat facts and Agent Time; the rest is ignored.
 
     Agent-managed builds become `dc_managed_agents_v1` with a count of one; the first copy of
     a build (by identity) decides whether it is one, here and against every build the queue
     has seen (`builds`, kept by the storage). Directory
     events keep the latest licence state per user (the newest `occurred_at` wins, so
-    order and replays do not matter). Chat usage (not title generation) marks the user
-    as an AI chat user in that month.
+    order and replays do not matter). Chat usage (not title generation) gives its user an
+    AI seat, and its `runtime_ms`, when it has one, counts in the UTC hour it occurred in.
     """
     out = Projection()
     for event in events:
@@ -246,10 +386,13 @@ def project(events: Iterable[Envelope]) -> Projection:
                     as_of=event.occurred_at,
                 )
         elif isinstance(event, ChatUsageRecorded) and event.data.purpose == "chat":
-            key = (month_of(event.occurred_at), event.user_id)
-            first = out.chat_users.get(key)
+            first = out.ai_users.get(event.user_id)
             if first is None or event.occurred_at < first:
-                out.chat_users[key] = event.occurred_at
+                out.ai_users[event.user_id] = event.occurred_at
+            if event.data.runtime_ms is not None and event.identity not in out.runtime:
+                out.runtime[event.identity] = AgentRuntime(
+                    agent_hour(event.occurred_at), event.data.runtime_ms
+                )
     return out
 
 

@@ -1,13 +1,15 @@
 """The AI seats heartbeat: one `hb_ai_seats_v1` per 4-hour UTC bucket, whoever queues it.
 
 Every replica checks every `TOLLGATE_PUBLISHER_HEARTBEAT_CHECK` (30 s by default). Once its
-consumer has caught up with the log, the first check inside a bucket counts the licensed,
-non-suspended users who used AI chat in the bucket's month so far and queues
-`hb_ai_seats_v1:<bucket start>` with `created_at` = the bucket start. The insert is
-`ON CONFLICT DO NOTHING` (and skips the count when the row exists), so any number of
+consumer has caught up with the log, the first check inside a bucket counts the seats as
+Coder's `GetActiveAISeatCount` does: every user who has ever used AI chat (title generation
+aside) and is active now, meaning licensed and not suspended in the directory. It queues
+`hb_ai_seats_v1:<bucket start>` (`hb_ai_seats_v1:2026-11-02_08:00:00`, Coder's form) with
+`created_at` = the bucket start. The insert is `ON CONFLICT DO NOTHING` behind a unique index
+per type and bucket (and skips the count when the bucket has its row), so any number of
 replicas queue exactly one heartbeat per bucket, and a restart never changes a count that
-was already queued. A bucket during which no replica ran is not filled in afterwards: a
-heartbeat reports the state at its time, and the next one carries the month's count on.
+was already queued. A bucket during which no replica ran is not filled in afterwards (nor is
+it in Coder): a heartbeat reports the state at its time, and the next one carries it on.
 """
 
 from __future__ import annotations

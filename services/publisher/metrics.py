@@ -30,6 +30,10 @@ class PublisherMetrics:
     last_success: Gauge
     request_seconds: Histogram
     heartbeat_seats: Gauge
+    agent_hours: Counter
+    agent_time_late_events: Counter
+    agent_time_late_ms: Counter
+    agent_time_last_hour: Gauge
 
     @classmethod
     def build(cls, registry: CollectorRegistry) -> PublisherMetrics:
@@ -88,12 +92,35 @@ class PublisherMetrics:
                 "The seat count of the last AI seats heartbeat this replica queued",
                 registry=registry,
             ),
+            agent_hours=Counter(
+                "tollgate_publisher_agent_time_hours_total",
+                "Agent Time hours this replica queued, or skipped because their sum was invalid",
+                ["result"],
+                registry=registry,
+            ),
+            agent_time_late_events=Counter(
+                "tollgate_publisher_agent_time_late_events_total",
+                "Chat usage events whose runtime arrived after their hour was reported (not sent)",
+                registry=registry,
+            ),
+            agent_time_late_ms=Counter(
+                "tollgate_publisher_agent_time_late_runtime_ms_total",
+                "Runtime that arrived after its hour was reported, in milliseconds (not sent)",
+                registry=registry,
+            ),
+            agent_time_last_hour=Gauge(
+                "tollgate_publisher_agent_time_last_hour_timestamp_seconds",
+                "Unix time of the start of the latest hour with Agent Time queued (0 when none)",
+                registry=registry,
+            ),
         )
         for event_type in BILLING_EVENT_TYPES:
             for result in RESULTS:
                 metrics.events.labels(event_type, result)
         for cause in SEND_CAUSES:
             metrics.send_errors.labels(cause)
+        for result in ("queued", "skipped"):
+            metrics.agent_hours.labels(result)
         return metrics
 
     def observe_status(self, status: QueueStatus) -> None:

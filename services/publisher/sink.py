@@ -36,10 +36,22 @@ from typing import Annotated, Any, Literal
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from libs.service.logging import configure_logging
-from services.publisher.domain import BILLING_EVENT_TYPES, INGEST_PATH, CountData, parse_duration
+from services.publisher.domain import (
+    BILLING_EVENT_TYPES,
+    EVENT_DATA,
+    INGEST_PATH,
+    parse_duration,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -424,9 +436,15 @@ class WireEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     id: Annotated[str, Field(min_length=1, max_length=512)]
-    event_type: Literal["dc_managed_agents_v1", "hb_ai_seats_v1"]
-    event_data: CountData
+    event_type: Literal["dc_managed_agents_v1", "hb_ai_seats_v1", "hb_agent_runtime_v1"]
+    event_data: dict[str, Any]
     created_at: Annotated[datetime, BeforeValidator(_timestamp)]
+
+    @model_validator(mode="after")
+    def _data_fits_the_type(self) -> WireEvent:
+        # `{"count": N}` for builds and seats, `{"runtime_ms": N}` for Agent Time, nothing more.
+        EVENT_DATA[self.event_type].model_validate(self.event_data)
+        return self
 
 
 def _error(status: int, message: str) -> web.Response:

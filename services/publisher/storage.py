@@ -5,6 +5,11 @@ publishers that share a database (a staging and a production deployment, or test
 each other's events, seats or health. A replica claims due rows by pushing their
 `next_attempt_at` past the claim timeout in one short transaction (`FOR UPDATE SKIP LOCKED`),
 so other replicas skip them; if it crashes, the rows simply become due again.
+
+Agent Time lives here too: each chat usage event's runtime (one row per event id, so a replay
+adds nothing), how far every partition of the log has been read, and the hourly heartbeats.
+Sealing an hour and storing a batch's runtime take one advisory lock (exclusive and shared),
+so a runtime either lands before its hour is summed or is seen to arrive late, never neither.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 import asyncpg
@@ -21,14 +26,20 @@ import orjson
 
 from libs.service.db import Connection
 from services.publisher.domain import (
+    HB_AGENT_RUNTIME,
     HB_AI_SEATS,
+    AgentRuntime,
     BillingEvent,
+    LateRuntime,
     Outcome,
     Projection,
     SeatState,
+    agent_hour,
+    agent_time_id,
+    checked_runtime,
+    event_data,
     heartbeat_bucket,
     heartbeat_id,
-    month_of,
 )
 
 Status = Literal["pending", "published", "rejected", "expired"]
@@ -83,6 +94,24 @@ class QueueStatus:
         if self.oldest_pending_created_at is None:
             return None
         return max(0.0, (self.now - self.oldest_pending_created_at).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHourReport:
+    """One hour of Agent Time: what was reported, and what the log holds for it now."""
+
+    hour: datetime
+    id: str
+    status: Status | None
+    reported_ms: int | None
+    counted_ms: int
+
+    @property
+    def late_ms(self) -> int:
+        """Runtime that arrived after the hour was reported, and so was never sent."""
+        if self.reported_ms is None:
+            return 0
+        return max(0, self.counted_ms - self.reported_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +171,35 @@ class BillingQueue(Protocol):
 
     async def enqueue_heartbeat(self, moment: datetime) -> int | None:
         """Queue the AI seats heartbeat of `moment`'s bucket once; its count, or None if there."""
+        ...
+
+    async def record_progress(
+        self, topic: str, partitions: int, caught_up: Sequence[int], at: datetime
+    ) -> None:
+        """Note that these partitions of `topic` were read to their end at `at`."""
+        ...
+
+    async def log_progress(self, topic: str) -> list[tuple[int, int, datetime]]:
+        """(partition, partitions of the topic, read to its end at) of every partition seen."""
+        ...
+
+    async def agent_hours(self, since: datetime) -> list[datetime]:
+        """Hours from `since` on whose Agent Time heartbeat is queued (whatever its status)."""
+        ...
+
+    async def enqueue_agent_hour(self, hour: datetime) -> int | None:
+        """Sum the hour and queue its heartbeat once; the runtime, or None if it was there.
+
+        Raises `BadAgentHourError` when the sum cannot be sent.
+        """
+        ...
+
+    async def prune_agent_runtime(self, before: datetime) -> int:
+        """Forget the runtime of hours before `before` (they can no longer be reported)."""
+        ...
+
+    async def agent_time_report(self, since: datetime) -> list[AgentHourReport]:
+        """Every hour from `since` on with runtime or a heartbeat: reported and counted now."""
         ...
 
     async def status(self) -> QueueStatus:
@@ -271,25 +329,26 @@ WHERE ctid IN (
 )
 """
 
-# Licensed, non-suspended users who used AI chat in the bucket's month. A chat user the
-# directory never described counts with the directory's defaults (licensed, not suspended).
+# Seats as Coder's GetActiveAISeatCount counts them: every user who ever used AI chat and is
+# active now (licensed and not suspended, per the directory). A chat user the directory never
+# described counts with the directory's defaults (licensed, not suspended). At most one
+# heartbeat per bucket: its start is the row's created_at, whatever form its id has.
 ENQUEUE_HEARTBEAT = """
 INSERT INTO publisher_events (queue, id, event_type, event_data, created_at)
 SELECT $1, $2, $3, jsonb_build_object('count', seats.n), $4
 FROM (
     SELECT count(*) AS n
-    FROM publisher_ai_chat_users c
-    LEFT JOIN publisher_users u ON u.queue = c.queue AND u.user_id = c.user_id
-    WHERE c.queue = $1 AND c.month = $5
+    FROM publisher_ai_seats s
+    LEFT JOIN publisher_users u ON u.queue = s.queue AND u.user_id = s.user_id
+    WHERE s.queue = $1
       AND COALESCE(u.licensed, true) AND NOT COALESCE(u.suspended, false)
 ) AS seats
-WHERE NOT EXISTS (SELECT 1 FROM publisher_events WHERE queue = $1 AND id = $2)
-ON CONFLICT (queue, id) DO NOTHING
+WHERE NOT EXISTS (
+    SELECT 1 FROM publisher_events WHERE queue = $1 AND event_type = $3 AND created_at = $4
+)
+ON CONFLICT DO NOTHING
 RETURNING (event_data ->> 'count')::bigint
 """
-
-# Months before the previous one can no longer be reported.
-PRUNE_CHAT_MONTHS = "DELETE FROM publisher_ai_chat_users WHERE queue = $1 AND month < $2"
 
 STATUS = """
 SELECT count(*) AS pending,
@@ -310,14 +369,106 @@ SET licensed = EXCLUDED.licensed, suspended = EXCLUDED.suspended, as_of = EXCLUD
 WHERE publisher_users.as_of <= EXCLUDED.as_of
 """
 
-INSERT_CHAT_USERS = """
-INSERT INTO publisher_ai_chat_users (queue, month, user_id, first_used_at)
-SELECT $1, r.month, r.user_id, r.first_used_at
-FROM unnest($2::date[], $3::text[], $4::timestamptz[]) AS r(month, user_id, first_used_at)
-ON CONFLICT (queue, month, user_id) DO UPDATE
-SET first_used_at = LEAST(publisher_ai_chat_users.first_used_at, EXCLUDED.first_used_at)
-WHERE EXCLUDED.first_used_at < publisher_ai_chat_users.first_used_at
+INSERT_AI_SEATS = """
+INSERT INTO publisher_ai_seats (queue, user_id, first_used_at)
+SELECT $1, r.user_id, r.first_used_at
+FROM unnest($2::text[], $3::timestamptz[]) AS r(user_id, first_used_at)
+ON CONFLICT (queue, user_id) DO UPDATE
+SET first_used_at = EXCLUDED.first_used_at
+WHERE EXCLUDED.first_used_at < publisher_ai_seats.first_used_at
 """
+
+# -- Agent Time ----------------------------------------------------------------------------
+
+# Storing runtime takes the lock shared (batches never wait for each other); sealing an hour
+# takes it exclusively. Whichever comes second sees what the first committed.
+LOCK_RUNTIME_SHARED = (
+    "SELECT pg_advisory_xact_lock_shared(hashtext('tollgate.agent_time'), hashtext($1))"
+)
+LOCK_RUNTIME_EXCLUSIVE = (
+    "SELECT pg_advisory_xact_lock(hashtext('tollgate.agent_time'), hashtext($1))"
+)
+
+# New runtime rows (an id already stored adds nothing); the ones whose hour was already
+# reported come back, summed per hour: they arrived late and are not sent.
+INSERT_RUNTIME = f"""
+WITH fresh AS (
+    INSERT INTO publisher_agent_runtime (queue, event_id, hour, runtime_ms)
+    SELECT $1, r.event_id, r.hour, r.runtime_ms
+    FROM unnest($2::text[], $3::timestamptz[], $4::bigint[]) AS r(event_id, hour, runtime_ms)
+    WHERE r.hour >= $5
+    ON CONFLICT (queue, event_id) DO NOTHING
+    RETURNING hour, runtime_ms
+)
+SELECT f.hour, count(*) AS events, sum(f.runtime_ms)::bigint AS runtime_ms
+FROM fresh f
+WHERE EXISTS (
+    SELECT 1 FROM publisher_events e
+    WHERE e.queue = $1 AND e.event_type = '{HB_AGENT_RUNTIME}' AND e.created_at = f.hour
+)
+GROUP BY f.hour
+ORDER BY f.hour
+"""  # noqa: S608  # composed from constants only
+
+RECORD_PROGRESS = """
+INSERT INTO publisher_log_progress AS t (queue, topic, partition, partitions, caught_up_at)
+SELECT $1, $2, p, $4, $5 FROM unnest($3::int[]) AS p
+ON CONFLICT (queue, topic, partition) DO UPDATE
+SET partitions = EXCLUDED.partitions,
+    caught_up_at = GREATEST(t.caught_up_at, EXCLUDED.caught_up_at)
+"""
+
+SELECT_PROGRESS = """
+SELECT partition, partitions, caught_up_at FROM publisher_log_progress
+WHERE queue = $1 AND topic = $2
+"""
+
+SELECT_AGENT_HOURS = """
+SELECT created_at FROM publisher_events
+WHERE queue = $1 AND event_type = $2 AND created_at >= $3
+"""
+
+AGENT_HOUR_QUEUED = """
+SELECT EXISTS (
+    SELECT 1 FROM publisher_events WHERE queue = $1 AND event_type = $2 AND created_at = $3
+)
+"""
+
+SUM_AGENT_HOUR = """
+SELECT COALESCE(sum(runtime_ms), 0) FROM publisher_agent_runtime WHERE queue = $1 AND hour = $2
+"""
+
+INSERT_AGENT_HOUR = """
+INSERT INTO publisher_events (queue, id, event_type, event_data, created_at)
+VALUES ($1, $2, $3, $4::jsonb, $5)
+ON CONFLICT DO NOTHING
+RETURNING true
+"""
+
+PRUNE_RUNTIME = """
+DELETE FROM publisher_agent_runtime
+WHERE ctid IN (
+    SELECT ctid FROM publisher_agent_runtime WHERE queue = $1 AND hour < $2 LIMIT 10000
+)
+"""
+
+AGENT_TIME_REPORT = f"""
+WITH counted AS (
+    SELECT hour, sum(runtime_ms) AS runtime_ms
+    FROM publisher_agent_runtime
+    WHERE queue = $1 AND hour >= $2
+    GROUP BY hour
+), reported AS (
+    SELECT created_at AS hour, id, status, (event_data ->> 'runtime_ms')::bigint AS runtime_ms
+    FROM publisher_events
+    WHERE queue = $1 AND event_type = '{HB_AGENT_RUNTIME}' AND created_at >= $2
+)
+SELECT COALESCE(r.hour, c.hour) AS hour, r.id, r.status, r.runtime_ms AS reported,
+       COALESCE(c.runtime_ms, 0) AS counted
+FROM reported r
+FULL JOIN counted c ON c.hour = r.hour
+ORDER BY 1
+"""  # noqa: S608  # composed from constants only
 
 EXPORT_PENDING = """
 SELECT id, event_type, event_data::text AS event_data, created_at
@@ -475,14 +626,64 @@ class PostgresQueue:
     async def enqueue_heartbeat(self, moment: datetime) -> int | None:
         """Count seats and queue the bucket's heartbeat unless a replica already did."""
         bucket = heartbeat_bucket(moment)
-        month = month_of(bucket)
-        async with self.pool.acquire() as conn, conn.transaction():
-            count: int | None = await conn.fetchval(
-                ENQUEUE_HEARTBEAT, self.queue, heartbeat_id(bucket), HB_AI_SEATS, bucket, month
-            )
-            if count is not None:
-                await conn.execute(PRUNE_CHAT_MONTHS, self.queue, _previous_month(month))
+        count: int | None = await self.pool.fetchval(
+            ENQUEUE_HEARTBEAT, self.queue, heartbeat_id(bucket), HB_AI_SEATS, bucket
+        )
         return count
+
+    async def record_progress(
+        self, topic: str, partitions: int, caught_up: Sequence[int], at: datetime
+    ) -> None:
+        """Upsert one row per partition; a time never moves back."""
+        if caught_up:
+            await self.pool.execute(
+                RECORD_PROGRESS, self.queue, topic, list(caught_up), partitions, at
+            )
+
+    async def log_progress(self, topic: str) -> list[tuple[int, int, datetime]]:
+        """Every partition's row."""
+        rows = await self.pool.fetch(SELECT_PROGRESS, self.queue, topic)
+        return [(r["partition"], r["partitions"], r["caught_up_at"]) for r in rows]
+
+    async def agent_hours(self, since: datetime) -> list[datetime]:
+        """From the unique index of heartbeats."""
+        rows = await self.pool.fetch(SELECT_AGENT_HOURS, self.queue, HB_AGENT_RUNTIME, since)
+        return [r["created_at"] for r in rows]
+
+    async def enqueue_agent_hour(self, hour: datetime) -> int | None:
+        """Under the exclusive lock: sum what the hour holds and queue it, in one transaction."""
+        hour = agent_hour(hour)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_RUNTIME_EXCLUSIVE, self.queue)
+            if await conn.fetchval(AGENT_HOUR_QUEUED, self.queue, HB_AGENT_RUNTIME, hour):
+                return None
+            total = checked_runtime(
+                hour, int(await conn.fetchval(SUM_AGENT_HOUR, self.queue, hour))
+            )
+            data = orjson.dumps(event_data(HB_AGENT_RUNTIME, total)).decode()
+            inserted = await conn.fetchval(
+                INSERT_AGENT_HOUR, self.queue, agent_time_id(hour), HB_AGENT_RUNTIME, data, hour
+            )
+        return total if inserted else None
+
+    async def prune_agent_runtime(self, before: datetime) -> int:
+        """Bounded delete by hour."""
+        status = await self.pool.execute(PRUNE_RUNTIME, self.queue, before)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def agent_time_report(self, since: datetime) -> list[AgentHourReport]:
+        """Reported heartbeats beside the runtime counted per hour now."""
+        rows = await self.pool.fetch(AGENT_TIME_REPORT, self.queue, since)
+        return [
+            AgentHourReport(
+                hour=r["hour"],
+                id=r["id"] or agent_time_id(r["hour"]),
+                status=r["status"],
+                reported_ms=r["reported"],
+                counted_ms=int(r["counted"]),
+            )
+            for r in rows
+        ]
 
     async def status(self) -> QueueStatus:
         """Counts from the partial index of pending rows, and the health row."""
@@ -538,10 +739,6 @@ class PostgresQueue:
         return int(status.rsplit(" ", 1)[-1])
 
 
-def _previous_month(month: date) -> date:
-    return (month - timedelta(days=1)).replace(day=1)
-
-
 async def enqueue_on(conn: Connection, queue: str, events: Sequence[BillingEvent]) -> int:
     """Insert billing events on the caller's connection (the consumer's transaction)."""
     if not events:
@@ -551,17 +748,25 @@ async def enqueue_on(conn: Connection, queue: str, events: Sequence[BillingEvent
         queue,
         [e.id for e in events],
         [e.event_type for e in events],
-        [orjson.dumps({"count": e.count}).decode() for e in events],
+        [orjson.dumps(e.data).decode() for e in events],
         [e.created_at for e in events],
     )
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def write_projection(conn: Connection, queue: str, projection: Projection) -> None:
-    """A batch's billing rows and seat facts, inside the transaction that stores its offsets.
+async def write_projection(
+    conn: Connection,
+    queue: str,
+    projection: Projection,
+    *,
+    runtime_since: datetime | None = None,
+) -> list[LateRuntime]:
+    """A batch's rows, seat facts and runtime, inside the transaction that stores its offsets.
 
     Builds are remembered by billing id first; only those seen for the first time and
-    agent-managed are queued, so a later copy of a build never changes what it was.
+    agent-managed are queued, so a later copy of a build never changes what it was. Runtime
+    of hours before `runtime_since` is not kept (those hours are never reported any more).
+    Returns the runtime that arrived for hours already reported.
     """
     billing = projection.billing
     if projection.builds:
@@ -588,15 +793,22 @@ async def write_projection(conn: Connection, queue: str, projection: Projection)
             [s.suspended for s in seats],
             [s.as_of for s in seats],
         )
-    if projection.chat_users:
-        keys = list(projection.chat_users)
-        await conn.execute(
-            INSERT_CHAT_USERS,
-            queue,
-            [month for month, _ in keys],
-            [user for _, user in keys],
-            [projection.chat_users[k] for k in keys],
-        )
+    if projection.ai_users:
+        users = list(projection.ai_users)
+        await conn.execute(INSERT_AI_SEATS, queue, users, [projection.ai_users[u] for u in users])
+    if not projection.runtime:
+        return []
+    ids = list(projection.runtime)
+    await conn.execute(LOCK_RUNTIME_SHARED, queue)
+    rows = await conn.fetch(
+        INSERT_RUNTIME,
+        queue,
+        ids,
+        [projection.runtime[i].hour for i in ids],
+        [projection.runtime[i].runtime_ms for i in ids],
+        runtime_since or datetime.min.replace(tzinfo=UTC),
+    )
+    return [LateRuntime(r["hour"], r["events"], r["runtime_ms"]) for r in rows]
 
 
 # -- in memory -----------------------------------------------------------------------------
@@ -629,7 +841,9 @@ class InMemoryQueue:
         self.rows: dict[str, _Row] = {}
         self.health = Health(deployment_id=deployment_id)
         self.seats: dict[str, SeatState] = {}
-        self.chat_users: dict[tuple[date, str], datetime] = {}
+        self.ai_users: dict[str, datetime] = {}
+        self.runtime: dict[str, AgentRuntime] = {}
+        self.progress: dict[tuple[str, int], tuple[int, datetime]] = {}
         self.builds: dict[str, bool] = {}
 
     async def open(self) -> Health:
@@ -668,7 +882,7 @@ class InMemoryQueue:
             row.next_attempt_at = now + hold
             row.attempts += 1
             e = row.event
-            out.append(Claimed(e.id, e.event_type, {"count": e.count}, e.created_at, row.attempts))
+            out.append(Claimed(e.id, e.event_type, e.data, e.created_at, row.attempts))
         out.sort(key=lambda c: (c.created_at, c.id))
         return out
 
@@ -766,17 +980,78 @@ class InMemoryQueue:
     async def enqueue_heartbeat(self, moment: datetime) -> int | None:
         """Same count as the SQL, over the in-memory seat facts."""
         bucket = heartbeat_bucket(moment)
-        hb_id = heartbeat_id(bucket)
-        if hb_id in self.rows:
+        if self._heartbeat_of(HB_AI_SEATS, bucket) is not None:
             return None
-        month = month_of(bucket)
         count = 0
-        for m, user in self.chat_users:
+        for user in self.ai_users:
             seat = self.seats.get(user)
-            if m == month and (seat is None or (seat.licensed and not seat.suspended)):
+            if seat is None or (seat.licensed and not seat.suspended):
                 count += 1
-        await self.enqueue([BillingEvent(hb_id, HB_AI_SEATS, count, bucket)])
+        await self.enqueue([BillingEvent(heartbeat_id(bucket), HB_AI_SEATS, count, bucket)])
         return count
+
+    def _heartbeat_of(self, event_type: str, start: datetime) -> _Row | None:
+        for row in self.rows.values():
+            if row.event.event_type == event_type and row.event.created_at == start:
+                return row
+        return None
+
+    async def record_progress(
+        self, topic: str, partitions: int, caught_up: Sequence[int], at: datetime
+    ) -> None:
+        """Same rule as the SQL: a time never moves back."""
+        for p in caught_up:
+            _, before = self.progress.get((topic, p), (partitions, at))
+            self.progress[(topic, p)] = (partitions, max(before, at))
+
+    async def log_progress(self, topic: str) -> list[tuple[int, int, datetime]]:
+        """The rows of `topic`."""
+        return [(p, n, at) for (t, p), (n, at) in self.progress.items() if t == topic]
+
+    async def agent_hours(self, since: datetime) -> list[datetime]:
+        """Queued Agent Time heartbeats from `since`."""
+        return [
+            r.event.created_at
+            for r in self.rows.values()
+            if r.event.event_type == HB_AGENT_RUNTIME and r.event.created_at >= since
+        ]
+
+    def _counted(self, hour: datetime) -> int:
+        return sum(r.runtime_ms for r in self.runtime.values() if r.hour == hour)
+
+    async def enqueue_agent_hour(self, hour: datetime) -> int | None:
+        """Same rule as the SQL."""
+        hour = agent_hour(hour)
+        if self._heartbeat_of(HB_AGENT_RUNTIME, hour) is not None:
+            return None
+        total = checked_runtime(hour, self._counted(hour))
+        await self.enqueue([BillingEvent(agent_time_id(hour), HB_AGENT_RUNTIME, total, hour)])
+        return total
+
+    async def prune_agent_runtime(self, before: datetime) -> int:
+        """Drop runtime of hours before `before`."""
+        old = [k for k, r in self.runtime.items() if r.hour < before]
+        for k in old:
+            del self.runtime[k]
+        return len(old)
+
+    async def agent_time_report(self, since: datetime) -> list[AgentHourReport]:
+        """Same join as the SQL."""
+        hours = {r.hour for r in self.runtime.values() if r.hour >= since}
+        hours |= set(await self.agent_hours(since))
+        out = []
+        for hour in sorted(hours):
+            row = self._heartbeat_of(HB_AGENT_RUNTIME, hour)
+            out.append(
+                AgentHourReport(
+                    hour=hour,
+                    id=row.event.id if row else agent_time_id(hour),
+                    status=row.status if row else None,
+                    reported_ms=row.event.value if row else None,
+                    counted_ms=self._counted(hour),
+                )
+            )
+        return out
 
     async def status(self) -> QueueStatus:
         """Counts over the dict."""
@@ -790,8 +1065,10 @@ class InMemoryQueue:
             health=self.health,
         )
 
-    def apply_projection(self, projection: Projection) -> None:
-        """What `write_projection` does, for unit tests of the heartbeat."""
+    def apply_projection(
+        self, projection: Projection, *, runtime_since: datetime | None = None
+    ) -> list[LateRuntime]:
+        """What `write_projection` does, for unit tests of the heartbeats."""
         fresh = {i for i in projection.builds if i not in self.builds}
         self.builds.update({i: projection.builds[i][0] for i in fresh})
         self.rows.update(
@@ -805,5 +1082,15 @@ class InMemoryQueue:
             current = self.seats.get(seat.user_id)
             if current is None or current.as_of <= seat.as_of:
                 self.seats[seat.user_id] = seat
-        for key, first in projection.chat_users.items():
-            self.chat_users[key] = min(first, self.chat_users.get(key, first))
+        for user, first in projection.ai_users.items():
+            self.ai_users[user] = min(first, self.ai_users.get(user, first))
+        late: dict[datetime, list[int]] = {}
+        for event_id, runtime in projection.runtime.items():
+            if event_id in self.runtime or (
+                runtime_since is not None and runtime.hour < runtime_since
+            ):
+                continue
+            self.runtime[event_id] = runtime
+            if self._heartbeat_of(HB_AGENT_RUNTIME, runtime.hour) is not None:
+                late.setdefault(runtime.hour, []).append(runtime.runtime_ms)
+        return [LateRuntime(h, len(ms), sum(ms)) for h, ms in sorted(late.items())]

@@ -250,6 +250,8 @@ COST_CSV_HEADER: Final = (
     "total_output_tokens",
     "total_cache_read_tokens",
     "total_cache_creation_tokens",
+    "total_reasoning_tokens",
+    "total_runtime_ms",
 )
 
 
@@ -270,6 +272,8 @@ def _cost_csv_row(row: CostUserRow) -> list[object]:
         f.output_tokens,
         f.cache_read_tokens,
         f.cache_write_tokens,
+        f.reasoning_tokens,
+        f.runtime_ms,
     ]
 
 
@@ -598,6 +602,10 @@ class Sums(BaseModel):
     total_output_tokens: int
     total_cache_read_tokens: int
     total_cache_creation_tokens: int
+    total_reasoning_tokens: int = Field(
+        description="Reasoning tokens: already part of total_output_tokens, never priced again"
+    )
+    total_runtime_ms: int = Field(description="Agent Time of the messages, in milliseconds")
 
 
 class CostUserRollup(Sums):

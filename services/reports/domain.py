@@ -472,7 +472,11 @@ class BucketActivity:
 
 @dataclass(frozen=True, slots=True)
 class ChatFigures:
-    """Chat spend and token sums; `messages - priced_messages` had no price."""
+    """Chat spend and token sums; `messages - priced_messages` had no price.
+
+    `reasoning_tokens` are part of `output_tokens` (shown apart, never priced again);
+    `runtime_ms` is the Agent Time of the messages.
+    """
 
     cost_micros: int = 0
     messages: int = 0
@@ -481,6 +485,8 @@ class ChatFigures:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    runtime_ms: int = 0
 
     @property
     def unpriced_messages(self) -> int:
@@ -496,6 +502,8 @@ class ChatFigures:
             capped(self.output_tokens + other.output_tokens),
             capped(self.cache_read_tokens + other.cache_read_tokens),
             capped(self.cache_write_tokens + other.cache_write_tokens),
+            capped(self.reasoning_tokens + other.reasoning_tokens),
+            capped(self.runtime_ms + other.runtime_ms),
         )
 
     def as_json(self) -> dict[str, int]:
@@ -509,6 +517,8 @@ class ChatFigures:
             "total_output_tokens": self.output_tokens,
             "total_cache_read_tokens": self.cache_read_tokens,
             "total_cache_creation_tokens": self.cache_write_tokens,
+            "total_reasoning_tokens": self.reasoning_tokens,
+            "total_runtime_ms": self.runtime_ms,
         }
 
 

@@ -97,6 +97,8 @@ _CHAT_SUMS = ", ".join(
         _sum("c.output_tokens"),
         _sum("c.cache_read_tokens"),
         _sum("c.cache_write_tokens"),
+        _sum("c.reasoning_tokens"),
+        _sum("c.runtime_ms"),
     )
 )
 _CHAT_ADDS = (
@@ -107,6 +109,8 @@ _CHAT_ADDS = (
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
+    "reasoning_tokens",
+    "runtime_ms",
 )
 
 # Title generation is left out here, so it is out of every cost view.
@@ -120,13 +124,15 @@ WITH chat AS MATERIALIZED (
            (data->>'input_tokens')::bigint AS input_tokens,
            (data->>'output_tokens')::bigint AS output_tokens,
            (data->>'cache_read_tokens')::bigint AS cache_read_tokens,
-           (data->>'cache_write_tokens')::bigint AS cache_write_tokens
+           (data->>'cache_write_tokens')::bigint AS cache_write_tokens,
+           COALESCE((data->>'reasoning_tokens')::bigint, 0) AS reasoning_tokens,
+           COALESCE((data->>'runtime_ms')::bigint, 0) AS runtime_ms
     FROM reports_stage
     WHERE type = 'chat.usage.v1' AND data->>'purpose' = 'chat'
 ), totals AS (
     INSERT INTO reports_chat_totals AS t
         (grain, period, user_id, cost_micros, messages, priced_messages, input_tokens,
-         output_tokens, cache_read_tokens, cache_write_tokens)
+         output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, runtime_ms)
     SELECT g.grain, date_trunc(g.unit, c.occurred_at), c.user_id, {_CHAT_SUMS}
     FROM chat c
     CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d', 'day'), ('m', 'month')) AS g (grain, unit)
@@ -137,7 +143,8 @@ WITH chat AS MATERIALIZED (
 )
 INSERT INTO reports_chat_detail AS t
     (user_id, grain, period, model, provider, root_chat_id, cost_micros, messages,
-     priced_messages, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+     priced_messages, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+     reasoning_tokens, runtime_ms)
 SELECT c.user_id, g.grain, date_trunc(g.unit, c.occurred_at), c.model, c.provider,
        c.root_chat_id, {_CHAT_SUMS}
 FROM chat c

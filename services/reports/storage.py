@@ -402,10 +402,13 @@ _EXACT_USERS_CHAT = """
 _EXACT_SUMS = """(e.data->>'cost_micros')::bigint, 1,
            (e.data->>'cost_micros' IS NOT NULL)::int, (e.data->>'input_tokens')::bigint,
            (e.data->>'output_tokens')::bigint, (e.data->>'cache_read_tokens')::bigint,
-           (e.data->>'cache_write_tokens')::bigint"""
+           (e.data->>'cache_write_tokens')::bigint,
+           COALESCE((e.data->>'reasoning_tokens')::bigint, 0),
+           COALESCE((e.data->>'runtime_ms')::bigint, 0)"""
 
 _ROLLUP_SUMS = """t.cost_micros, t.messages, t.priced_messages, t.input_tokens,
-           t.output_tokens, t.cache_read_tokens, t.cache_write_tokens"""
+           t.output_tokens, t.cache_read_tokens, t.cache_write_tokens, t.reasoning_tokens,
+           t.runtime_ms"""
 
 # Sums saturate at MAX_TOTAL like every total (see libs.events.bounds): never a bigint overflow.
 _SUMS = f"""LEAST(COALESCE(sum(cost_micros), 0), {MAX_TOTAL})::bigint AS cost_micros,
@@ -414,7 +417,9 @@ _SUMS = f"""LEAST(COALESCE(sum(cost_micros), 0), {MAX_TOTAL})::bigint AS cost_mi
        LEAST(sum(input_tokens), {MAX_TOTAL})::bigint AS input_tokens,
        LEAST(sum(output_tokens), {MAX_TOTAL})::bigint AS output_tokens,
        LEAST(sum(cache_read_tokens), {MAX_TOTAL})::bigint AS cache_read_tokens,
-       LEAST(sum(cache_write_tokens), {MAX_TOTAL})::bigint AS cache_write_tokens"""
+       LEAST(sum(cache_write_tokens), {MAX_TOTAL})::bigint AS cache_write_tokens,
+       LEAST(sum(reasoning_tokens), {MAX_TOTAL})::bigint AS reasoning_tokens,
+       LEAST(sum(runtime_ms), {MAX_TOTAL})::bigint AS runtime_ms"""
 
 _TOTALS_SPANS = """
     FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS r (grain, lo, hi)
@@ -427,7 +432,7 @@ _TOTALS_SPANS = """
 
 SELECT_COST_USERS: Final = f"""
 WITH parts (user_id, cost_micros, messages, priced_messages, input_tokens, output_tokens,
-            cache_read_tokens, cache_write_tokens) AS (
+            cache_read_tokens, cache_write_tokens, reasoning_tokens, runtime_ms) AS (
     SELECT t.user_id, {_ROLLUP_SUMS}{_TOTALS_SPANS}
     UNION ALL
     SELECT e.user_id, {_EXACT_SUMS}{_EXACT_CHAT}
@@ -487,7 +492,8 @@ GROUP BY user_id
 
 SELECT_COST_DETAIL: Final = f"""
 WITH parts (model, provider, root_chat_id, cost_micros, messages, priced_messages,
-            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) AS (
+            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+            reasoning_tokens, runtime_ms) AS (
     SELECT t.model, t.provider, t.root_chat_id, {_ROLLUP_SUMS}{_DETAIL_SPANS}
     UNION ALL
     SELECT e.data->>'model', COALESCE(e.data->>'provider', ''),
@@ -549,6 +555,8 @@ def _figures(row: asyncpg.Record) -> ChatFigures:
         output_tokens=row["output_tokens"],
         cache_read_tokens=row["cache_read_tokens"],
         cache_write_tokens=row["cache_write_tokens"],
+        reasoning_tokens=row["reasoning_tokens"],
+        runtime_ms=row["runtime_ms"],
     )
 
 
@@ -897,6 +905,8 @@ class InMemoryReportStore:
             output_tokens=d.output_tokens,
             cache_read_tokens=d.cache_read_tokens,
             cache_write_tokens=d.cache_write_tokens,
+            reasoning_tokens=d.reasoning_tokens or 0,
+            runtime_ms=d.runtime_ms or 0,
         )
 
     async def cost_users(

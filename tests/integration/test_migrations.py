@@ -118,3 +118,65 @@ def test_role_names_are_quoted_as_identifiers() -> None:
     for bad in ("", "a\x00b"):
         with pytest.raises(ValueError, match="not a usable role name"):
             quote_ident(bad)
+
+
+MIGRATIONS = Path(__file__).parents[2] / "deploy" / "migrations"
+
+
+async def test_upgrading_the_publisher_keeps_sent_heartbeat_ids_and_every_ai_user(
+    infra: Infra, tmp_path: Path
+) -> None:
+    """0420 renames only never-sent seat heartbeats to Coder's id form and keeps every AI user."""
+    conn = await asyncpg.connect(infra.database_url)
+    db = unique("db").replace("-", "_")
+    await conn.execute(f"CREATE DATABASE {db}")
+    await conn.close()
+    url = infra.database_url.replace("/postgres?", f"/{db}?")
+    for path in MIGRATIONS.glob("*.sql"):
+        if path.name < "0420":
+            (tmp_path / path.name).write_text(path.read_text())
+    await migrate(url, tmp_path)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO publisher_events (queue, id, event_type, event_data, created_at,
+                                          status, attempts)
+            VALUES ('q', 'hb_ai_seats_v1:2026-11-02T08:00:00Z', 'hb_ai_seats_v1',
+                    '{"count": 3}', '2026-11-02T08:00:00Z', 'pending', 0),
+                   ('q', 'hb_ai_seats_v1:2026-11-02T12:00:00Z', 'hb_ai_seats_v1',
+                    '{"count": 3}', '2026-11-02T12:00:00Z', 'pending', 2),
+                   ('q', 'hb_ai_seats_v1:2026-11-01T20:00:00Z', 'hb_ai_seats_v1',
+                    '{"count": 2}', '2026-11-01T20:00:00Z', 'published', 1),
+                   ('q', 'build-1', 'dc_managed_agents_v1',
+                    '{"count": 1}', '2026-11-02T08:00:00Z', 'pending', 0);
+            INSERT INTO publisher_ai_chat_users (queue, month, user_id, first_used_at)
+            VALUES ('q', '2026-10-01', 'u-1', '2026-10-20T10:00:00Z'),
+                   ('q', '2026-11-01', 'u-1', '2026-11-01T09:00:00Z'),
+                   ('q', '2026-11-01', 'u-2', '2026-11-02T07:00:00Z');
+            """
+        )
+        for path in MIGRATIONS.glob("*.sql"):
+            (tmp_path / path.name).write_text(path.read_text())
+        assert {
+            "0420_publisher_heartbeat_ids_and_seats.sql",
+            "0421_publisher_agent_time.sql",
+        } <= set(await migrate(url, tmp_path))
+        ids = {
+            r["id"] for r in await conn.fetch("SELECT id FROM publisher_events WHERE queue = 'q'")
+        }
+        assert ids == {
+            "hb_ai_seats_v1:2026-11-02_08:00:00",
+            "hb_ai_seats_v1:2026-11-02T12:00:00Z",
+            "hb_ai_seats_v1:2026-11-01T20:00:00Z",
+            "build-1",
+        }
+        seats = await conn.fetch(
+            "SELECT user_id, first_used_at FROM publisher_ai_seats WHERE queue = 'q' ORDER BY 1"
+        )
+        assert [(r["user_id"], r["first_used_at"].isoformat()) for r in seats] == [
+            ("u-1", "2026-10-20T10:00:00+00:00"),
+            ("u-2", "2026-11-02T07:00:00+00:00"),
+        ]
+    finally:
+        await conn.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +10,6 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from libs.events.codec import encode
 from libs.events.models import (
     ChatUsage,
     ChatUsageRecorded,
@@ -21,26 +19,20 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
-from libs.service.embedded import free_port
-from libs.service.kafka import make_producer
 from services.publisher.app import build_app
 from services.publisher.config import PublisherSettings
-from services.publisher.domain import build_billing_id, heartbeat_id
+from services.publisher.domain import (
+    HB_AGENT_RUNTIME,
+    agent_hour,
+    agent_time_id,
+    build_billing_id,
+    heartbeat_id,
+    rfc3339,
+)
 from services.publisher.sink import BillingSink
-from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, unique
+from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, produce, unique
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[BillingSink]:
-    """A billing sink on free ports."""
-    sink = BillingSink(port=free_port(), control_port=free_port())
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
 
 
 def settings_for(
@@ -98,13 +90,20 @@ class World:
         self.secrets |= {uid, name, data.email, data.name}
         return uid
 
-    def chat(self, uid: str, purpose: str = "chat") -> None:
+    def chat(
+        self,
+        uid: str,
+        purpose: str = "chat",
+        *,
+        runtime_ms: int | None = None,
+        at: datetime | None = None,
+    ) -> None:
         """One chat message by `uid`."""
         event_id = unique("chat")
         self.events.append(
             ChatUsageRecorded(
                 id=event_id,
-                occurred_at=self.now,
+                occurred_at=at or self.now,
                 user_id=uid,
                 org_id="org-secret",
                 data=ChatUsage.model_validate(
@@ -115,6 +114,7 @@ class World:
                         "input_tokens": 10,
                         "output_tokens": 5,
                         "purpose": purpose,
+                        "runtime_ms": runtime_ms,
                     }
                 ),
             )
@@ -143,22 +143,10 @@ class World:
         self.secrets |= {event_id, workspace, build, "tmpl-secret", "org-secret"}
 
 
-async def produce(infra: Infra, topic: str, events: list[Envelope]) -> None:
-    """Put events on the topic keyed as ingest keys them."""
-    producer = make_producer(infra.bootstrap, idempotent=False)
-    await producer.start()
-    try:
-        for e in events:
-            await producer.send(topic, encode(e), key=e.partition_key.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def test_agent_builds_and_the_seats_heartbeat_reach_the_sink_and_nothing_personal_does(
+async def test_agent_builds_and_the_heartbeats_reach_the_sink_and_nothing_personal_does(
     infra: Infra, topics: tuple[str, str], sink: BillingSink
 ) -> None:
-    """Only agent builds and one heartbeat counting active licensed AI chat users leave, as counts."""
+    """Only agent builds, seat counts and hourly Agent Time leave, as bare numbers."""
     world = World()
     active = [world.user() for _ in range(3)]
     unlicensed = world.user(licensed=False)
@@ -168,6 +156,9 @@ async def test_agent_builds_and_the_seats_heartbeat_reach_the_sink_and_nothing_p
         world.chat(uid)
     world.chat(active[0])
     world.chat(title_only, purpose="title")
+    hour = agent_hour(world.now) - timedelta(hours=2)
+    world.chat(active[1], runtime_ms=4_000, at=hour + timedelta(minutes=5))
+    world.chat(suspended, runtime_ms=250, at=hour + timedelta(minutes=59))
     for i in range(40):
         world.build(active[i % 3], agent=i % 2 == 0)
     await produce(infra, topics[0], world.events)
@@ -177,9 +168,10 @@ async def test_agent_builds_and_the_seats_heartbeat_reach_the_sink_and_nothing_p
     async with TestClient(TestServer(app)) as client:
         expected = {build_billing_id(e) for e in world.agent_builds}
         hb = heartbeat_id(datetime.now(UTC))
+        runtime_id = agent_time_id(hour)
 
         async def delivered() -> bool:
-            return expected | {hb} <= set(sink.state.events)
+            return expected | {hb, runtime_id} <= set(sink.state.events)
 
         await eventually(delivered, timeout_s=20)
 
@@ -191,9 +183,13 @@ async def test_agent_builds_and_the_seats_heartbeat_reach_the_sink_and_nothing_p
 
         status = await eventually(settled)
         assert status is not None
-    assert set(sink.state.events) == expected | {hb}
+    counts = {i for i, e in sink.state.events.items() if e["event_type"] != HB_AGENT_RUNTIME}
+    assert counts == expected | {hb}
     assert {build_billing_id(e) for e in world.other_builds}.isdisjoint(sink.state.events)
+    # Licensed, not suspended, AI chat: the three active users (title generation is not AI chat).
     assert sink.state.events[hb]["event_data"] == {"count": 3}
+    assert sink.state.events[runtime_id]["event_data"] == {"runtime_ms": 4_250}
+    assert sink.state.events[runtime_id]["created_at"] == rfc3339(hour)
     assert all(sink.state.times_accepted[i] == 1 for i in expected)
     assert (status["pending"], status["consecutive_failures"]) == (0, 0)
     check_every_byte(sink, world.secrets)
@@ -212,7 +208,14 @@ def check_every_byte(sink: BillingSink, secrets: set[str]) -> None:
         assert list(body) == ["events"]
         for event in body["events"]:
             assert set(event) == {"id", "event_type", "event_data", "created_at"}
-            assert list(event["event_data"]) == ["count"]
+            number = "runtime_ms" if event["event_type"] == HB_AGENT_RUNTIME else "count"
+            assert list(event["event_data"]) == [number]
+
+
+# Agent Time hours keep being filled in while the test runs; every other row comes from the log.
+COUNTS = (
+    "SELECT count(*) FROM publisher_events WHERE queue = $1 AND event_type <> 'hb_agent_runtime_v1'"
+)
 
 
 async def test_a_replay_of_the_log_queues_nothing_twice(
@@ -234,7 +237,7 @@ async def test_a_replay_of_the_log_queues_nothing_twice(
         TestServer(build_app(settings_for(infra, sink, topics, queue, unique("g"))))
     ):
         await eventually(delivered, timeout_s=20)
-    rows_before = await db.fetchval("SELECT count(*) FROM publisher_events WHERE queue = $1", queue)
+    rows_before = await db.fetchval(COUNTS, queue)
     second = unique("g")
     app = build_app(settings_for(infra, sink, topics, queue, second))
     async with TestClient(TestServer(app)):
@@ -248,6 +251,6 @@ async def test_a_replay_of_the_log_queues_nothing_twice(
             return bool(read is not None and read >= len(world.events))
 
         await eventually(replayed, timeout_s=20)
-    rows_after = await db.fetchval("SELECT count(*) FROM publisher_events WHERE queue = $1", queue)
+    rows_after = await db.fetchval(COUNTS, queue)
     assert rows_after == rows_before
     assert all(sink.state.times_accepted[i] == 1 for i in expected)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -141,40 +141,54 @@ async def test_retention_deletes_only_old_final_rows(db: asyncpg.Pool) -> None:
     assert (await queue.status()).pending == 1
 
 
-async def test_one_heartbeat_per_bucket_counting_licensed_active_ai_chat_users(
-    db: asyncpg.Pool,
-) -> None:
-    """Replicas racing on a bucket queue one heartbeat, with this month's seat count only."""
+async def test_one_heartbeat_per_bucket_counting_every_active_ai_user(db: asyncpg.Pool) -> None:
+    """Replicas racing on a bucket queue one heartbeat counting every active user who used AI."""
     queue, _ = await fresh(db)
     now = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
-    month = date(2026, 11, 1)
     seats = {
         "licensed": SeatState("licensed", licensed=True, suspended=False, as_of=now),
         "unlicensed": SeatState("unlicensed", licensed=False, suspended=False, as_of=now),
         "suspended": SeatState("suspended", licensed=True, suspended=True, as_of=now),
     }
-    chat = {
-        (month, "licensed"): now,
-        (month, "unlicensed"): now,
-        (month, "suspended"): now,
-        (month, "never-in-directory"): now,
-        (date(2026, 10, 1), "last-month-only"): now,
+    users = {
+        "licensed": now,
+        "unlicensed": now,
+        "suspended": now,
+        "never-in-directory": now,
+        # A seat, once taken, stays taken (Coder's ai_seat_state is never aged out).
+        "last-year-only": now - timedelta(days=400),
     }
     async with db.acquire() as conn:
-        await write_projection(conn, queue.queue, Projection(seats=seats, chat_users=chat))
+        await write_projection(conn, queue.queue, Projection(seats=seats, ai_users=users))
     replicas = [PostgresQueue(db, queue.queue) for _ in range(5)]
     counts = await asyncio.gather(*(r.enqueue_heartbeat(now) for r in replicas))
-    assert sorted(counts, key=str) == [2, None, None, None, None]
+    assert sorted(counts, key=str) == [3, None, None, None, None]
     row = await db.fetchrow(
         "SELECT event_data::text, created_at FROM publisher_events WHERE queue = $1 AND id = $2",
         queue.queue,
-        heartbeat_id(now),
+        "hb_ai_seats_v1:2026-11-02_08:00:00",
     )
     assert row is not None
-    assert orjson.loads(row["event_data"]) == {"count": 2}
+    assert orjson.loads(row["event_data"]) == {"count": 3}
     assert row["created_at"] == datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
     assert await queue.enqueue_heartbeat(now + timedelta(hours=1)) is None
-    assert await queue.enqueue_heartbeat(now + timedelta(hours=3)) == 2
+    assert await queue.enqueue_heartbeat(now + timedelta(hours=3)) == 3
+
+
+async def test_a_bucket_queued_under_the_old_id_form_is_not_queued_again(db: asyncpg.Pool) -> None:
+    """A heartbeat a previous release queued as `...T08:00:00Z` keeps the bucket taken."""
+    queue, _ = await fresh(db)
+    bucket = datetime(2026, 11, 2, 8, tzinfo=UTC)
+    await queue.enqueue(
+        [BillingEvent(f"{HB_AI_SEATS}:2026-11-02T08:00:00Z", HB_AI_SEATS, 4, bucket)]
+    )
+    assert await queue.enqueue_heartbeat(bucket + timedelta(minutes=30)) is None
+    assert await queue.enqueue_heartbeat(bucket + timedelta(hours=4)) == 0
+    ids = {
+        r["id"]
+        for r in await db.fetch("SELECT id FROM publisher_events WHERE queue = $1", queue.queue)
+    }
+    assert ids == {f"{HB_AI_SEATS}:2026-11-02T08:00:00Z", heartbeat_id(bucket + timedelta(hours=4))}
 
 
 async def test_directory_updates_apply_newest_first_whatever_the_batch_order(

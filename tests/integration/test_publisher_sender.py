@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +16,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from libs.service.embedded import free_port
 from services.publisher.app import build_app, sender_options
 from services.publisher.config import PublisherSettings
 from services.publisher.domain import DC_MANAGED_AGENTS, BillingEvent
@@ -28,17 +26,6 @@ from services.publisher.storage import PostgresQueue
 from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, scrape, unique
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[BillingSink]:
-    """A billing sink on free ports, with a control port that survives refusals."""
-    sink = BillingSink(port=free_port(), control_port=free_port())
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
 
 
 def settings_for(infra: Infra, sink: BillingSink, queue: str, **extra: Any) -> PublisherSettings:

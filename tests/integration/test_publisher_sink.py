@@ -28,17 +28,6 @@ def event(event_id: str, count: int = 1) -> dict[str, object]:
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[BillingSink]:
-    """A sink on free ports, with a control port."""
-    sink = BillingSink(port=free_port(), control_port=free_port())
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A client with a short timeout."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
@@ -89,6 +78,28 @@ async def test_sink_refuses_events_that_are_more_than_a_count(
     assert "event_type" in rejected["y"]["message"]
     assert "email" in rejected["z"]["message"]
     assert all(r["permanent"] for r in rejected.values())
+
+
+async def test_sink_takes_agent_time_as_milliseconds_only(
+    sink: BillingSink, http: aiohttp.ClientSession
+) -> None:
+    """`hb_agent_runtime_v1` needs exactly `{"runtime_ms": N}`: a count or extras are refused."""
+    hour: dict[str, object] = {
+        "event_type": "hb_agent_runtime_v1",
+        "created_at": "2026-11-02T10:00:00Z",
+    }
+    ok = {**hour, "id": "hb_agent_runtime_v1:2026-11-02_10:00:00", "event_data": {"runtime_ms": 9}}
+    count = {**hour, "id": "c", "event_data": {"count": 9}}
+    extra = {**hour, "id": "e", "event_data": {"runtime_ms": 9, "user_id": "u-1"}}
+    negative = {**hour, "id": "n", "event_data": {"runtime_ms": -9}}
+    _, body = await ingest(http, sink, [ok, count, extra, negative])
+    assert body["accepted_events"] == [{"id": ok["id"]}]
+    rejected = {r["id"]: r["message"] for r in body["rejected_events"]}
+    assert "runtime_ms" in rejected["c"]
+    assert "user_id" in rejected["e"]
+    assert "greater than or equal to 0" in rejected["n"]
+    stats = await (await http.get(f"{sink.control_url}/_sink/stats")).json()
+    assert stats["accepted_by_type"]["hb_agent_runtime_v1"] == 1
 
 
 async def test_sink_needs_the_license_and_deployment_headers(

@@ -144,6 +144,8 @@ class World:
             roll = rng.random()
             if roll < 0.4:
                 chat = f"c{rng.randrange(12)}"
+                purpose = "title" if rng.random() < 0.1 else "chat"
+                output = rng.randrange(900)
                 events.append(
                     ChatUsageRecorded(
                         id=self._id(),
@@ -157,11 +159,19 @@ class World:
                             model=rng.choice(("m-a", "m-b", "m-c")),
                             provider=rng.choice(("p1", None)),
                             input_tokens=rng.randrange(5000),
-                            output_tokens=rng.randrange(900),
+                            output_tokens=output,
                             cache_read_tokens=rng.randrange(300),
                             cache_write_tokens=rng.randrange(50),
                             cost_micros=None if rng.random() < 0.15 else rng.randrange(90_000),
-                            purpose="title" if rng.random() < 0.1 else "chat",
+                            purpose=purpose,
+                            reasoning_tokens=(
+                                rng.randrange(output + 1) if rng.random() < 0.5 else None
+                            ),
+                            runtime_ms=(
+                                rng.randrange(600_000)
+                                if purpose == "chat" and rng.random() < 0.5
+                                else None
+                            ),
                         ),
                     )
                 )

@@ -143,6 +143,8 @@ async def assert_figures_match(get: Getter, sim: Simulation, tally: Tally) -> No
         "total_output_tokens",
         "total_cache_read_tokens",
         "total_cache_creation_tokens",
+        "total_reasoning_tokens",
+        "total_runtime_ms",
     )
     for user_id, want in expected.items():
         assert {f: rows[user_id][f] for f in fields} == {f: want[f] for f in fields}, user_id

@@ -463,7 +463,7 @@ async def observed(system: System, stream: Stream) -> dict[str, dict[str, dict[s
     chatting = {
         r["user_id"]
         for r in await system.db.fetch(
-            "SELECT user_id FROM publisher_ai_chat_users WHERE queue = $1", system.queue
+            "SELECT user_id FROM publisher_ai_seats WHERE queue = $1", system.queue
         )
     }
     billing_owner = {

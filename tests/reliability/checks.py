@@ -241,6 +241,8 @@ _COST_FIELDS: Final = (
     "total_output_tokens",
     "total_cache_read_tokens",
     "total_cache_creation_tokens",
+    "total_reasoning_tokens",
+    "total_runtime_ms",
 )
 
 

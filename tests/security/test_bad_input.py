@@ -10,11 +10,12 @@ import pytest
 
 from tests.reliability.stack import SERVICES, existing_services, missing_reason
 from tests.security.conftest import Secured
-from tests.security.operations import ADMIN, Operation, operations, request
+from tests.security.operations import ADMIN, EMITTER, Operation, operations, request
 
 pytestmark = pytest.mark.e2e
 
 JSON = {**ADMIN, "Content-Type": "application/json"}
+EMITTER_JSON = {**EMITTER, "Content-Type": "application/json"}
 DEEP = b"[" * 100_000 + b"]" * 100_000
 BAD_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
     "empty": (b"", JSON),
@@ -182,3 +183,60 @@ async def test_slow_clients_do_not_hold_up_others(secured: Secured, name: str) -
     finally:
         for _, writer in idle:
             writer.close()
+
+
+# Hostile values for the fields chat usage gained after v1 (raw JSON, as a careless client
+# would write them), and what ingest must say about each.
+ADDED_FIELD_CASES: list[tuple[str, str, str]] = [
+    ("runtime_ms", '"12\\u0000"', "contains a control character (U+0000"),
+    ("runtime_ms", '"\\u001b[31m1"', "contains a control character (U+001B"),
+    ("runtime_ms", "-1", "greater than or equal to 0"),
+    ("runtime_ms", "86400001", "less than or equal to 86400000"),
+    ("runtime_ms", "9223372036854775808", "less than or equal to 86400000"),
+    ("runtime_ms", "1e308", "valid integer"),
+    ("runtime_ms", "1.5", "valid integer"),
+    ("runtime_ms", "true", "valid integer"),
+    ("runtime_ms", "[1]", "valid integer"),
+    ("reasoning_tokens", '"5\\u0000"', "contains a control character (U+0000"),
+    ("reasoning_tokens", "-5", "greater than or equal to 0"),
+    ("reasoning_tokens", "1000000000001", "less than or equal to 1000000000000"),
+    ("reasoning_tokens", "100000000000000000000", "valid integer"),
+    ("reasoning_tokens", "11", "at most output_tokens (10)"),
+    ("reasoning_tokens", "0.5", "valid integer"),
+]
+
+
+async def test_runtime_and_reasoning_refuse_hostile_values_by_name(secured: Secured) -> None:
+    """NUL, control characters, huge, negative, fractional and non-finite values are refused
+    one event at a time, each message naming the field; the valid event beside them passes."""
+    if "ingest" not in existing_services():
+        pytest.skip(missing_reason("ingest"))
+    url = secured.url("ingest")
+    headers = {**EMITTER_JSON}
+    base = (
+        '{{"id": "{id}", "type": "chat.usage.v1", "occurred_at": "2026-01-01T00:00:00Z", '
+        '"user_id": "sec-added-fields", "data": {{"chat_id": "c", "message_id": "m", '
+        '"model": "m", "input_tokens": 1, "output_tokens": 10, {field}: {value}}}}}'
+    )
+    events = [
+        base.format(id=f"sec-added-{i}", field=f'"{name}"', value=raw)
+        for i, (name, raw, _) in enumerate(ADDED_FIELD_CASES)
+    ]
+    events.append(base.format(id="sec-added-ok", field='"runtime_ms"', value="1200"))
+    body = ('{"events": [' + ", ".join(events) + "]}").encode()
+    status, answer, _ = await request(url, "post", "/api/v1/events", headers=headers, body=body)
+    assert status == 200, answer[:300]
+    result = orjson.loads(answer)
+    assert result["accepted"] == ["sec-added-ok"]
+    messages = {r["id"]: r["message"] for r in result["rejected"]}
+    for i, (name, raw, expected) in enumerate(ADDED_FIELD_CASES):
+        message = messages[f"sec-added-{i}"]
+        assert message.startswith(f"data.{name}: "), (raw, message)
+        assert expected in message, (raw, message)
+    for raw in ("NaN", "Infinity", "-Infinity"):
+        nan = base.format(id="sec-added-nan", field='"runtime_ms"', value=raw)
+        status, answer, _ = await request(
+            url, "post", "/api/v1/events", headers=headers, body=f'{{"events": [{nan}]}}'.encode()
+        )
+        assert status == 400, (raw, status, answer[:200])
+        assert "message" in orjson.loads(answer)

@@ -95,6 +95,8 @@ NUMBER_FIELDS: dict[str, list[str]] = {
         "cache_read_tokens",
         "cache_write_tokens",
         "cost_micros",
+        "reasoning_tokens",
+        "runtime_ms",
     ],
     "activity.session.v1": ["duration_ms", "count"],
     "api.usage.v1": ["count"],

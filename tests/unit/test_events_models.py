@@ -21,6 +21,8 @@ from libs.events import (
     event_class,
     parse_event,
 )
+from libs.events.codec import encode
+from libs.events.models import MAX_RUNTIME_MS
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "events"
 
@@ -173,8 +175,8 @@ def test_wrong_types_and_values_are_rejected(type_name: str, field: str, value: 
 
 def test_unknown_field_in_data_is_rejected() -> None:
     """An unexpected field inside data is rejected rather than dropped."""
-    message = rejection(with_data("chat.usage.v1", reasoning_tokens=10))
-    assert message == "data.reasoning_tokens: Extra inputs are not permitted"
+    message = rejection(with_data("chat.usage.v1", thinking_budget=10))
+    assert message == "data.thinking_budget: Extra inputs are not permitted"
 
 
 def test_unknown_field_in_envelope_is_rejected() -> None:
@@ -316,3 +318,68 @@ def test_constructing_in_python_applies_the_same_rules() -> None:
     """Events built in code are validated exactly like events parsed from JSON."""
     with pytest.raises(ValidationError, match=r"member_ids\.1"):
         DirectoryGroup(group_id="g-1", name="Group", member_ids=("u-1", "u" * 129))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"output_tokens": 100, "reasoning_tokens": 101},
+            (
+                "data.reasoning_tokens: Input should be at most output_tokens (100): reasoning "
+                "tokens are part of the output tokens"
+            ),
+        ),
+        (
+            {"reasoning_tokens": -1},
+            "data.reasoning_tokens: Input should be greater than or equal to 0",
+        ),
+        ({"reasoning_tokens": "5"}, "data.reasoning_tokens: Input should be a valid integer"),
+        ({"runtime_ms": -1}, "data.runtime_ms: Input should be greater than or equal to 0"),
+        (
+            {"runtime_ms": MAX_RUNTIME_MS + 1},
+            "data.runtime_ms: Input should be less than or equal to 86400000",
+        ),
+        ({"runtime_ms": 1.5}, "data.runtime_ms: Input should be a valid integer"),
+        ({"runtime_ms": True}, "data.runtime_ms: Input should be a valid integer"),
+        (
+            {"runtime_ms": "12\x00"},
+            (
+                "data.runtime_ms: contains a control character (U+0000 at position 2), which no"
+                " text column can hold"
+            ),
+        ),
+        (
+            {"purpose": "title", "runtime_ms": 10},
+            (
+                "data.runtime_ms: Input should be absent for title generation, which Agent Time "
+                "does not count"
+            ),
+        ),
+    ],
+)
+def test_reasoning_and_runtime_outside_their_bounds_are_rejected_by_name(
+    changes: dict[str, object], message: str
+) -> None:
+    """Reasoning above the output, runtime outside 0 to a day, or on a title, name the field."""
+    assert rejection(with_data("chat.usage.v1", **changes)) == message
+
+
+def test_reasoning_may_be_all_of_the_output_and_runtime_a_whole_day() -> None:
+    """The bounds themselves are accepted."""
+    event = parse_event(
+        with_data("chat.usage.v1", output_tokens=50, reasoning_tokens=50, runtime_ms=MAX_RUNTIME_MS)
+    )
+    assert isinstance(event, ChatUsageRecorded)
+    assert (event.data.reasoning_tokens, event.data.runtime_ms) == (50, MAX_RUNTIME_MS)
+
+
+def test_absent_reasoning_and_runtime_are_left_out_of_the_encoded_event() -> None:
+    """Chat usage without the added fields encodes as before, so older readers still decode it."""
+    raw = fixture("chat.usage.v1")
+    del raw["data"]["reasoning_tokens"], raw["data"]["runtime_ms"]
+    data = orjson.loads(encode(parse_event(raw)))["data"]
+    assert "reasoning_tokens" not in data
+    assert "runtime_ms" not in data
+    full = orjson.loads(encode(parse_event(fixture("chat.usage.v1"))))["data"]
+    assert (full["reasoning_tokens"], full["runtime_ms"]) == (208, 18342)

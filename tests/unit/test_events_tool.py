@@ -57,8 +57,8 @@ def test_every_type_of_the_catalogue_can_be_filtered_on() -> None:
         (
             "chat.usage.v1",
             (
-                "claude-sonnet-4-5 in=1843 out=612 cache_read=12800 cache_write=0 $0.018549 "
-                "chat=chat-5d1e8b40"
+                "claude-sonnet-4-5 in=1843 out=612 (reasoning=208) cache_read=12800 "
+                "cache_write=0 $0.018549 runtime=18.342s chat=chat-5d1e8b40"
             ),
         ),
         (

@@ -155,3 +155,29 @@ def test_prices_render_as_decimal_strings() -> None:
         "cache_read_price_per_million": "0.30",
         "cache_write_price_per_million": "3.75",
     }
+
+
+def test_reasoning_tokens_are_priced_only_as_part_of_the_output() -> None:
+    """Coder's chatcost case: 500 output tokens with 200 of them reasoning cost 500 × $15/M."""
+    output_only = ModelPrice(
+        input_price_per_million=Decimal(0), output_price_per_million=Decimal(15)
+    )
+    plain = price_event(_chat(output_tokens=500), {"sonnet": output_only})
+    reasoning = price_event(_chat(output_tokens=500, reasoning_tokens=200), {"sonnet": output_only})
+    assert plain.data.cost_micros == reasoning.data.cost_micros == 7500
+    assert reasoning.data.reasoning_tokens == 200
+    # Coder's mixed case: 101 in, 201 out (52 reasoning), 1005 cache read, 33 cache write.
+    mixed = ModelPrice(
+        input_price_per_million=Decimal("1.23"),
+        output_price_per_million=Decimal("4.56"),
+        cache_read_price_per_million=Decimal("0.7"),
+        cache_write_price_per_million=Decimal("7.89"),
+    )
+    event = _chat(
+        input_tokens=101,
+        output_tokens=201,
+        reasoning_tokens=52,
+        cache_read_tokens=1005,
+        cache_write_tokens=33,
+    )
+    assert price_event(event, {"sonnet": mixed}).data.cost_micros == 2005

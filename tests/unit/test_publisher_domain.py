@@ -4,35 +4,44 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from libs.events.models import (
+    MAX_INT,
     ChatUsage,
     ChatUsageRecorded,
     DirectoryUser,
     UserUpdated,
     WorkspaceBuild,
     WorkspaceBuilt,
+    identity_of,
 )
 from services.publisher.domain import (
     DC_MANAGED_AGENTS,
+    HB_AGENT_RUNTIME,
     MISSING_FROM_ANSWER,
+    AgentRuntime,
+    BadAgentHourError,
     BillingAnswer,
+    BillingEvent,
     NotPublishableError,
     Sent,
+    agent_time_id,
     backoff_delay,
     build_billing_id,
+    checked_runtime,
     decide,
     first_delay,
     format_duration,
     heartbeat_bucket,
     heartbeat_id,
-    month_of,
+    log_watermark,
     parse_duration,
+    plan_agent_hours,
     project,
     retry_all,
     wire_event,
@@ -74,7 +83,14 @@ def user(
     )
 
 
-def chat(event_id: str, user_id: str, *, at: datetime, purpose: str = "chat") -> ChatUsageRecorded:
+def chat(
+    event_id: str,
+    user_id: str,
+    *,
+    at: datetime,
+    purpose: str = "chat",
+    runtime_ms: int | None = None,
+) -> ChatUsageRecorded:
     """A chat usage event."""
     return ChatUsageRecorded(
         id=event_id,
@@ -88,6 +104,7 @@ def chat(event_id: str, user_id: str, *, at: datetime, purpose: str = "chat") ->
                 "input_tokens": 1,
                 "output_tokens": 1,
                 "purpose": purpose,
+                "runtime_ms": runtime_ms,
             }
         ),
     )
@@ -187,13 +204,19 @@ def test_heartbeat_buckets_are_four_hours_aligned_to_utc(moment: datetime, start
     assert heartbeat_bucket(moment) == start
 
 
-def test_heartbeat_ids_name_the_bucket_start_in_rfc3339() -> None:
-    """Every moment of a bucket maps to `hb_ai_seats_v1:<bucket start>`."""
+def test_heartbeat_ids_name_the_bucket_start_as_coder_writes_it() -> None:
+    """Every moment of a bucket maps to `hb_ai_seats_v1:<bucket start>` in Go's 2006-01-02_15:04:05."""
     assert (
-        heartbeat_id(datetime(2026, 11, 2, 9, 59, tzinfo=UTC))
-        == "hb_ai_seats_v1:2026-11-02T08:00:00Z"
+        heartbeat_id(datetime(2026, 11, 27, 11, 59, 59, tzinfo=UTC))
+        == "hb_ai_seats_v1:2026-11-27_08:00:00"
     )
-    assert month_of(datetime(2026, 11, 30, 23, 59, tzinfo=UTC)) == date(2026, 11, 1)
+    eastern = timezone(timedelta(hours=-5))
+    assert heartbeat_id(datetime(2026, 11, 2, 22, 30, tzinfo=eastern)) == (
+        "hb_ai_seats_v1:2026-11-03_00:00:00"
+    )
+    assert agent_time_id(datetime(2026, 8, 18, 14, 59, 59, 999_999, tzinfo=UTC)) == (
+        "hb_agent_runtime_v1:2026-08-18_14:00:00"
+    )
 
 
 def test_only_agent_managed_builds_become_billing_events_with_the_build_time() -> None:
@@ -206,7 +229,7 @@ def test_only_agent_managed_builds_become_billing_events_with_the_build_time() -
             chat("c1", "u-1", at=AT),
         ]
     )
-    assert [(b.id, b.event_type, b.count, b.created_at) for b in result.billing] == [
+    assert [(b.id, b.event_type, b.value, b.created_at) for b in result.billing] == [
         (build_billing_id(build("a", agent=True).identity), DC_MANAGED_AGENTS, 1, AT)
     ]
 
@@ -224,7 +247,7 @@ def test_one_emitter_id_for_two_users_is_two_builds_billed_once_each() -> None:
     assert len(ids) == len(set(ids)) == 2
 
 
-def test_projection_keeps_the_newest_directory_state_and_first_chat_per_month() -> None:
+def test_projection_keeps_the_newest_directory_state_and_first_ai_use() -> None:
     """The latest directory event wins whatever the order; title generation is not AI chat use."""
     later = AT + timedelta(hours=1)
     result = project(
@@ -238,10 +261,69 @@ def test_projection_keeps_the_newest_directory_state_and_first_chat_per_month() 
         ]
     )
     assert result.seats["u-1"].suspended is True
-    assert result.chat_users == {
-        (date(2026, 11, 1), "u-1"): AT,
-        (date(2026, 12, 1), "u-3"): datetime(2026, 12, 1, tzinfo=UTC),
+    assert result.ai_users == {"u-1": AT, "u-3": datetime(2026, 12, 1, tzinfo=UTC)}
+
+
+def test_runtime_counts_once_per_event_in_the_utc_hour_it_occurred() -> None:
+    """Runtime goes to the hour of occurred_at; a repeated identity and chats without runtime add none, while the same id for another user is another event."""
+    result = project(
+        [
+            chat("r1", "u-1", at=datetime(2026, 11, 2, 9, 59, 59, tzinfo=UTC), runtime_ms=1500),
+            chat("r1", "u-1", at=datetime(2026, 11, 2, 9, 59, 59, tzinfo=UTC), runtime_ms=1500),
+            chat("r1", "u-3", at=datetime(2026, 11, 2, 9, 30, tzinfo=UTC), runtime_ms=700),
+            chat("r2", "u-2", at=datetime(2026, 11, 2, 10, 0, tzinfo=UTC), runtime_ms=0),
+            chat("r3", "u-2", at=AT),
+        ]
+    )
+    assert result.runtime == {
+        identity_of("chat.usage.v1", "u-1", "r1"): AgentRuntime(
+            datetime(2026, 11, 2, 9, tzinfo=UTC), 1500
+        ),
+        identity_of("chat.usage.v1", "u-3", "r1"): AgentRuntime(
+            datetime(2026, 11, 2, 9, tzinfo=UTC), 700
+        ),
+        identity_of("chat.usage.v1", "u-2", "r2"): AgentRuntime(
+            datetime(2026, 11, 2, 10, tzinfo=UTC), 0
+        ),
     }
+
+
+def test_an_hour_closes_lag_after_its_end_by_the_clock_and_by_the_log() -> None:
+    """Hours close `lag` after they end, but never ahead of what every partition was read to."""
+    lag, window = timedelta(minutes=5), timedelta(hours=6)
+    now = datetime(2026, 11, 2, 10, 4, tzinfo=UTC)
+    plan = plan_agent_hours(now=now, watermark=now, lag=lag, window=window, queued=[])
+    assert plan.window_start == datetime(2026, 11, 2, 4, tzinfo=UTC)
+    # 09:00-10:00 ended at 10:00 but needs until 10:05.
+    assert plan.due == [datetime(2026, 11, 2, h, tzinfo=UTC) for h in range(4, 9)]
+    later = now + timedelta(minutes=1)
+    assert plan_agent_hours(
+        now=later, watermark=later, lag=lag, window=window, queued=plan.due
+    ).due == [datetime(2026, 11, 2, 9, tzinfo=UTC)]
+    behind = datetime(2026, 11, 2, 7, 30, tzinfo=UTC)
+    assert plan_agent_hours(now=later, watermark=behind, lag=lag, window=window, queued=[]).due == [
+        datetime(2026, 11, 2, h, tzinfo=UTC) for h in range(4, 7)
+    ]
+    unknown = plan_agent_hours(now=later, watermark=None, lag=lag, window=window, queued=[])
+    assert (unknown.due, unknown.closed_until) == ([], None)
+
+
+def test_the_log_is_read_until_its_slowest_partition_and_only_once_all_were_seen() -> None:
+    """The watermark is the earliest partition's time, and unknown while a partition is missing."""
+    t = datetime(2026, 11, 2, 10, tzinfo=UTC)
+    rows = [(0, 3, t), (1, 3, t - timedelta(minutes=9)), (2, 3, t + timedelta(minutes=1))]
+    assert log_watermark(rows) == t - timedelta(minutes=9)
+    assert log_watermark(rows[:2]) is None
+    assert log_watermark([]) is None
+
+
+def test_an_hour_whose_sum_cannot_be_sent_is_an_error_naming_the_hour() -> None:
+    """Sums outside 0 to 2^53 - 1 are refused with the hour in the message."""
+    hour = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    assert checked_runtime(hour, MAX_INT) == MAX_INT
+    for total in (-1, MAX_INT + 1):
+        with pytest.raises(BadAgentHourError, match="2026-11-02T09:00:00Z"):
+            checked_runtime(hour, total)
 
 
 def test_wire_events_carry_exactly_four_fields_and_a_bare_count() -> None:
@@ -258,6 +340,20 @@ def test_wire_events_carry_exactly_four_fields_and_a_bare_count() -> None:
         wire_event("x", "hb_ai_seats_v1", {"count": "3"}, AT)
     with pytest.raises(NotPublishableError, match="unknown billing event type"):
         wire_event("x", "chat.usage.v1", {"count": 3}, AT)
+
+
+def test_agent_time_is_sent_as_bare_milliseconds_and_nothing_else() -> None:
+    """`hb_agent_runtime_v1` carries exactly `{"runtime_ms": N}`; a count or extras are refused."""
+    hour = datetime(2026, 8, 18, 14, tzinfo=UTC)
+    assert BillingEvent(agent_time_id(hour), HB_AGENT_RUNTIME, 3_600_000, hour).wire() == {
+        "id": "hb_agent_runtime_v1:2026-08-18_14:00:00",
+        "event_type": "hb_agent_runtime_v1",
+        "event_data": {"runtime_ms": 3_600_000},
+        "created_at": "2026-08-18T14:00:00Z",
+    }
+    for bad in ({"count": 3}, {"runtime_ms": 3, "chat_id": "c"}, {"runtime_ms": -1}):
+        with pytest.raises(NotPublishableError, match="runtime_ms"):
+            wire_event("x", HB_AGENT_RUNTIME, bad, hour)
 
 
 def test_each_event_gets_its_own_outcome_from_the_answer() -> None:

@@ -108,6 +108,8 @@ def chat(
             cache_write_tokens=1,
             cost_micros=cost,
             purpose=purpose,
+            reasoning_tokens=4,
+            runtime_ms=None if purpose == "title" else 1_250,
         ),
     )
 
@@ -359,6 +361,8 @@ async def test_cost_list_is_cost_descending_with_count_and_pages(reports: Harnes
         "total_output_tokens": 30,
         "total_cache_read_tokens": 15,
         "total_cache_creation_tokens": 3,
+        "total_reasoning_tokens": 12,
+        "total_runtime_ms": 3_750,
     }
     rest = await reports.get(COSTS, limit="2", offset="2", **window)
     assert [u["user_id"] for u in rest["users"]] == ["u3", "u4"]
@@ -412,6 +416,7 @@ async def test_cost_list_as_csv(reports: Harness) -> None:
     assert [r["user_id"] for r in rows] == ["u2", "u1", "u4", "u3"]
     assert rows[1]["total_cost_usd"] == "0.000500"
     assert rows[1]["unpriced_message_count"] == "1"
+    assert (rows[1]["total_reasoning_tokens"], rows[1]["total_runtime_ms"]) == ("12", "3750")
     assert rows[2]["username"] == "'=cmd()"
 
 
@@ -426,6 +431,12 @@ async def test_cost_detail_rolls_chats_up_to_the_root_and_shows_the_limit(
     assert body["priced_message_count"] == 2
     assert body["unpriced_message_count"] == 1
     assert body["chat_count"] == 2
+    assert (
+        body["total_reasoning_tokens"]
+        == sum(m["total_reasoning_tokens"] for m in body["by_model"])
+        == sum(c["total_reasoning_tokens"] for c in body["by_chat"])
+        == 12
+    )
     assert [(c["root_chat_id"], c["message_count"]) for c in body["by_chat"]] == [
         ("a", 2),
         ("b", 1),

@@ -293,6 +293,47 @@ def test_snapshot_is_json_ready() -> None:
         "activity",
         "chargeback",
         "billing",
+        "agent_time",
     }
+    hours = decoded["agent_time"]["hours"]
+    assert len(hours) == 2 * 24 + 12
+    assert next(iter(hours)) == "hb_agent_runtime_v1:2026-11-02_00:00:00"
+    assert decoded["agent_time"]["total_runtime_ms"] == sum(hours.values()) > 0
     spent = decoded["limits"]["spent_micros"]
     assert sum(u["month"] for u in spent.values()) > 0
+
+
+def test_agent_time_sums_runtime_per_utc_hour_and_reports_idle_hours_as_zero() -> None:
+    """Runtime of chat messages goes to the hour they occurred in; other hours are 0."""
+    tally = Tally(PRICES)
+    base = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    for n, (minutes, runtime) in enumerate([(0, 1_000), (59, 2_000), (61, 500)]):
+        event = _chat(n, base + timedelta(minutes=minutes))
+        tally.observe(
+            event.model_copy(update={"data": event.data.model_copy(update={"runtime_ms": runtime})})
+        )
+    tally.observe(_chat(9, base, purpose="title"))
+    hours = tally.agent_time(base - timedelta(minutes=30), base + timedelta(hours=2))
+    assert hours == {
+        "hb_agent_runtime_v1:2026-11-02_08:00:00": 0,
+        "hb_agent_runtime_v1:2026-11-02_09:00:00": 3_000,
+        "hb_agent_runtime_v1:2026-11-02_10:00:00": 500,
+    }
+    assert tally.costs(base.date(), base.date())["u1"]["total_runtime_ms"] == 3_500
+
+
+def test_reasoning_tokens_are_shown_but_never_add_to_the_cost() -> None:
+    """A message with reasoning costs what its output costs; the reasoning total is its own."""
+    tally = Tally(PRICES)
+    plain = _chat(1, NOW)
+    tally.observe(plain)
+    reasoning = _chat(2, NOW)
+    tally.observe(
+        reasoning.model_copy(
+            update={"data": reasoning.data.model_copy(update={"reasoning_tokens": 60})}
+        )
+    )
+    totals = tally.costs(NOW.date(), NOW.date())["u1"]
+    assert totals["total_cost_micros"] == 2 * tally.cost_of(plain)  # type: ignore[operator]
+    assert totals["total_reasoning_tokens"] == 60
+    assert totals["by_model"]["m"]["total_reasoning_tokens"] == 60

@@ -110,6 +110,18 @@ def test_the_mix_covers_every_kind_of_usage() -> None:
     assert any(c.data.model == PROVIDER_BILLED_MODEL and c.data.cost_micros for c in chats)
     assert all(c.data.cost_micros is None for c in chats if c.data.model != PROVIDER_BILLED_MODEL)
     assert len({c.data.model for c in chats}) >= 5
+    agent = [c for c in chats if c.data.runtime_ms is not None]
+    assert agent
+    assert any(c.data.runtime_ms is None and c.data.purpose == "chat" for c in chats)
+    assert all(c.data.purpose == "chat" for c in agent)
+    assert all(200 <= (c.data.runtime_ms or 0) <= 15 * 60_000 for c in agent)
+    # A chat is an agent chat or not as a whole: all its messages have runtime, or none does.
+    assert len(
+        {(c.data.chat_id, c.data.runtime_ms is None) for c in chats if c.data.purpose == "chat"}
+    ) == len({c.data.chat_id for c in chats if c.data.purpose == "chat"})
+    reasoning = [c for c in chats if c.data.reasoning_tokens is not None]
+    assert reasoning
+    assert all(0 <= (c.data.reasoning_tokens or 0) <= c.data.output_tokens for c in reasoning)
     builds = [e for e in events if isinstance(e, WorkspaceBuilt)]
     assert any(b.data.agent_managed for b in builds)
     assert any(not b.data.agent_managed for b in builds)
