@@ -162,8 +162,8 @@ async def check(
     h: Harness, user: str, headers: dict[str, str] = EMITTER, *, org: str | None = None
 ) -> tuple[int, dict[str, object]]:
     """POST a check (for organisation `org` when given); (status, body)."""
-    body = {"user_id": user} if org is None else {"user_id": user, "org_id": org}
-    resp = await h.client.post("/api/v1/limits/check", json=body, headers=headers)
+    request = {"user_id": user} if org is None else {"user_id": user, "org_id": org}
+    resp = await h.client.post("/api/v1/limits/check", json=request, headers=headers)
     body = await resp.json()
     assert isinstance(body, dict)
     return resp.status, body
