@@ -228,15 +228,18 @@ class Tally:
         """The cost ingest fixes on the event: the price table's, else the emitter's, or none."""
         d = event.data
         price = self.prices.get(d.model)
-        if price is None:
-            return d.cost_micros
-        return cost_micros(
-            price,
-            input_tokens=d.input_tokens,
-            output_tokens=d.output_tokens,
-            cache_read=d.cache_read_tokens,
-            cache_write=d.cache_write_tokens,
+        cost = (
+            None
+            if price is None
+            else cost_micros(
+                price,
+                input_tokens=d.input_tokens,
+                output_tokens=d.output_tokens,
+                cache_read=d.cache_read_tokens,
+                cache_write=d.cache_write_tokens,
+            )
         )
+        return d.cost_micros if cost is None else cost
 
     def _chat(self, event: ChatUsageRecorded) -> None:
         d = event.data
