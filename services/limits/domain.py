@@ -68,6 +68,8 @@ SNAPSHOT_FORMAT: Final = 3
 READABLE_SNAPSHOT_FORMATS: Final = (1, 2, 3)
 #: `Ledger.user_orgs` value of a user whose spend is split by organisation in `org_spend`.
 SPLIT: Final = ""
+#: Users `Ledger.prune` looks at per call after a month went (about a millisecond's worth).
+SWEEP_CHUNK: Final = 1024
 
 
 # -- periods ---------------------------------------------------------------------------------
@@ -374,6 +376,7 @@ class Ledger:
     """
 
     __slots__ = (
+        "_to_sweep",
         "applied",
         "dedup_window_ms",
         "floors",
@@ -395,6 +398,8 @@ class Ledger:
         # org_spend[DAY|WEEK|MONTH][period key][user id][org id] -> micro-dollars (SPLIT users)
         self.org_spend: tuple[dict[int, dict[str, dict[str, int]]], ...] = ({}, {}, {})
         self.user_orgs: dict[str, str] = {}
+        # Users still to look at after a month went (see `prune`).
+        self._to_sweep: list[str] = []
         self.floors = [_NO_FLOOR, _NO_FLOOR, _NO_FLOOR]
         self.groups: dict[str, tuple[GroupOrder, frozenset[str]]] = {}
         # group id -> its organisation (groups of none have no entry)
@@ -572,11 +577,17 @@ class Ledger:
         for user in new - old:
             user_groups[user] = (*user_groups.get(user, ()), group_id)
 
-    def prune(self, current: tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod]) -> int:
+    def prune(
+        self,
+        current: tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod],
+        *,
+        sweep: int = SWEEP_CHUNK,
+    ) -> int:
         """Drop buckets of periods before the current ones; returns how many went.
 
-        When a month goes, users left with no spend at all are forgotten in `user_orgs` too
-        (once a month, so that the walk over every user stays off the daily path).
+        When a month goes, the users left with no spend at all are forgotten in `user_orgs`
+        too, `sweep` users per call: the walk over every user is spread over the calls that
+        follow (one per batch of the log), so no check waits for all of it at once.
         """
         dropped = 0
         months_dropped = False
@@ -592,12 +603,19 @@ class Ledger:
             for key in [k for k in org_buckets if k < self.floors[index]]:
                 del org_buckets[key]
         if months_dropped and self.user_orgs:
-            self._forget_idle_users()
+            self._to_sweep = list(self.user_orgs)
+        if self._to_sweep:
+            self._sweep_idle_users(sweep)
         return dropped
 
-    def _forget_idle_users(self) -> None:
-        kept = {user: where for user, where in self.user_orgs.items() if self._has_spend(user)}
-        self.user_orgs = kept
+    def _sweep_idle_users(self, count: int) -> None:
+        # A user is forgotten only while they have no retained spend, which is exactly when
+        # having no entry says the same as having one.
+        to_sweep, user_orgs = self._to_sweep, self.user_orgs
+        for _ in range(min(count, len(to_sweep))):
+            user = to_sweep.pop()
+            if user in user_orgs and not self._has_spend(user):
+                del user_orgs[user]
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -369,7 +369,7 @@ def test_spend_per_organisation_equals_a_plain_sum_in_every_period(
 
 
 def test_a_new_month_forgets_where_users_without_spend_spent() -> None:
-    """When a month's buckets go, users left without spend leave `user_orgs` too."""
+    """When a month's buckets go, users left without spend leave `user_orgs` too, a few per call."""
     limiter = Limiter()
     ledger = limiter.ledger
     ledger.add_spend("gone", 5, NOW, "acme")
@@ -378,7 +378,10 @@ def test_a_new_month_forgets_where_users_without_spend_spent() -> None:
     ledger.prune(limiter.current_periods(NOW_S))
     assert set(ledger.user_orgs) == {"gone", "stays"}
     next_month = NOW + timedelta(days=20)
-    ledger.prune(limiter.current_periods(next_month.timestamp()))
+    # The walk over the users is spread over the calls that follow, one user per call here.
+    ledger.prune(limiter.current_periods(next_month.timestamp()), sweep=1)
+    assert ledger.user_orgs == {"gone": "acme", "stays": SPLIT}  # "stays" looked at first
+    ledger.prune(limiter.current_periods(next_month.timestamp()), sweep=1)
     assert ledger.user_orgs == {"stays": SPLIT}
     nxt = period_key("month", next_month)
     assert ledger.spent_in_org(MONTH, nxt, "stays", "beta") == 5
