@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from libs.events.bounds import MAX_EVENT_COST_MICROS, MAX_PRICE_PER_MILLION
-from libs.events.models import ChatUsageRecorded, Envelope
+from libs.events.models import ChatUsage, ChatUsageRecorded, Envelope
 
 # Dollars per million tokens as a decimal string: "3.00", "0.075". At most 6 places keeps
 # a price exact in micro-dollars per token; the cap comes from `libs.events.bounds`.
@@ -97,6 +98,20 @@ def cost_micros(
     return math.ceil(total)
 
 
+def priced_cost(data: ChatUsage, prices: Mapping[str, ModelPrice]) -> int | None:
+    """What the price table makes this usage cost, or None when it does not price it."""
+    price = prices.get(data.model)
+    if price is None:
+        return None
+    return cost_micros(
+        price,
+        input_tokens=data.input_tokens,
+        output_tokens=data.output_tokens,
+        cache_read=data.cache_read_tokens,
+        cache_write=data.cache_write_tokens,
+    )
+
+
 class CostTooHighError(ValueError):
     """The deployment's price makes an event cost more than one event may (see bounds)."""
 
@@ -115,18 +130,7 @@ def price_event(event: ChatUsageRecorded, prices: dict[str, ModelPrice]) -> Chat
     Raises `CostTooHighError` when the priced cost is above `MAX_EVENT_COST_MICROS`.
     """
     data = event.data
-    price = prices.get(data.model)
-    cost = (
-        None
-        if price is None
-        else cost_micros(
-            price,
-            input_tokens=data.input_tokens,
-            output_tokens=data.output_tokens,
-            cache_read=data.cache_read_tokens,
-            cache_write=data.cache_write_tokens,
-        )
-    )
+    cost = priced_cost(data, prices)
     if cost is None:
         # No price for this model, or none for the kinds of tokens this message used.
         if not data.priced and data.reported_cost_micros is None:
