@@ -217,7 +217,7 @@ def _org_query(request: web.Request) -> str | None:
         raise Unprocessable(f"query: unknown parameter(s) {', '.join(map(repr, unknown))}")
     values = query.getall("org_id", [])
     if len(values) > 1:
-        raise Unprocessable("org_id: give it once")
+        raise Unprocessable("org_id: given more than once")
     return _subject_id(values[0], "org_id") if values else None
 
 

@@ -374,7 +374,7 @@ async def test_a_check_for_an_organisation_uses_its_groups_and_its_spend(limits:
     ("query", "message"),
     [
         ("org_id=", "org_id: must be 1 to 128 characters"),
-        ("org_id=a&org_id=b", "org_id: give it once"),
+        ("org_id=a&org_id=b", "org_id: given more than once"),
         ("org_id=%01x", "org_id: contains a control character"),
         ("org=acme", "query: unknown parameter(s) 'org'"),
     ],
