@@ -224,7 +224,8 @@ async def _limits(ctx: BenchContext, module: Any) -> list[Figure]:
             meets=decision["decision_mean_us"] < 10,
             note=(
                 f"p50 {decision['decision_p50_us']:.2f} µs, p99 {decision['decision_p99_us']:.2f}"
-                f" µs per call (timer included); {decision['users']:,} users"
+                f" µs per call (timer included); with org_id "
+                f"{decision['decision_org_mean_us']:.2f} µs; {decision['users']:,} users"
             ),
         ),
         Figure(
@@ -233,7 +234,9 @@ async def _limits(ctx: BenchContext, module: Any) -> list[Figure]:
             round(memory["bytes_per_user"]),
             "bytes",
             note=(
-                f"spend {memory['bytes_per_user_spend']:.0f} B + two groups "
+                f"spend in one organisation {memory['bytes_per_user_spend']:.0f} B (naming none "
+                f"{memory['bytes_per_user_spend_no_org']:.0f} B; a second organisation adds "
+                f"{memory['bytes_per_user_second_org']:.0f} B) + two groups "
                 f"{memory['bytes_per_user_two_groups']:.0f} B; dedup "
                 f"{memory['dedup_mb_per_million_ids']:.0f} MB per million ids; snapshot "
                 f"{memory['snapshot_mb']:.1f} MB for {memory['users']:,} users"

@@ -49,21 +49,31 @@ from services.limits.domain import (
 CHECK_PATH = "/api/v1/limits/check"
 
 
+#: Organisations of the synthetic ledger; group g belongs to ORGS[g % len(ORGS)].
+ORGS: Final = ("org-0", "org-1", "org-2")
+
+
 def synthetic_limiter(users: int, *, groups: int = 100, seed: int = 1) -> tuple[Limiter, list[str]]:
-    """A limiter with spend for `users` users, two groups each, group and user overrides."""
+    """A limiter with spend for `users` users, two groups each, group and user overrides.
+
+    Groups belong to three organisations; every user spends in one of them and one user in
+    twenty in a second one as well.
+    """
     rng = random.Random(seed)
     now = datetime.now(UTC)
     ids = [f"user-{n:08d}" for n in range(users)]
     limiter = Limiter()
     ledger = limiter.ledger
-    for user in ids:
-        ledger.add_spend(user, rng.randint(1, 2_000_000), now)
+    for n, user in enumerate(ids):
+        ledger.add_spend(user, rng.randint(1, 2_000_000), now, ORGS[n % len(ORGS)])
+        if n % 20 == 0:
+            ledger.add_spend(user, rng.randint(1, 2_000_000), now, ORGS[(n + 1) % len(ORGS)])
     members: dict[str, list[str]] = {f"group-{g}": [] for g in range(groups)}
     for user in ids:
         for g in rng.sample(range(groups), 2):
             members[f"group-{g}"].append(user)
-    for group_id, member_ids in members.items():
-        ledger.set_group(group_id, member_ids)
+    for g, (group_id, member_ids) in enumerate(members.items()):
+        ledger.set_group(group_id, member_ids, org_id=ORGS[g % len(ORGS)])
     limiter.config = LimitsConfig(
         enabled=True,
         period="month",
@@ -82,10 +92,15 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 def decision_time(*, users: int = 100_000, calls: int = 100_000) -> dict[str, float]:
-    """Microseconds per `Limiter.decide` over `calls` calls spread over `users` users."""
+    """Microseconds per `Limiter.decide` over `calls` calls spread over `users` users.
+
+    Checks without an organisation, and the same checks naming one (the group tier then
+    reads the organisation of each group and, when a group wins, the user's spend there).
+    """
     limiter, ids = synthetic_limiter(users)
     rng = random.Random(2)
     order = [rng.choice(ids) for _ in range(calls)]
+    orgs = [rng.choice(ORGS) for _ in range(calls)]
     now = time.time()
     decide = limiter.decide
     for user in order[:1000]:
@@ -96,6 +111,10 @@ def decision_time(*, users: int = 100_000, calls: int = 100_000) -> dict[str, fl
         for user in order:
             decide(user, now)
         total_ns = time.perf_counter_ns() - started
+        started = time.perf_counter_ns()
+        for user, org in zip(order, orgs, strict=True):
+            decide(user, now, org)
+        org_total_ns = time.perf_counter_ns() - started
         samples: list[float] = []
         clock = time.perf_counter_ns
         for user in order[: min(calls, 20_000)]:
@@ -109,6 +128,7 @@ def decision_time(*, users: int = 100_000, calls: int = 100_000) -> dict[str, fl
         "users": users,
         "calls": calls,
         "decision_mean_us": total_ns / calls / 1000,
+        "decision_org_mean_us": org_total_ns / calls / 1000,
         # Per-call figures include the timer's own cost (tens of nanoseconds).
         "decision_p50_us": _percentile(samples, 0.50),
         "decision_p99_us": _percentile(samples, 0.99),
@@ -130,23 +150,58 @@ def _traced(build: object) -> tuple[object, int]:
 
 
 def memory_per_user(*, users: int = 100_000, dedup_ids: int = 1_000_000) -> dict[str, float]:
-    """Bytes per tracked user (spend in a day, week and month), per dedup id, and per snapshot."""
+    """Bytes per tracked user (spend in a day, week and month), per dedup id, and per snapshot.
+
+    The spend figure is that of users who spend in one organisation (most users); beside it,
+    the same spend naming no organisation (the ledger before organisations were kept) and
+    what a user's spend in a second organisation adds.
+    """
     now = datetime.now(UTC)
+
+    def spend_without_org() -> Ledger:
+        ledger = Ledger()
+        for n in range(users):
+            ledger.add_spend(f"user-{n:08d}", 1_000 + n, now)
+        return ledger
+
+    _, no_org_bytes = _traced(spend_without_org)
 
     def spend_only() -> Ledger:
         ledger = Ledger()
         for n in range(users):
-            ledger.add_spend(f"user-{n:08d}", 1_000 + n, now)
+            ledger.add_spend(f"user-{n:08d}", 1_000 + n, now, ORGS[n % len(ORGS)])
         return ledger
 
     ledger, spend_bytes = _traced(spend_only)
     assert isinstance(ledger, Ledger)
     assert all(len(ledger.spend[i]) == 1 for i in (DAY, WEEK, MONTH))
 
+    split_users = users // 10
+
+    def second_org() -> Ledger:
+        other = Ledger()
+        for n in range(split_users):
+            other.add_spend(f"user-{n:08d}", 1_000 + n, now, ORGS[0])
+        return other
+
+    other, _ = _traced(second_org)
+    assert isinstance(other, Ledger)
+
+    def split() -> Ledger:
+        for n in range(split_users):
+            other.add_spend(f"user-{n:08d}", 7, now, ORGS[1])
+        return other
+
+    _, split_bytes = _traced(split)
+
     def with_groups() -> Ledger:
         # Two groups per user, on top of the spend already built.
         for g in range(100):
-            ledger.set_group(f"group-{g}", (f"user-{n:08d}" for n in range(g % 50, users, 50)))
+            ledger.set_group(
+                f"group-{g}",
+                (f"user-{n:08d}" for n in range(g % 50, users, 50)),
+                org_id=ORGS[g % len(ORGS)],
+            )
         return ledger
 
     _, group_bytes = _traced(with_groups)
@@ -174,6 +229,8 @@ def memory_per_user(*, users: int = 100_000, dedup_ids: int = 1_000_000) -> dict
     return {
         "users": users,
         "bytes_per_user_spend": spend_bytes / users,
+        "bytes_per_user_spend_no_org": no_org_bytes / users,
+        "bytes_per_user_second_org": split_bytes / split_users,
         "bytes_per_user_two_groups": group_bytes / users,
         "bytes_per_user": (spend_bytes + group_bytes) / users,
         "dedup_ids": dedup_ids,

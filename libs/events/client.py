@@ -108,6 +108,8 @@ class LimitDecision:
     resets_at: datetime | None = None
     source: str | None = None
     group_id: str | None = None
+    #: The organisation whose limit applied and whose spend counted (null: across them all).
+    org_id: str | None = None
     message: str | None = None
 
 
@@ -296,8 +298,11 @@ class TollgateClient:
             delay = max(delay, min(retry_after, self._max_retry_after))
         return delay
 
-    async def check_limit(self, user_id: str) -> LimitDecision:
+    async def check_limit(self, user_id: str, *, org_id: str | None = None) -> LimitDecision:
         """Ask the limits service whether `user_id` may chat; allow on any failure (fail-open).
+
+        `org_id` is the organisation the chat belongs to: group limits are then that
+        organisation's, against its spend (see the limits service); without it, every group.
 
         Timeouts, transport errors and 5xx are counted and logged as warnings; answers that
         mean the client is misconfigured (401, 403, 404, other refusals, a 200 that is not a
@@ -305,7 +310,9 @@ class TollgateClient:
         """
         if self._check_url is None:
             raise RuntimeError("check_limit needs the client to be built with a limits_url")
-        body = orjson.dumps({"user_id": user_id})
+        body = orjson.dumps(
+            {"user_id": user_id} if org_id is None else {"user_id": user_id, "org_id": org_id}
+        )
         try:
             async with (
                 asyncio.timeout(self._check_timeout),

@@ -31,7 +31,7 @@ from libs.events.models import (
     UserUpdated,
     WorkspaceBuilt,
 )
-from services.ingest.domain import ModelPrice, cost_micros
+from services.ingest.domain import ModelPrice, priced_cost
 from services.publisher.domain import HB_AGENT_RUNTIME, agent_hour, agent_time_id
 
 __all__ = [
@@ -226,17 +226,8 @@ class Tally:
 
     def cost_of(self, event: ChatUsageRecorded) -> int | None:
         """The cost ingest fixes on the event: the price table's, else the emitter's, or none."""
-        d = event.data
-        price = self.prices.get(d.model)
-        if price is None:
-            return d.cost_micros
-        return cost_micros(
-            price,
-            input_tokens=d.input_tokens,
-            output_tokens=d.output_tokens,
-            cache_read=d.cache_read_tokens,
-            cache_write=d.cache_write_tokens,
-        )
+        cost = priced_cost(event.data, self.prices)
+        return event.data.cost_micros if cost is None else cost
 
     def _chat(self, event: ChatUsageRecorded) -> None:
         d = event.data

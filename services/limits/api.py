@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, TypeVar
@@ -26,9 +26,16 @@ from libs.service.web import (
     validation_message,
 )
 from services.limits.admin_config import ConfigCache
-from services.limits.domain import LIMIT_EXCEEDED_MESSAGE, Decision, Limiter, Period, Source
+from services.limits.domain import (
+    LIMIT_EXCEEDED_MESSAGE,
+    Decision,
+    Limiter,
+    Period,
+    Source,
+    unpriced_models,
+)
 from services.limits.metrics import LimitsMetrics
-from services.limits.storage import ConfigStore, Override, StoredConfig, Subject
+from services.limits.storage import ConfigStore, Override, Subject
 
 log = structlog.get_logger(__name__)
 
@@ -67,10 +74,11 @@ RUNTIME = web.AppKey("limits_runtime", LimitsRuntime)
 
 
 class CheckRequest(BaseModel):
-    """`POST /api/v1/limits/check` body."""
+    """`POST /api/v1/limits/check` body; `org_id` is the organisation the chat belongs to."""
 
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    org_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
 
 
 class CheckResult(BaseModel):
@@ -86,6 +94,11 @@ class CheckResult(BaseModel):
     resets_at: datetime
     source: Source
     group_id: str | None
+    org_id: str | None = Field(
+        description="The organisation whose limit applied and whose spend counted; null when "
+        "both are across organisations (a user override, the default, a group of no "
+        "organisation, or a check without org_id)"
+    )
 
 
 class LimitExceeded(CheckResult):
@@ -106,6 +119,7 @@ class LimitStatus(BaseModel):
     period_end: datetime
     source: Source
     group_id: str | None
+    org_id: str | None
 
 
 class ConfigUpdate(BaseModel):
@@ -126,9 +140,10 @@ class UserOverrideView(BaseModel):
 
 
 class GroupOverrideView(BaseModel):
-    """A group's override."""
+    """A group's override, with the group's organisation as the directory last said."""
 
     group_id: str
+    org_id: str | None
     limit_micros: int
     updated_at: datetime
 
@@ -170,19 +185,40 @@ def decision_body(decision: Decision) -> dict[str, object]:
         "resets_at": current.end_iso,
         "source": decision.source,
         "group_id": decision.group_id,
+        "org_id": decision.org_id,
     }
 
 
-def _user_id_of(body: object) -> str:
+_CHECK_FIELDS = frozenset({"user_id", "org_id"})
+
+
+def _check_of(body: object) -> tuple[str, str | None]:
+    """The user and the (optional) organisation a check is about."""
     # By hand rather than through pydantic: this is the hot path.
     if not isinstance(body, dict):
         raise Unprocessable('body: expected an object like {"user_id": "..."}')
-    if len(body) != 1 or "user_id" not in body:
-        extra = sorted(set(body) - {"user_id"})
+    if "user_id" not in body or len(body) > 2 or (len(body) == 2 and "org_id" not in body):
+        extra = sorted(set(body) - _CHECK_FIELDS)
         if extra:
             raise Unprocessable(f"body: unknown field(s) {', '.join(map(repr, extra))}")
         raise Unprocessable("user_id: Field required")
-    return _subject_id(body["user_id"], "user_id")
+    org_id = body.get("org_id")
+    return (
+        _subject_id(body["user_id"], "user_id"),
+        None if org_id is None else _subject_id(org_id, "org_id"),
+    )
+
+
+def _org_query(request: web.Request) -> str | None:
+    """The `org_id` query parameter of a status request, if any."""
+    query = request.query
+    unknown = sorted(set(query) - {"org_id"})
+    if unknown:
+        raise Unprocessable(f"query: unknown parameter(s) {', '.join(map(repr, unknown))}")
+    values = query.getall("org_id", [])
+    if len(values) > 1:
+        raise Unprocessable("org_id: given more than once")
+    return _subject_id(values[0], "org_id") if values else None
 
 
 def _subject_id(value: object, name: str) -> str:
@@ -205,9 +241,9 @@ def _ready_runtime(request: web.Request) -> LimitsRuntime:
 async def check(request: web.Request) -> web.Response:
     """Whether a user may send a chat message: 200 when allowed, 409 over the limit."""
     started = time.perf_counter()
-    user_id = _user_id_of(await read_json(request))
+    user_id, org_id = _check_of(await read_json(request))
     runtime = _ready_runtime(request)
-    decision = runtime.limiter.decide(user_id, runtime.clock())
+    decision = runtime.limiter.decide(user_id, runtime.clock(), org_id)
     body = decision_body(decision)
     metrics = runtime.metrics
     if decision.allowed:
@@ -226,8 +262,9 @@ async def check(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     """A user's limit, spend and period, for showing to the user (a portal token: its own)."""
     user_id = _subject_id(request.match_info["user_id"], "user_id")
+    org_id = _org_query(request)
     runtime = _ready_runtime(request)
-    decision = runtime.limiter.decide(user_id, runtime.clock())
+    decision = runtime.limiter.decide(user_id, runtime.clock(), org_id)
     current = decision.current
     return json_response(
         {
@@ -239,6 +276,7 @@ async def status(request: web.Request) -> web.Response:
             "period_end": current.end_iso,
             "source": decision.source,
             "group_id": decision.group_id,
+            "org_id": decision.org_id,
         }
     )
 
@@ -271,7 +309,17 @@ async def _read_body(request: web.Request, model: type[M], *, ignore: frozenset[
         ) from exc
 
 
-def _config_view(stored: StoredConfig, unpriced: list[str]) -> dict[str, object]:
+async def _config_view(runtime: LimitsRuntime) -> dict[str, object]:
+    """The stored configuration, its overrides, and the models used that have no price now.
+
+    Both are read from PostgreSQL at the time of the request, so a price set on ingest (any
+    replica) takes the model off the list on every limits replica at once.
+    """
+    stored = await _database(runtime.store.load())
+    priced = await _database(runtime.store.priced_models())
+    ledger = runtime.limiter.ledger
+    unpriced = unpriced_models(ledger.models, priced)
+    group_orgs = ledger.group_orgs
     return {
         "enabled": stored.enabled,
         "period": stored.period,
@@ -280,16 +328,19 @@ def _config_view(stored: StoredConfig, unpriced: list[str]) -> dict[str, object]
         "unpriced_model_count": len(unpriced),
         "unpriced_models": unpriced,
         "user_overrides": [_override_view("user", o) for o in stored.user_overrides],
-        "group_overrides": [_override_view("group", o) for o in stored.group_overrides],
+        "group_overrides": [_override_view("group", o, group_orgs) for o in stored.group_overrides],
     }
 
 
-def _override_view(subject: Subject, override: Override) -> dict[str, object]:
-    return {
-        f"{subject}_id": override.subject_id,
-        "limit_micros": override.limit_micros,
-        "updated_at": override.updated_at,
-    }
+def _override_view(
+    subject: Subject, override: Override, group_orgs: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    view: dict[str, object] = {f"{subject}_id": override.subject_id}
+    if group_orgs is not None:
+        view["org_id"] = group_orgs.get(override.subject_id)
+    view["limit_micros"] = override.limit_micros
+    view["updated_at"] = override.updated_at
+    return view
 
 
 async def _refresh(runtime: LimitsRuntime) -> None:
@@ -302,10 +353,8 @@ async def _refresh(runtime: LimitsRuntime) -> None:
 
 @requires(Role.ADMIN)
 async def get_config(request: web.Request) -> web.Response:
-    """The configuration, every override, and the models seen without a price."""
-    runtime = request.app[RUNTIME]
-    stored = await _database(runtime.store.load())
-    return json_response(_config_view(stored, runtime.limiter.ledger.unpriced_models()))
+    """The configuration, every override, and the models used that have no price now."""
+    return json_response(await _config_view(request.app[RUNTIME]))
 
 
 @requires(Role.ADMIN)
@@ -321,9 +370,8 @@ async def put_config(request: web.Request) -> web.Response:
         )
     )
     await _refresh(runtime)
-    stored = await _database(runtime.store.load())
     log.info("limits_config_set", **update.model_dump())
-    return json_response(_config_view(stored, runtime.limiter.ledger.unpriced_models()))
+    return json_response(await _config_view(runtime))
 
 
 def _override_handlers(
@@ -335,13 +383,16 @@ def _override_handlers(
     async def put_override(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         subject_id = _subject_id(request.match_info[name], name)
-        update = await _read_body(request, OverrideUpdate, ignore=frozenset({"updated_at", name}))
+        update = await _read_body(
+            request, OverrideUpdate, ignore=frozenset({"updated_at", "org_id", name})
+        )
         override = await _database(
             runtime.store.put_override(subject, subject_id, update.limit_micros)
         )
         await _refresh(runtime)
         log.info("limits_override_set", subject=subject, id=subject_id, limit=update.limit_micros)
-        return json_response(_override_view(subject, override))
+        group_orgs = runtime.limiter.ledger.group_orgs if subject == "group" else None
+        return json_response(_override_view(subject, override, group_orgs))
 
     @requires(Role.ADMIN)
     async def delete_override(request: web.Request) -> web.Response:
@@ -376,7 +427,16 @@ def add_routes(app: web.Application, openapi: OpenApi) -> None:
         "get",
         "/api/v1/limits/status/{user_id}",
         summary="A user's limit, spend and period (a portal token reads only its own user)",
-        responses={200: LimitStatus, 403: None, 503: None},
+        parameters=[
+            {
+                "name": "org_id",
+                "in": "query",
+                "required": False,
+                "description": "The organisation to resolve the limit for (as a check's org_id)",
+                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+            }
+        ],
+        responses={200: LimitStatus, 403: None, 422: None, 503: None},
         tag="limits",
     )
     openapi.add(

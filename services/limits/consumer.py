@@ -206,6 +206,7 @@ class LimitsSink:
                         partition=row.partition,
                         log_ms=now_ms,
                         title=row.title,
+                        org_id=row.org_id,
                     )
                     rows += 1
                     counted += outcome != "duplicate"

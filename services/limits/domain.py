@@ -14,8 +14,16 @@ Every replica folds the whole log into a `Ledger` and answers checks from it thr
   whatever partitioner its producer used. Decisions depend only on each partition's own
   order, which is why replaying the log from any snapshot gives exactly the same totals.
 - Totals saturate at `MAX_TOTAL` (2^53 - 1 micro-dollars), like every total in Tollgate.
-- A group's members are the list of its newest `directory.group.v1` (by `occurred_at`,
-  then log position), whatever order the partitions are read in.
+- A group's members and its organisation are those of its newest `directory.group.v1` (by
+  `occurred_at`, then log position), whatever order the partitions are read in.
+- Organisations (as in Coder's `ResolveUsageLimitStatus`): a check may name an organisation.
+  Then the group tier considers only the user's groups in it (and groups that belong to no
+  organisation), and when a group of that organisation sets the limit, only the spend in that
+  organisation counts. User overrides, the default, groups without an organisation and
+  checks without an organisation count the spend across all of them. Spend whose event
+  carries no organisation counts in every one (see `Ledger.spent_in_org`).
+- Most users spend in one organisation, so the ledger keeps one organisation per user beside
+  its totals and splits a user's spend by organisation only once they spend in a second one.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import hashlib
 import heapq
 import sys
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from itertools import islice
@@ -54,9 +62,14 @@ _ORDINAL_1970: Final = date(1970, 1, 1).toordinal()
 _NO_FLOOR: Final = -(2**62)
 _HOUR_MS: Final = 3_600_000
 
-#: Format 2 remembers event identities; format 1 (ids alone) still loads, without its ids.
-SNAPSHOT_FORMAT: Final = 2
-READABLE_SNAPSHOT_FORMATS: Final = (1, 2)
+#: Format 3 adds organisations (of spend and of groups) and keeps each model's newest use;
+#: format 2 (event identities, no organisations) and format 1 (ids alone) still load.
+SNAPSHOT_FORMAT: Final = 3
+READABLE_SNAPSHOT_FORMATS: Final = (1, 2, 3)
+#: `Ledger.user_orgs` value of a user whose spend is split by organisation in `org_spend`.
+SPLIT: Final = ""
+#: Users `Ledger.prune` looks at per call after a month went (about a millisecond's worth).
+SWEEP_CHUNK: Final = 1024
 
 
 # -- periods ---------------------------------------------------------------------------------
@@ -169,19 +182,44 @@ class LimitsConfig:
     group_overrides: Mapping[str, int] = field(default_factory=dict)
 
 
+class Resolution(NamedTuple):
+    """Which limit applies: its value, its tier, the group (group tier) and its organisation.
+
+    `org_id` is the organisation the limit is scoped to, and so the organisation whose spend
+    counts against it: set only when a check named an organisation and a group of that
+    organisation set the limit; None when the limit holds across organisations.
+    """
+
+    limit_micros: int | None
+    source: Source
+    group_id: str | None
+    org_id: str | None
+
+
+_NO_LIMIT: Final = Resolution(None, "none", None, None)
+_NO_ORGS: Final[Mapping[str, str]] = {}
+
+
 def resolve_limit(
-    config: LimitsConfig, user_id: str, groups: Iterable[str] | None
-) -> tuple[int | None, Source, str | None]:
-    """The limit that applies to a user, where it comes from, and the group when a group's.
+    config: LimitsConfig,
+    user_id: str,
+    groups: Iterable[str] | None,
+    *,
+    org_id: str | None = None,
+    group_orgs: Mapping[str, str] = _NO_ORGS,
+) -> Resolution:
+    """The limit that applies to a user, where it comes from, and the scope of its spend.
 
     User override first, then the lowest limit among the user's groups (ties go to the
     smallest group id, so every replica names the same one), then the default, then none.
+    With `org_id`, the group tier considers only the groups of that organisation (by
+    `group_orgs`) and groups of none; without it, every group (Coder's rules).
     """
     if not config.enabled:
-        return None, "none", None
+        return _NO_LIMIT
     limit = config.user_overrides.get(user_id)
     if limit is not None:
-        return limit, "user", None
+        return Resolution(limit, "user", None, None)
     if groups and config.group_overrides:
         best: int | None = None
         best_group: str | None = None
@@ -190,6 +228,8 @@ def resolve_limit(
             value = overrides.get(group)
             if value is None:
                 continue
+            if org_id is not None and group_orgs.get(group, org_id) != org_id:
+                continue
             if (
                 best is None
                 or value < best
@@ -197,14 +237,22 @@ def resolve_limit(
             ):
                 best, best_group = value, group
         if best is not None:
-            return best, "group", best_group
+            assert best_group is not None
+            scoped = org_id if org_id is not None and best_group in group_orgs else None
+            return Resolution(best, "group", best_group, scoped)
     if config.default_limit_micros is not None:
-        return config.default_limit_micros, "default", None
-    return None, "none", None
+        return Resolution(config.default_limit_micros, "default", None, None)
+    return _NO_LIMIT
 
 
 class Decision(NamedTuple):
-    """The answer to one check (a tuple: cheap to build on the hot path)."""
+    """The answer to one check (a tuple: cheap to build on the hot path).
+
+    `org_id` names the organisation whose limit applied and whose spend `spent_micros` is
+    (a group of the organisation the check named); None when the limit and the spend are
+    counted across organisations (a user override, the default, a group of no
+    organisation, or a check that named none).
+    """
 
     allowed: bool
     limited: bool
@@ -214,6 +262,7 @@ class Decision(NamedTuple):
     current: CurrentPeriod
     source: Source
     group_id: str | None
+    org_id: str | None = None
 
 
 # -- deduplication ---------------------------------------------------------------------------
@@ -313,33 +362,51 @@ GroupOrder = tuple[int, int, int]
 
 
 class Ledger:
-    """Everything limits keep from the log: spend buckets, groups, unpriced models, ids seen.
+    """Everything limits keep from the log: spend buckets, groups, models used, ids seen.
 
     `positions` (the next offset per partition) always matches the events folded in, so a
     snapshot of the ledger is a consistent point to resume the log from.
+
+    Spend by organisation: `spend` holds every user's totals across organisations. Beside
+    it, `user_orgs` says where a user's retained spend was made: no entry when all of it
+    carried no organisation, an organisation's id when all of it was made there (most users:
+    one dictionary entry per user, whatever the number of periods), or `SPLIT`, when
+    `org_spend` holds the user's spend per organisation for each bucket in which they spent
+    in one (what is left of the total carried none).
     """
 
     __slots__ = (
+        "_to_sweep",
         "applied",
         "dedup_window_ms",
         "floors",
+        "group_orgs",
         "groups",
         "models",
+        "org_spend",
         "positions",
         "recent",
         "spend",
         "user_groups",
+        "user_orgs",
     )
 
     def __init__(self, *, dedup_window_ms: int = 48 * _HOUR_MS) -> None:
         self.dedup_window_ms = dedup_window_ms
         # spend[DAY|WEEK|MONTH][period key][user id] -> micro-dollars
         self.spend: tuple[dict[int, dict[str, int]], ...] = ({}, {}, {})
+        # org_spend[DAY|WEEK|MONTH][period key][user id][org id] -> micro-dollars (SPLIT users)
+        self.org_spend: tuple[dict[int, dict[str, dict[str, int]]], ...] = ({}, {}, {})
+        self.user_orgs: dict[str, str] = {}
+        # Users still to look at after a month went (see `prune`).
+        self._to_sweep: list[str] = []
         self.floors = [_NO_FLOOR, _NO_FLOOR, _NO_FLOOR]
         self.groups: dict[str, tuple[GroupOrder, frozenset[str]]] = {}
+        # group id -> its organisation (groups of none have no entry)
+        self.group_orgs: dict[str, str] = {}
         self.user_groups: dict[str, tuple[str, ...]] = {}
-        # model -> [occurred_at ms of the newest unpriced use, of the newest priced use]
-        self.models: dict[str, list[int]] = {}
+        # model -> occurred_at ms of its newest chat usage
+        self.models: dict[str, int] = {}
         self.recent: dict[int, RecentIds] = {}
         self.positions: dict[int, int] = {}
         self.applied = 0
@@ -365,6 +432,7 @@ class Ledger:
             partition=partition,
             log_ms=log_ms,
             title=data.purpose == "title",
+            org_id=event.org_id,
         )
 
     def count_usage(
@@ -378,6 +446,7 @@ class Ledger:
         partition: int,
         log_ms: int,
         title: bool = False,
+        org_id: str | None = None,
     ) -> Outcome:
         """Count one chat message unless its identity was seen; title generation never counts.
 
@@ -394,24 +463,28 @@ class Ledger:
         if title:
             return "title"
         self.applied += 1
-        seen = self.models.get(model)
-        if seen is None:
-            seen = self.models[model] = [-1, -1]
+        if self.models.get(model, -1) < occurred_ms:
+            self.models[model] = occurred_ms
         if cost_micros is None:
-            seen[0] = max(seen[0], occurred_ms)
             return "unpriced"
-        seen[1] = max(seen[1], occurred_ms)
         if cost_micros == 0:
             return "free"
-        self.add_spend(user_id, cost_micros, occurred_at)
+        self.add_spend(user_id, cost_micros, occurred_at, org_id)
         return "spend"
 
-    def add_spend(self, user_id: str, cost_micros: int, occurred_at: datetime) -> None:
+    def add_spend(
+        self, user_id: str, cost_micros: int, occurred_at: datetime, org_id: str | None = None
+    ) -> None:
         """Add spend to the day, week and month `occurred_at` falls in (past ones excepted)."""
         if occurred_at.utcoffset():
             occurred_at = occurred_at.astimezone(UTC)
         day = occurred_at.toordinal() - _ORDINAL_1970
         keys = (day, day - (day + 3) % 7, (occurred_at.year - 1970) * 12 + occurred_at.month - 1)
+        user_orgs = self.user_orgs
+        where = user_orgs.get(user_id)
+        if where != org_id:
+            where = self._move(user_id, where, org_id)
+        split = where == SPLIT and org_id is not None
         floors = self.floors
         for index in (DAY, WEEK, MONTH):
             key = keys[index]
@@ -424,25 +497,72 @@ class Ledger:
                 bucket = buckets[key] = {}
             total = bucket.get(user_id, 0) + cost_micros
             bucket[user_id] = min(MAX_TOTAL, total)
+            if split:
+                assert org_id is not None
+                org_buckets = self.org_spend[index]
+                org_bucket = org_buckets.get(key)
+                if org_bucket is None:
+                    org_bucket = org_buckets[key] = {}
+                parts = org_bucket.get(user_id)
+                if parts is None:
+                    parts = org_bucket[user_id] = {}
+                parts[org_id] = min(MAX_TOTAL, parts.get(org_id, 0) + cost_micros)
+
+    def _move(self, user_id: str, where: str | None, org_id: str | None) -> str | None:
+        """Where `user_id`'s spend is once spend in `org_id` joins it (`where` until now)."""
+        if where == SPLIT:
+            return SPLIT
+        if where is None:
+            if not self._has_spend(user_id):
+                # Nothing retained to split: all of it will be in `org_id` (not None here).
+                assert org_id is not None
+                self.user_orgs[user_id] = org_id
+                return org_id
+        else:
+            # Everything retained so far was spent in `where`: that is its split.
+            for index in (DAY, WEEK, MONTH):
+                org_buckets = self.org_spend[index]
+                for key, bucket in self.spend[index].items():
+                    total = bucket.get(user_id)
+                    if total:
+                        org_bucket = org_buckets.get(key)
+                        if org_bucket is None:
+                            org_bucket = org_buckets[key] = {}
+                        org_bucket[user_id] = {where: total}
+        self.user_orgs[user_id] = SPLIT
+        return SPLIT
+
+    def _has_spend(self, user_id: str) -> bool:
+        return any(user_id in bucket for kind in self.spend for bucket in kind.values())
 
     def _group(self, event: GroupUpdated, partition: int, offset: int) -> Outcome:
         data = event.data
         order: GroupOrder = (int(event.occurred_at.timestamp() * 1000), partition, offset)
-        if not self.set_group(data.group_id, data.member_ids, order):
+        if not self.set_group(data.group_id, data.member_ids, order, org_id=event.org_id):
             return "stale"
         self.applied += 1
         return "group"
 
     def set_group(
-        self, group_id: str, member_ids: Iterable[str], order: GroupOrder = (0, 0, 0)
+        self,
+        group_id: str,
+        member_ids: Iterable[str],
+        order: GroupOrder = (0, 0, 0),
+        *,
+        org_id: str | None = None,
     ) -> bool:
-        """Make `member_ids` the group's members unless a newer list (by `order`) is in force."""
+        """Make `member_ids` the group's members (and `org_id` its organisation) unless a newer
+        list (by `order`) is in force."""
         known = self.groups.get(group_id)
         if known is not None and known[0] > order:
             return False
         old = known[1] if known is not None else frozenset()
         new = frozenset(member_ids)
         self.groups[group_id] = (order, new)
+        if org_id is None:
+            self.group_orgs.pop(group_id, None)
+        else:
+            self.group_orgs[group_id] = org_id
         self._set_memberships(group_id, old, new)
         return True
 
@@ -457,9 +577,20 @@ class Ledger:
         for user in new - old:
             user_groups[user] = (*user_groups.get(user, ()), group_id)
 
-    def prune(self, current: tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod]) -> int:
-        """Drop buckets of periods before the current ones; returns how many went."""
+    def prune(
+        self,
+        current: tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod],
+        *,
+        sweep: int = SWEEP_CHUNK,
+    ) -> int:
+        """Drop buckets of periods before the current ones; returns how many went.
+
+        When a month goes, the users left with no spend at all are forgotten in `user_orgs`
+        too, `sweep` users per call: the walk over every user is spread over the calls that
+        follow (one per batch of the log), so no check waits for all of it at once.
+        """
         dropped = 0
+        months_dropped = False
         for index in (DAY, WEEK, MONTH):
             floor = current[index].key
             self.floors[index] = max(self.floors[index], floor)
@@ -467,22 +598,63 @@ class Ledger:
             for key in [k for k in buckets if k < self.floors[index]]:
                 del buckets[key]
                 dropped += 1
+                months_dropped |= index == MONTH
+            org_buckets = self.org_spend[index]
+            for key in [k for k in org_buckets if k < self.floors[index]]:
+                del org_buckets[key]
+        if months_dropped and self.user_orgs:
+            self._to_sweep = list(self.user_orgs)
+        if self._to_sweep:
+            self._sweep_idle_users(sweep)
         return dropped
+
+    def _sweep_idle_users(self, count: int) -> None:
+        # A user is forgotten only while they have no retained spend, which is exactly when
+        # having no entry says the same as having one.
+        to_sweep, user_orgs = self._to_sweep, self.user_orgs
+        for _ in range(min(count, len(to_sweep))):
+            user = to_sweep.pop()
+            if user in user_orgs and not self._has_spend(user):
+                del user_orgs[user]
 
     # -- reading ---------------------------------------------------------------------------
 
     def spent(self, index: int, key: int, user_id: str) -> int:
-        """A user's spend in one period."""
+        """A user's spend in one period, across organisations."""
         bucket = self.spend[index].get(key)
         return bucket.get(user_id, 0) if bucket is not None else 0
+
+    def spent_in_org(self, index: int, key: int, user_id: str, org_id: str) -> int:
+        """A user's spend in one period that counts for `org_id`'s group limits.
+
+        That is the spend made in `org_id` plus the spend that carried no organisation (an
+        emitter that names none, and spend recorded before organisations were kept): spend
+        that names no organisation counts in every one, so a group limit is never escaped
+        by leaving the organisation out.
+        """
+        bucket = self.spend[index].get(key)
+        total = bucket.get(user_id, 0) if bucket is not None else 0
+        if not total:
+            return 0
+        where = self.user_orgs.get(user_id)
+        if where is None or where == org_id:
+            return total
+        if where != SPLIT:
+            return 0
+        org_bucket = self.org_spend[index].get(key)
+        parts = org_bucket.get(user_id) if org_bucket is not None else None
+        if parts is None:
+            return total
+        without_org = max(0, total - sum(parts.values()))
+        return min(MAX_TOTAL, parts.get(org_id, 0) + without_org)
 
     def totals(self, index: int, key: int) -> dict[str, int]:
         """Every user's spend in one period (a copy)."""
         return dict(self.spend[index].get(key, {}))
 
-    def unpriced_models(self) -> list[str]:
-        """Models whose newest chat usage arrived without a price, by name."""
-        return sorted(m for m, (unpriced, priced) in self.models.items() if unpriced > priced)
+    def models_used(self) -> list[str]:
+        """Every model chat usage named (title generation aside), by name."""
+        return sorted(self.models)
 
     def dedup_ids(self) -> int:
         """How many event ids the dedup window holds."""
@@ -493,8 +665,8 @@ class Ledger:
     def image(self) -> LedgerImage:
         """A copy consistent at this instant, cheap enough to take on the event loop.
 
-        Only what keeps changing is copied (spend buckets, the open hour of ids, the
-        per-model times); closed hours of ids and group member sets never change and are
+        Only what keeps changing is copied (spend buckets, where users spent, the open hour
+        of ids, the models); closed hours of ids and group member sets never change and are
         shared. Encoding the image (`LedgerImage.encode`) can then run in a thread.
         """
         return LedgerImage(
@@ -504,8 +676,17 @@ class Ledger:
             spend=tuple(
                 {key: bucket.copy() for key, bucket in kind.items()} for kind in self.spend
             ),
+            org_spend=tuple(
+                {
+                    key: {user: dict(parts) for user, parts in bucket.items()}
+                    for key, bucket in kind.items()
+                }
+                for kind in self.org_spend
+            ),
+            user_orgs=dict(self.user_orgs),
             groups=dict(self.groups),
-            models={m: list(times) for m, times in self.models.items()},
+            group_orgs=dict(self.group_orgs),
+            models=dict(self.models),
             recent={
                 partition: (
                     r.watermark_ms,
@@ -521,10 +702,17 @@ class Ledger:
 
     @classmethod
     def load(cls, raw: bytes, *, dedup_window_ms: int = 48 * _HOUR_MS) -> Ledger:
-        """Rebuild a ledger from `dump()`; raises `ValueError` for another format."""
+        """Rebuild a ledger from `dump()` of this or an earlier format; `ValueError` otherwise.
+
+        Format 2 and 1 snapshots knew no organisations: their spend is spend that named
+        none (it counts in every organisation, as it did when it was recorded), their groups
+        belong to none until their next directory event, and each model's newest use is the
+        newer of its priced and unpriced ones.
+        """
         doc = orjson.loads(raw)
         if not isinstance(doc, dict) or doc.get("format") not in READABLE_SNAPSHOT_FORMATS:
             raise ValueError("unknown snapshot format")
+        fmt = doc["format"]
         ledger = cls(dedup_window_ms=dedup_window_ms)
         ledger.positions = {int(p): int(o) for p, o in doc["positions"].items()}
         ledger.applied = int(doc["applied"])
@@ -532,10 +720,26 @@ class Ledger:
         ledger.spend = tuple(
             {int(key): dict(bucket) for key, bucket in kind.items()} for kind in doc["spend"]
         )
-        for group, (occurred_ms, partition, offset, members) in doc["groups"].items():
-            ledger.set_group(group, members, (occurred_ms, partition, offset))
-        ledger.models = {m: [int(u), int(p)] for m, (u, p) in doc["models"].items()}
-        if doc["format"] == SNAPSHOT_FORMAT:
+        for group, entry in doc["groups"].items():
+            occurred_ms, partition, offset, members = entry[:4]
+            org_id = entry[4] if len(entry) > 4 else None
+            ledger.set_group(group, members, (occurred_ms, partition, offset), org_id=org_id)
+        if fmt >= 3:
+            ledger.models = {m: int(at) for m, at in doc["models"].items()}
+            ledger.user_orgs = {str(u): str(where) for u, where in doc["orgs"].items()}
+            ledger.org_spend = tuple(
+                {
+                    int(key): {
+                        user: {org: int(n) for org, n in parts.items()}
+                        for user, parts in bucket.items()
+                    }
+                    for key, bucket in kind.items()
+                }
+                for kind in doc["org_spend"]
+            )
+        else:
+            ledger.models = {m: max(int(u), int(p)) for m, (u, p) in doc["models"].items()}
+        if fmt >= 2:
             ledger.recent = {
                 int(p): RecentIds.load(r, dedup_window_ms) for p, r in doc["recent"].items()
             }
@@ -552,8 +756,11 @@ class LedgerImage:
     applied: int
     floors: list[int]
     spend: tuple[dict[int, dict[str, int]], ...]
+    org_spend: tuple[dict[int, dict[str, dict[str, int]]], ...]
+    user_orgs: dict[str, str]
     groups: dict[str, tuple[GroupOrder, frozenset[str]]]
-    models: dict[str, list[int]]
+    group_orgs: dict[str, str]
+    models: dict[str, int]
     recent: dict[int, tuple[int, dict[int, dict[int, None]]]]
 
     def encode(self) -> bytes:
@@ -566,8 +773,15 @@ class LedgerImage:
             b"{" + b",".join(b'"%d":' % key + _dump_map(b) for key, b in kind.items()) + b"}"
             for kind in self.spend
         )
+        org_spend = b",".join(
+            b"{" + b",".join(b'"%d":' % key + _dump_map(b) for key, b in kind.items()) + b"}"
+            for kind in self.org_spend
+        )
+        group_orgs = self.group_orgs
         groups = b",".join(
-            _dumps(group) + b":" + _dumps([order[0], order[1], order[2], list(members)])
+            _dumps(group)
+            + b":"
+            + _dumps([order[0], order[1], order[2], list(members), group_orgs.get(group)])
             for group, (order, members) in self.groups.items()
         )
         recent = {
@@ -588,7 +802,11 @@ class LedgerImage:
                 _dumps(self.floors),
                 b',"spend":[',
                 spend,
-                b'],"groups":{',
+                b'],"org_spend":[',
+                org_spend,
+                b'],"orgs":',
+                _dump_map(self.user_orgs),
+                b',"groups":{',
                 groups,
                 b'},"models":',
                 _dumps(self.models),
@@ -602,7 +820,7 @@ class LedgerImage:
 _CHUNK: Final = 20_000
 
 
-def _dump_map(mapping: Mapping[str, int]) -> bytes:
+def _dump_map(mapping: Mapping[str, object]) -> bytes:
     if len(mapping) <= _CHUNK:
         return _dumps(mapping)
     items = iter(mapping.items())
@@ -629,15 +847,25 @@ class Limiter:
         self.config = config if config is not None else LimitsConfig()
         self.calendar = Calendar()
 
-    def decide(self, user_id: str, now_s: float) -> Decision:
-        """Whether `user_id` may send a chat message at Unix time `now_s`, and why."""
+    def decide(self, user_id: str, now_s: float, org_id: str | None = None) -> Decision:
+        """Whether `user_id` may send a chat message at Unix time `now_s`, and why.
+
+        The one place that resolves which limit applies and which spend counts against it:
+        with `org_id` (the organisation the chat belongs to) the group tier is that
+        organisation's, and its spend only is counted when one of its groups sets the limit.
+        """
         config = self.config
+        ledger = self.ledger
         index = PERIOD_INDEX[config.period]
         current = self.calendar.at(now_s)[index]
-        bucket = self.ledger.spend[index].get(current.key)
+        bucket = ledger.spend[index].get(current.key)
         spent = bucket.get(user_id, 0) if bucket is not None else 0
-        limit, source, group_id = resolve_limit(
-            config, user_id, self.ledger.user_groups.get(user_id)
+        limit, source, group_id, scope = resolve_limit(
+            config,
+            user_id,
+            ledger.user_groups.get(user_id),
+            org_id=org_id,
+            group_orgs=ledger.group_orgs,
         )
         if limit is None:
             return Decision(
@@ -649,7 +877,10 @@ class Limiter:
                 current=current,
                 source="none",
                 group_id=None,
+                org_id=None,
             )
+        if scope is not None:
+            spent = ledger.spent_in_org(index, current.key, user_id, scope)
         return Decision(
             allowed=spent < limit,
             limited=True,
@@ -659,6 +890,7 @@ class Limiter:
             current=current,
             source=source,
             group_id=group_id,
+            org_id=scope,
         )
 
     def current_periods(self, now_s: float) -> tuple[CurrentPeriod, CurrentPeriod, CurrentPeriod]:
@@ -675,3 +907,16 @@ class Limiter:
         index = PERIOD_INDEX[self.config.period]
         bucket = self.ledger.spend[index].get(self.calendar.at(now_s)[index].key, {})
         return heapq.nlargest(count, bucket.items(), key=itemgetter(1))
+
+
+# -- models without a price ------------------------------------------------------------------
+
+
+def unpriced_models(used: Iterable[str], priced: Container[str]) -> list[str]:
+    """Models chat usage named that have no price now, by name.
+
+    A model is priced when the price table gives it an input or an output price (as Coder's
+    `CountEnabledModelsWithoutPricing` reads a model's cost configuration): the moment an
+    admin prices it, it leaves this list, whatever its earlier usage cost.
+    """
+    return sorted(model for model in used if model not in priced)

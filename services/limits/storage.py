@@ -76,6 +76,10 @@ class ConfigStore(Protocol):
         """Remove a user's or group's limit; False when there was none."""
         ...
 
+    async def priced_models(self) -> frozenset[str]:
+        """The models the price table (ingest's) gives an input or an output price now."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -120,6 +124,7 @@ class ArchivedChat:
     occurred_at: datetime
     partition: int
     title: bool = False
+    org_id: str | None = None
 
 
 class ChatArchive(Protocol):
@@ -163,6 +168,12 @@ INSERT INTO limits_group_overrides (group_id, limit_micros, updated_at) VALUES (
 ON CONFLICT (group_id) DO UPDATE SET limit_micros = EXCLUDED.limit_micros, updated_at = now()
 RETURNING updated_at
 """
+# Ingest's price table (deploy/migrations/01xx), read only. A model with neither an input nor an
+# output price counts as without pricing, as in Coder's CountEnabledModelsWithoutPricing.
+SELECT_PRICED_MODELS = """
+SELECT model FROM model_prices
+WHERE input_price_per_million IS NOT NULL OR output_price_per_million IS NOT NULL
+"""
 DELETE_USER_OVERRIDE = "DELETE FROM limits_user_overrides WHERE user_id = $1"
 DELETE_GROUP_OVERRIDE = "DELETE FROM limits_group_overrides WHERE group_id = $1"
 BUMP_VERSION = "UPDATE limits_config SET version = version + 1, updated_at = now()"
@@ -204,7 +215,7 @@ WHERE topic = $1 AND id NOT IN (
 # broker epoch.
 SELECT_ARCHIVE_EXISTS = "SELECT to_regclass('reports_events') IS NOT NULL"
 SELECT_ARCHIVED_CHAT = """
-SELECT id, user_id, occurred_at, log_partition, data->>'model' AS model,
+SELECT id, user_id, org_id, occurred_at, log_partition, data->>'model' AS model,
        (data->>'cost_micros')::bigint AS cost_micros, data->>'purpose' = 'title' AS title
 FROM reports_events
 WHERE type = 'chat.usage.v1' AND occurred_at >= $1 AND projected_at >= $2
@@ -269,6 +280,11 @@ class PostgresConfigStore:
             if deleted:
                 await conn.execute(BUMP_VERSION, timeout=5)
         return deleted
+
+    async def priced_models(self) -> frozenset[str]:
+        """Read from the price table at this moment (it is small: one row per model)."""
+        rows = await self.pool.fetch(SELECT_PRICED_MODELS, timeout=5)
+        return frozenset(r["model"] for r in rows)
 
 
 class PostgresSnapshotStore:
@@ -375,6 +391,7 @@ class PostgresChatArchive:
                         occurred_at=row["occurred_at"],
                         partition=row["log_partition"],
                         title=row["title"],
+                        org_id=row["org_id"],
                     )
                 )
                 if len(page) >= self.page:
@@ -393,6 +410,8 @@ class InMemoryConfigStore:
     def __init__(self, initial: StoredConfig | None = None) -> None:
         self.stored = initial or StoredConfig()
         self.down = False
+        #: What the price table gives an input or output price (ingest's table, in tests).
+        self.priced: set[str] = set()
 
     def _check(self) -> None:
         if self.down:
@@ -442,6 +461,11 @@ class InMemoryConfigStore:
             return False
         self._bump(**{key: kept})
         return True
+
+    async def priced_models(self) -> frozenset[str]:
+        """The models given a price."""
+        self._check()
+        return frozenset(self.priced)
 
 
 class InMemorySnapshotStore:

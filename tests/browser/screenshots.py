@@ -47,7 +47,7 @@ async def _shoot(page: Page, url: str, ready: str, path: Path) -> None:
     print(f"wrote {path}")  # noqa: T201
 
 
-async def _capture(base: str, out: Path, users: list[str], top: str) -> None:
+async def _capture(base: str, out: Path, users: list[str], groups: list[str], top: str) -> None:
     async with aiohttp.ClientSession() as session:
         await _put(
             session,
@@ -62,6 +62,12 @@ async def _capture(base: str, out: Path, users: list[str], top: str) -> None:
             f"{base}/api/v1/limits/overrides/users/{users[4]}",
             {"limit_micros": 80_000_000},
         )
+        for group_id, limit in zip(groups, (40_000_000, 10_000_000), strict=False):
+            await _put(
+                session,
+                f"{base}/api/v1/limits/overrides/groups/{group_id}",
+                {"limit_micros": limit},
+            )
         async with session.post(
             f"{base}/api/v1/portal/tokens", json={"user_id": users[1]}, headers=EMITTER
         ) as resp:
@@ -128,7 +134,8 @@ def main(argv: list[str]) -> int:
                 base = services["reports"].url
                 asyncio.run(register_prices(services["ingest"].url, ADMIN_TOKEN, sim.prices))
                 top = asyncio.run(_top_spender(base, sim.config.prefix))
-                asyncio.run(_capture(base, out, [u.id for u in sim.users], top))
+                groups = [group_id for group_id, _, _ in sim.groups]
+                asyncio.run(_capture(base, out, [u.id for u in sim.users], groups, top))
         finally:
             broker.stop()
             postgres.destroy()

@@ -257,6 +257,74 @@ async def test_user_override_is_added_and_removed_through_the_form(
         assert user.id not in [o["user_id"] for o in config["user_overrides"]]
 
 
+async def test_group_limits_name_their_organisation(stack: Stack, admin_page: Page) -> None:
+    """A group limit added through the form shows the group's organisation, as limits' API does,
+    for a simulated group and for a group of a second organisation."""
+    page = admin_page
+    prefix = stack.sim.config.prefix
+    home_group = f"{prefix}-g-engineering"
+    other_org, other_group = f"{prefix}-org-b", f"{prefix}-g-other-org"
+    event = {
+        "id": f"{prefix}-other-group",
+        "type": "directory.group.v1",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "org_id": other_org,
+        "data": {"group_id": other_group, "name": f"other ({prefix})", "member_ids": []},
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{stack.services['ingest'].url}/api/v1/events",
+            json={"events": [event]},
+            headers=EMITTER,
+        ) as resp:
+            assert (await resp.json())["accepted"] == [event["id"]]
+
+        async def reports_knows_it() -> bool:
+            groups = await admin_get(session, f"{stack.url}/api/v1/directory/groups")
+            return other_group in [g["group_id"] for g in groups["groups"]]
+
+        await eventually(reports_knows_it, timeout_s=10)
+        async with session.put(
+            f"{stack.url}/api/v1/limits/overrides/groups/{home_group}",
+            json={"limit_micros": 3_000_000},
+            headers=ADMIN,
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        try:
+            await page.goto(f"{stack.url}/console/settings")
+            await page.wait_for_selector("#group-overrides")
+            await page.click("text=Add group limit")
+            await page.select_option("#group-pick", other_group)
+            assert other_org in await page.locator("#group-pick option:checked").inner_text()
+            await page.fill("#group-amount", "7.50")
+            await page.click("#group-add button[type=submit]")
+            other_row = page.locator(f"#group-overrides tr[data-key='{other_group}']")
+            await other_row.wait_for()
+            home_row = page.locator(f"#group-overrides tr[data-key='{home_group}']")
+            shown = {
+                other_group: await other_row.locator("[data-col='org']").get_attribute(
+                    "data-value"
+                ),
+                home_group: await home_row.locator("[data-col='org']").get_attribute("data-value"),
+            }
+            assert shown == {other_group: other_org, home_group: stack.sim.config.org_id}
+            assert "$7.50" in await other_row.inner_text()
+
+            async def limits_names_both() -> dict[str, Any] | None:
+                config = await admin_get(session, f"{stack.url}/api/v1/limits/config")
+                orgs = {o["group_id"]: o["org_id"] for o in config["group_overrides"]}
+                return orgs if orgs.get(other_group) == other_org else None
+
+            orgs = await eventually(limits_names_both, timeout_s=10)
+            assert orgs is not None
+            assert {g: orgs[g] for g in shown} == shown
+        finally:
+            for group_id in (home_group, other_group):
+                await session.delete(
+                    f"{stack.url}/api/v1/limits/overrides/groups/{group_id}", headers=ADMIN
+                )
+
+
 async def test_user_detail_figures_equal_the_api(stack: Stack, admin_page: Page) -> None:
     """The user page's cards and per-model and per-chat tables show the API's figures for the range."""
     page = admin_page
@@ -346,11 +414,16 @@ async def test_billing_status_reads_in_plain_words(stack: Stack, admin_page: Pag
 
 
 async def test_pricing_add_edit_delete(stack: Stack, admin_page: Page) -> None:
-    """A price added in the form is listed by ingest's API, and deleting it after confirmation removes it."""
+    """A price added in the form is listed by ingest's API with the kinds left blank unset, a price
+    with no kind is refused, and deleting it after confirmation removes it."""
     page = admin_page
     model = f"{stack.sim.config.prefix}-console-model"
     await page.goto(f"{stack.url}/console/pricing?model={model}")
     await page.wait_for_selector("#price-form")
+    await page.click("#price-form button[type=submit]")
+    error = page.locator("#price-form-error")
+    await error.wait_for()
+    assert "set at least one of" in await error.inner_text()
     await page.fill("#price-input_price_per_million", "2.50")
     await page.fill("#price-output_price_per_million", "10")
     await page.click("#price-form button[type=submit]")
@@ -358,7 +431,13 @@ async def test_pricing_add_edit_delete(stack: Stack, admin_page: Page) -> None:
     await row.wait_for()
     async with aiohttp.ClientSession() as session:
         price = await admin_get(session, f"{stack.url}/api/v1/pricing/models/{model}")
-        assert price["input_price_per_million"] == "2.50"
+        assert (price["input_price_per_million"], price["cache_read_price_per_million"]) == (
+            "2.50",
+            None,
+        )
+        cache_read = row.locator("[data-col='cache_read_price_per_million']")
+        assert await cache_read.get_attribute("data-value") == ""
+        assert (await cache_read.inner_text()).strip() == "—"
         await page.fill("#price-input_price_per_million", "abc")
         await page.click("#price-form button[type=submit]")
         await page.locator("#price-input_price_per_million-error").wait_for()

@@ -37,13 +37,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def chat(
-    user: str, cost: int | None, *, purpose: str = "chat", model: str = "claude-sonnet"
+    user: str,
+    cost: int | None,
+    *,
+    purpose: str = "chat",
+    model: str = "claude-sonnet",
+    org: str | None = None,
 ) -> JsonObject:
-    """A chat usage event happening now, with the cost the emitter already knows."""
+    """A chat usage event happening now (in organisation `org`), with the emitter's cost."""
     return {
         "id": unique("evt"),
         "type": "chat.usage.v1",
         "occurred_at": datetime.now(UTC).isoformat(),
+        "org_id": org,
         "user_id": user,
         "data": {
             "chat_id": "chat-1",
@@ -57,12 +63,13 @@ def chat(
     }
 
 
-def group(group_id: str, members: list[str]) -> JsonObject:
-    """A group's full member list."""
+def group(group_id: str, members: list[str], *, org: str | None = None) -> JsonObject:
+    """A group's full member list (a group of organisation `org`)."""
     return {
         "id": unique("grp-evt"),
         "type": "directory.group.v1",
         "occurred_at": datetime.now(UTC).isoformat(),
+        "org_id": org,
         "data": {"group_id": group_id, "name": group_id, "member_ids": members},
     }
 
@@ -122,12 +129,11 @@ async def override(
 
 
 async def check(
-    http: aiohttp.ClientSession, limits: ServiceProcess, user: str
+    http: aiohttp.ClientSession, limits: ServiceProcess, user: str, org: str | None = None
 ) -> tuple[int, JsonObject]:
-    """A limit check: (status, body)."""
-    resp = await http.post(
-        f"{limits.url}/api/v1/limits/check", json={"user_id": user}, headers=EMITTER
-    )
+    """A limit check, for a chat of organisation `org` when given: (status, body)."""
+    request = {"user_id": user} if org is None else {"user_id": user, "org_id": org}
+    resp = await http.post(f"{limits.url}/api/v1/limits/check", json=request, headers=EMITTER)
     body = await resp.json()
     assert isinstance(body, dict)
     return resp.status, body
@@ -282,6 +288,96 @@ async def test_a_config_change_reaches_two_replicas_within_a_second(
 
     await eventually(both_see_it, timeout_s=1.0, interval_s=0.02)
     assert time.monotonic() - started < 1.0
+
+
+async def test_pricing_a_model_takes_it_off_unpriced_models_on_both_replicas_within_a_second(
+    service_factory: StartService, topics: tuple[str, str], http: aiohttp.ClientSession
+) -> None:
+    """An admin prices a model on ingest; both limits replicas stop listing it within a second,
+    with no new usage, and list it again within a second of the price being deleted."""
+    ingest = start(service_factory, "ingest", topics)
+    one, two = start(service_factory, "limits", topics), start(service_factory, "limits", topics)
+    await ready(http, one)
+    await ready(http, two)
+    model = unique("model")
+    await emit(http, ingest, chat(unique("u"), None, model=model))
+
+    async def listed_on(svc: ServiceProcess) -> bool:
+        resp = await http.get(f"{svc.url}/api/v1/limits/config", headers=ADMIN)
+        assert resp.status == 200, await resp.text()
+        return model in (await resp.json())["unpriced_models"]
+
+    async def listed_on_both() -> bool:
+        return await listed_on(one) and await listed_on(two)
+
+    async def listed_on_neither() -> bool:
+        return not await listed_on(one) and not await listed_on(two)
+
+    await eventually(listed_on_both, timeout_s=10, interval_s=0.05)
+    price = {"input_price_per_million": "3.00", "output_price_per_million": "15.00"}
+    resp = await http.put(f"{ingest.url}/api/v1/pricing/models/{model}", json=price, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    started = time.monotonic()
+    await eventually(listed_on_neither, timeout_s=1.0, interval_s=0.02)
+    assert time.monotonic() - started < 1.0
+    resp = await http.delete(f"{ingest.url}/api/v1/pricing/models/{model}", headers=ADMIN)
+    assert resp.status == 204
+    started = time.monotonic()
+    await eventually(listed_on_both, timeout_s=1.0, interval_s=0.02)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_group_limits_belong_to_organisations_and_count_their_spend(
+    service_factory: StartService, topics: tuple[str, str], http: aiohttp.ClientSession
+) -> None:
+    """A user in groups of two organisations is blocked in the one whose group budget their spend
+    there reached, allowed in the other, and the 409 names the organisation and its group."""
+    ingest, limits = (
+        start(service_factory, "ingest", topics),
+        start(service_factory, "limits", topics),
+    )
+    await ready(http, limits)
+    await configure(http, limits, default=100_000_000)
+    ann, org_a, org_b = unique("ann"), unique("org-a"), unique("org-b")
+    g_a, g_b = unique("g-a"), unique("g-b")
+    await override(http, limits, "groups", g_a, 1_000_000)
+    await override(http, limits, "groups", g_b, 2_000_000)
+    await emit(
+        http,
+        ingest,
+        group(g_a, [ann], org=org_a),
+        group(g_b, [ann], org=org_b),
+        chat(ann, 1_000_000, org=org_a),
+        chat(ann, 500_000, org=org_b),
+    )
+
+    async def blocked_in_a() -> JsonObject | None:
+        status, body = await check(http, limits, ann, org_a)
+        return body if status == 409 else None
+
+    body = await eventually(blocked_in_a, timeout_s=5, interval_s=0.02)
+    assert body is not None
+    assert (body["source"], body["group_id"], body["org_id"]) == ("group", g_a, org_a)
+    assert (body["limit_micros"], body["spent_micros"]) == (1_000_000, 1_000_000)
+
+    async def allowed_in_b() -> JsonObject | None:
+        status, body = await check(http, limits, ann, org_b)
+        return body if status == 200 and body["spent_micros"] == 500_000 else None
+
+    body_b = await eventually(allowed_in_b, timeout_s=5, interval_s=0.02)
+    assert body_b is not None
+    assert (body_b["group_id"], body_b["org_id"], body_b["remaining_micros"]) == (
+        g_b,
+        org_b,
+        1_500_000,
+    )
+    status = await http.get(
+        f"{limits.url}/api/v1/limits/status/{ann}", params={"org_id": org_b}, headers=EMITTER
+    )
+    assert (await status.json())["org_id"] == org_b
+    config = await (await http.get(f"{limits.url}/api/v1/limits/config", headers=ADMIN)).json()
+    orgs = {o["group_id"]: o["org_id"] for o in config["group_overrides"]}
+    assert (orgs[g_a], orgs[g_b]) == (org_a, org_b)
 
 
 async def test_sigkill_during_a_stream_then_restart_gives_exact_totals(

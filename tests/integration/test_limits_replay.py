@@ -40,11 +40,13 @@ WINDOW_MS = 48 * 3_600_000
 
 
 def workload(seed: int, count: int, *, resend_from: Sequence[Envelope] = ()) -> list[Envelope]:
-    """Chat usage across users and periods, resends, titles, unpriced usage and group changes."""
+    """Chat usage across users, organisations and periods, resends, titles, unpriced usage and
+    group changes."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
     users = [unique("user") for _ in range(6)]
     groups = [unique("grp") for _ in range(2)]
+    orgs = [None, "org-a", "org-b"]
     out: list[Envelope] = []
     for n in range(count):
         roll = rng.random()
@@ -57,6 +59,7 @@ def workload(seed: int, count: int, *, resend_from: Sequence[Envelope] = ()) -> 
                 GroupUpdated(
                     id=unique("grp-evt"),
                     occurred_at=now - timedelta(seconds=rng.randint(0, 300)),
+                    org_id=rng.choice(orgs),
                     data=DirectoryGroup(
                         group_id=rng.choice(groups),
                         name="g",
@@ -70,6 +73,7 @@ def workload(seed: int, count: int, *, resend_from: Sequence[Envelope] = ()) -> 
                 id=f"{seed}-{n}-{uuid.uuid4().hex[:8]}",
                 occurred_at=now - timedelta(days=rng.choice([0, 0, 0, 1, 2, 8, 35])),
                 user_id=rng.choice(users),
+                org_id=rng.choice(orgs),
                 data=ChatUsage(
                     chat_id="c",
                     message_id=f"m{n}",
@@ -111,14 +115,16 @@ class Replica:
         return sum(self.limiter.ledger.positions.values())
 
     def totals(self) -> dict[str, object]:
-        """Everything a check can read, plus memberships and unpriced models."""
+        """Everything a check can read, plus memberships, organisations and models used."""
         ledger = self.limiter.ledger
         current = self.limiter.current_periods(time.time())
         ledger.prune(current)
         return {
             "spend": [ledger.totals(i, current[i].key) for i in (DAY, WEEK, MONTH)],
             "groups": {u: sorted(g) for u, g in ledger.user_groups.items()},
-            "unpriced": ledger.unpriced_models(),
+            "models": ledger.models_used(),
+            "orgs": dict(ledger.user_orgs),
+            "group_orgs": dict(ledger.group_orgs),
             "positions": dict(ledger.positions),
         }
 
@@ -292,17 +298,18 @@ async def test_a_new_epoch_recovers_the_previous_logs_tail_from_the_reports_arch
     old_epoch = f"old-{uuid.uuid4()}"
     user = unique("user")
 
-    def message(n: int, cost: int) -> ChatUsageRecorded:
+    def message(n: int, cost: int, org: str) -> ChatUsageRecorded:
         return ChatUsageRecorded(
             id=unique(f"m{n}"),
             occurred_at=datetime.now(UTC),
             user_id=user,
+            org_id=org,
             data=ChatUsage(chat_id="c", message_id=f"m{n}", model="sonnet", input_tokens=1,
                            output_tokens=1, cost_micros=cost),
         )  # fmt: skip
 
-    snapshotted = [message(n, 1_000) for n in range(3)]
-    tail = [message(n, 10) for n in range(3, 7)]
+    snapshotted = [message(n, 1_000, "org-a") for n in range(3)]
+    tail = [message(n, 10, "org-b") for n in range(3, 7)]
     partition = home_partition(user, 12)
     # The old epoch: limits counted and snapshotted the first three; reports archived all seven.
     async with replica(infra, topics, store, epoch=old_epoch) as old:
@@ -329,6 +336,10 @@ async def test_a_new_epoch_recovers_the_previous_logs_tail_from_the_reports_arch
         spend = fresh.totals()["spend"]
         assert isinstance(spend, list)
         assert spend[MONTH][user] == 3 * 1_000 + 4 * 10
+        # The archive keeps each message's organisation, so the recovered tail keeps it too.
+        ledger, month = fresh.limiter.ledger, fresh.limiter.current_periods(time.time())[MONTH]
+        assert ledger.spent_in_org(MONTH, month.key, user, "org-a") == 3 * 1_000
+        assert ledger.spent_in_org(MONTH, month.key, user, "org-b") == 4 * 10
         # A client resending one of the tail's events on the new log changes nothing.
         await produce(infra, new_topics[0], [tail[0], snapshotted[0]])
         await read_all(fresh, 2)

@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -174,6 +175,30 @@ async def test_portal_tokens_read_only_their_own_user_and_nothing_else(secured: 
                 url, op.method, op.concrete(mine), headers={**bearer, **JSON}, body=b"{}"
             )
             assert status == 403, f"{op}: {status} {body[:200]!r}"
+
+
+async def test_a_portal_token_reads_its_own_status_for_any_organisation_and_no_one_elses(
+    secured: Secured,
+) -> None:
+    """With ?org_id a portal token still reads only its own status: another user's is 403 whatever
+    the organisation, and a hostile org_id is a 422, never a 5xx."""
+    mine, other = secured.sim.users[0].id, secured.sim.users[1].id
+    bearer = {"Authorization": f"Bearer {await mint(secured, mine)}"}
+    url = secured.url("limits")
+    for org in ("acme", secured.sim.config.org_id, "x" * 128):
+        status, body, _ = await request(
+            url, "get", f"/api/v1/limits/status/{mine}?org_id={quote(org)}", headers=bearer
+        )
+        assert status == 200, (org, status, body[:200])
+        status, _, _ = await request(
+            url, "get", f"/api/v1/limits/status/{other}?org_id={quote(org)}", headers=bearer
+        )
+        assert status == 403, (org, status)
+    for org in ("%00", "a%1Fb", "x" * 129, "", "a&org_id=b"):
+        status, body, _ = await request(
+            url, "get", f"/api/v1/limits/status/{mine}?org_id={org}", headers=bearer
+        )
+        assert status == 422, (org, status, body[:200])
 
 
 async def test_portal_tokens_never_appear_in_logs(secured: Secured) -> None:

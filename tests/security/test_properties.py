@@ -202,17 +202,24 @@ def test_any_event_is_accepted_or_rejected_never_a_server_error(
         assert body["message"]
 
 
-@given(user_id=st.one_of(texts, numbers))
+@given(user_id=st.one_of(texts, numbers), org_id=st.one_of(st.none(), texts, numbers))
 @settings_
-def test_any_limit_check_gets_an_answer_or_a_4xx(secured: Secured, user_id: object) -> None:
-    """A limit check or status for any user id answers 200/409 or a 4xx, never a 5xx."""
+def test_any_limit_check_gets_an_answer_or_a_4xx(
+    secured: Secured, user_id: object, org_id: object
+) -> None:
+    """A limit check or status for any user id and organisation answers 200/409 or a 4xx, never a
+    5xx."""
     if "limits" not in existing_services():
         pytest.skip(missing_reason("limits"))
     client = Http(secured.url("limits"), EMITTER_TOKEN)
     try:
-        status, body = client("POST", "/api/v1/limits/check", _json({"user_id": user_id}))
+        check = {"user_id": user_id} if org_id is None else {"user_id": user_id, "org_id": org_id}
+        status, body = client("POST", "/api/v1/limits/check", _json(check))
         assert status in {200, 409} or 400 <= status < 500, (status, body)
-        status, body = client("GET", f"/api/v1/limits/status/{quote(str(user_id), safe='')}")
+        path = f"/api/v1/limits/status/{quote(str(user_id), safe='')}"
+        if org_id is not None:
+            path += f"?org_id={quote(str(org_id), safe='')}"
+        status, body = client("GET", path)
         assert status < 500, (status, body)
     finally:
         client.conn.close()

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 import asyncpg
@@ -276,6 +276,8 @@ async def test_control_characters_in_paths_and_queries_are_4xx_on_every_service(
         ("limits", "PUT", f"/api/v1/limits/overrides/users/a{char}b", {"limit_micros": 5}),
         ("limits", "DELETE", f"/api/v1/limits/overrides/groups/g{char}", None),
         ("limits", "GET", f"/api/v1/limits/status/u{char}", None),
+        ("limits", "GET", f"/api/v1/limits/status/u?org_id=o{char}", None),
+        ("limits", "POST", "/api/v1/limits/check", {"user_id": "u", "org_id": f"o{unquote(char)}"}),
         ("ingest", "PUT", f"/api/v1/pricing/models/m{char}", PRICE),
         ("ingest", "GET", f"/api/v1/pricing/models/m{char}", None),
         ("reports", "GET", f"/api/v1/costs/users/u{char}", None),

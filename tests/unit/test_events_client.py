@@ -397,6 +397,7 @@ LIMIT_FIELDS = {
     "resets_at": "2026-12-01T00:00:00Z",
     "source": "group",
     "group_id": "grp-platform",
+    "org_id": "org-acme",
 }
 
 
@@ -437,15 +438,20 @@ async def test_check_limit_allows_on_200() -> None:
 
 
 async def test_check_limit_blocks_on_409_with_the_contract_fields() -> None:
-    """A 409 blocks the message and exposes the limit, spend, period and source."""
+    """A check for an organisation sends its org_id; a 409 blocks the message and exposes the
+    limit, spend, period, source and the organisation whose limit applied."""
+
+    recorder = Recorder()
 
     async def handler(request: web.Request) -> web.Response:
+        await recorder.record(request)
         body = {"allowed": False, "message": "Chat usage limit exceeded.", **LIMIT_FIELDS}
         return web.json_response(body, status=409)
 
     async with serve(handler) as url, client(url) as tollgate:
-        decision = await tollgate.check_limit("u-7f3a9c2e")
+        decision = await tollgate.check_limit("u-7f3a9c2e", org_id="org-acme")
 
+    assert recorder.bodies == [{"user_id": "u-7f3a9c2e", "org_id": "org-acme"}]
     assert decision == LimitDecision(
         allowed=False,
         fail_open=False,
@@ -458,6 +464,7 @@ async def test_check_limit_blocks_on_409_with_the_contract_fields() -> None:
         resets_at=datetime(2026, 12, 1, tzinfo=UTC),
         source="group",
         group_id="grp-platform",
+        org_id="org-acme",
         message="Chat usage limit exceeded.",
     )
 

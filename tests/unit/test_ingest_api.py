@@ -242,6 +242,68 @@ async def test_invalid_price_is_422_naming_the_field(ingest: Harness) -> None:
     assert "output_price_per_million" in (await resp.json())["message"]
 
 
+@pytest.mark.parametrize(
+    ("price", "message"),
+    [
+        ({}, "set at least one of input_price_per_million"),
+        (
+            dict.fromkeys(("input_price_per_million", "output_price_per_million")),
+            "set at least one of",
+        ),
+        (
+            {"input_price_per_million": "0.0000001"},
+            "input_price_per_million: Decimal input should have no more than 6 decimal places",
+        ),
+        (
+            {"cache_read_price_per_million": "1000000.000001"},
+            "cache_read_price_per_million: Input should be less than or equal to 1000000",
+        ),
+        ({"output_price_per_million": "-1"}, "output_price_per_million: Input should be greater"),
+    ],
+)
+async def test_a_price_sets_some_kind_within_six_places_or_is_422(
+    ingest: Harness, price: dict[str, object], message: str
+) -> None:
+    """A price with no kind set, more than 6 decimal places or out of bounds is refused, named."""
+    resp = await ingest.client.put("/api/v1/pricing/models/sonnet", json=price, headers=ADMIN)
+    assert resp.status == 422
+    assert message in (await resp.json())["message"]
+
+
+async def test_a_price_may_leave_kinds_unset_and_shows_them_as_null(ingest: Harness) -> None:
+    """Kinds left out (or null) are unset, shown as null, and tokens of only those are unpriced."""
+    c = ingest.client
+    resp = await c.put(
+        "/api/v1/pricing/models/sonnet",
+        json={"output_price_per_million": "15", "cache_read_price_per_million": None},
+        headers=ADMIN,
+    )
+    assert resp.status == 200
+    got = await (await c.get("/api/v1/pricing/models/sonnet", headers=ADMIN)).json()
+    assert {k: got[k] for k in PRICE} == {
+        "input_price_per_million": None,
+        "output_price_per_million": "15.00",
+        "cache_read_price_per_million": None,
+        "cache_write_price_per_million": None,
+    }
+    resp = await c.post(
+        "/api/v1/events",
+        json={
+            "events": [
+                chat("both", input_tokens=1000, output_tokens=100),
+                chat("input-only", input_tokens=1000, output_tokens=0, cost_micros=9),
+            ]
+        },
+        headers=EMITTER,
+    )
+    assert (await resp.json())["accepted"] == ["both", "input-only"]
+    sent = [orjson.loads(value) for _, value in ingest.log.records[-2:]]
+    data = {e["id"]: e["data"] for e in sent}
+    assert (data["both"]["cost_micros"], data["both"]["priced"]) == (1500, True)
+    # Only input tokens, and no input price: unpriced, so the emitter's figure is what counts.
+    assert (data["input-only"]["cost_micros"], data["input-only"]["priced"]) == (9, False)
+
+
 async def test_metrics_count_accepted_and_rejected_by_type(ingest: Harness) -> None:
     """The events counter tells accepted from rejected per type and reason."""
     await ingest.client.post(

@@ -67,6 +67,7 @@ def test_cost_is_never_below_the_exact_price(i: int, o: int, r: int, w: int) -> 
     """The stamped cost is the exact decimal cost rounded up, never less and never a micro more."""
     exact = i * Decimal(3) + o * Decimal(15) + r * Decimal("0.3") + w * Decimal("3.75")
     cost = cost_micros(SONNET, input_tokens=i, output_tokens=o, cache_read=r, cache_write=w)
+    assert cost is not None  # every kind is priced
     assert exact <= cost < exact + 1
 
 

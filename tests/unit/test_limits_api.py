@@ -83,18 +83,25 @@ class Harness:
 
 
 def spend(
-    event_id: str, user: str, cost: int | None, *, purpose: str = "chat"
+    event_id: str,
+    user: str,
+    cost: int | None,
+    *,
+    purpose: str = "chat",
+    org: str | None = None,
+    model: str = "sonnet",
 ) -> ChatUsageRecorded:
-    """A chat usage event at NOW."""
+    """A chat usage event at NOW (in organisation `org`)."""
     return ChatUsageRecorded(
         id=event_id,
         occurred_at=NOW,
         user_id=user,
+        org_id=org,
         data=ChatUsage.model_validate(
             {
                 "chat_id": "c",
                 "message_id": f"m-{event_id}",
-                "model": "sonnet",
+                "model": model,
                 "input_tokens": 1,
                 "output_tokens": 1,
                 "cost_micros": cost,
@@ -104,11 +111,14 @@ def spend(
     )
 
 
-def group(event_id: str, group_id: str, members: Sequence[str]) -> GroupUpdated:
-    """A group membership event at NOW."""
+def group(
+    event_id: str, group_id: str, members: Sequence[str], *, org: str | None = None
+) -> GroupUpdated:
+    """A group membership event at NOW (a group of organisation `org`)."""
     return GroupUpdated(
         id=event_id,
         occurred_at=NOW,
+        org_id=org,
         data=DirectoryGroup(group_id=group_id, name=group_id, member_ids=tuple(members)),
     )
 
@@ -149,10 +159,11 @@ async def limits() -> AsyncIterator[Harness]:
 
 
 async def check(
-    h: Harness, user: str, headers: dict[str, str] = EMITTER
+    h: Harness, user: str, headers: dict[str, str] = EMITTER, *, org: str | None = None
 ) -> tuple[int, dict[str, object]]:
-    """POST a check; (status, body)."""
-    resp = await h.client.post("/api/v1/limits/check", json={"user_id": user}, headers=headers)
+    """POST a check (for organisation `org` when given); (status, body)."""
+    request = {"user_id": user} if org is None else {"user_id": user, "org_id": org}
+    resp = await h.client.post("/api/v1/limits/check", json=request, headers=headers)
     body = await resp.json()
     assert isinstance(body, dict)
     return resp.status, body
@@ -181,6 +192,7 @@ async def test_check_over_the_default_is_409_with_every_field(limits: Harness) -
         "resets_at": "2026-12-01T00:00:00Z",
         "source": "default",
         "group_id": None,
+        "org_id": None,
     }
 
 
@@ -295,7 +307,86 @@ async def test_status_reports_the_contract_fields(limits: Harness) -> None:
         "period_end": "2026-11-23T00:00:00Z",
         "source": "default",
         "group_id": None,
+        "org_id": None,
     }
+
+
+async def test_a_check_for_an_organisation_uses_its_groups_and_its_spend(limits: Harness) -> None:
+    """With org_id the 409 and the status name the organisation whose group limit applied."""
+    limits.caught_up()
+    await limits.configure(default=100_000_000)
+    for gid, limit in (("g-acme", 5_000_000), ("g-beta", 50_000_000)):
+        resp = await limits.client.put(
+            f"/api/v1/limits/overrides/groups/{gid}", json={"limit_micros": limit}, headers=ADMIN
+        )
+        assert resp.status == 200
+    await limits.feed(
+        group("m1", "g-acme", ["ann"], org="acme"), group("m2", "g-beta", ["ann"], org="beta")
+    )
+    await limits.feed(
+        spend("e1", "ann", 5_000_000, org="acme"),
+        spend("e2", "ann", 1_000, org="beta"),
+        partition=1,
+    )
+    status, body = await check(limits, "ann", org="acme")
+    assert status == 409
+    assert (body["source"], body["group_id"], body["org_id"]) == ("group", "g-acme", "acme")
+    assert (body["limit_micros"], body["spent_micros"]) == (5_000_000, 5_000_000)
+    status, body = await check(limits, "ann", org="beta")
+    assert (status, body["group_id"], body["org_id"], body["spent_micros"]) == (
+        200,
+        "g-beta",
+        "beta",
+        1_000,
+    )
+    # Without an organisation: the lowest of every group, against all spend, as before.
+    status, body = await check(limits, "ann")
+    assert (status, body["group_id"], body["org_id"], body["spent_micros"]) == (
+        409,
+        "g-acme",
+        None,
+        5_001_000,
+    )
+    # An organisation the user has no group in: the default, against all spend.
+    status, body = await check(limits, "ann", org="gamma")
+    assert (status, body["source"], body["org_id"], body["spent_micros"]) == (
+        200,
+        "default",
+        None,
+        5_001_000,
+    )
+    resp = await limits.client.get("/api/v1/limits/status/ann?org_id=beta", headers=EMITTER)
+    assert resp.status == 200
+    status_body = await resp.json()
+    assert (status_body["group_id"], status_body["org_id"], status_body["spent_micros"]) == (
+        "g-beta",
+        "beta",
+        1_000,
+    )
+    view = await (await limits.client.get("/api/v1/limits/config", headers=ADMIN)).json()
+    assert [(o["group_id"], o["org_id"]) for o in view["group_overrides"]] == [
+        ("g-acme", "acme"),
+        ("g-beta", "beta"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("org_id=", "org_id: must be 1 to 128 characters"),
+        ("org_id=a&org_id=b", "org_id: given more than once"),
+        ("org_id=%01x", "org_id: contains a control character"),
+        ("org=acme", "query: unknown parameter(s) 'org'"),
+    ],
+)
+async def test_bad_status_queries_are_422_naming_the_parameter(
+    limits: Harness, query: str, message: str
+) -> None:
+    """A status query with a bad or unknown parameter gets a 422 naming it."""
+    limits.caught_up()
+    resp = await limits.client.get(f"/api/v1/limits/status/ann?{query}", headers=EMITTER)
+    assert resp.status == 422
+    assert (await resp.json())["message"].startswith(message)
 
 
 async def test_checks_wait_for_the_log_to_be_read(limits: Harness) -> None:
@@ -323,6 +414,12 @@ async def test_checks_wait_for_the_log_to_be_read(limits: Harness) -> None:
         ({"user_id": 7}, "user_id: Input should be a valid string"),
         ({"user_id": ""}, "user_id: must be 1 to 128 characters"),
         ({"user_id": "a", "chat": 1}, "body: unknown field(s) 'chat'"),
+        ({"user_id": "a", "org_id": "o", "x": 1}, "body: unknown field(s) 'x'"),
+        ({"org_id": "o"}, "user_id: Field required"),
+        ({"user_id": "a", "org_id": 7}, "org_id: Input should be a valid string"),
+        ({"user_id": "a", "org_id": ""}, "org_id: must be 1 to 128 characters"),
+        ({"user_id": "a", "org_id": "o" * 129}, "org_id: must be 1 to 128 characters"),
+        ({"user_id": "a", "org_id": "acme\x00"}, "org_id: contains a control character"),
         ([], "body: expected an object"),
     ],
 )
@@ -363,17 +460,21 @@ async def test_config_view_lists_overrides_and_unpriced_models(limits: Harness) 
     await limits.client.put(
         "/api/v1/limits/overrides/groups/g1", json={"limit_micros": 7}, headers=ADMIN
     )
-    unpriced = spend("e1", "u1", None).model_copy(
-        update={"data": spend("e1", "u1", None).data.model_copy(update={"model": "mystery"})}
-    )
-    await limits.feed(unpriced)
+    limits.config_store.priced = {"sonnet"}
+    await limits.feed(spend("e1", "u1", None, model="mystery"), spend("e2", "u1", 5))
     resp = await limits.client.get("/api/v1/limits/config", headers=ADMIN)
     assert resp.status == 200
     view = await resp.json()
     assert (view["enabled"], view["period"], view["default_limit_micros"]) == (True, "day", None)
     assert (view["unpriced_model_count"], view["unpriced_models"]) == (1, ["mystery"])
+    # Pricing the model takes it off the list on the next read, with no new usage.
+    limits.config_store.priced.add("mystery")
+    view = await (await limits.client.get("/api/v1/limits/config", headers=ADMIN)).json()
+    assert (view["unpriced_model_count"], view["unpriced_models"]) == (0, [])
     assert [(o["user_id"], o["limit_micros"]) for o in view["user_overrides"]] == [("u1", 5)]
-    assert [(o["group_id"], o["limit_micros"]) for o in view["group_overrides"]] == [("g1", 7)]
+    assert [(o["group_id"], o["org_id"], o["limit_micros"]) for o in view["group_overrides"]] == [
+        ("g1", None, 7)
+    ]
     assert view["updated_at"].endswith("Z")
     # What GET returned can be PUT back: the read-only fields are ignored.
     view["period"] = "month"

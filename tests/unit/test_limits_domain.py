@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -24,6 +25,7 @@ from libs.events.models import (
 from services.limits.domain import (
     DAY,
     MONTH,
+    SPLIT,
     WEEK,
     CurrentPeriod,
     Ledger,
@@ -32,12 +34,14 @@ from services.limits.domain import (
     RecentIds,
     period_key,
     resolve_limit,
+    unpriced_models,
 )
 
 NOW = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)  # a Wednesday
 NOW_S = NOW.timestamp()
 NOW_MS = int(NOW_S * 1000)
 HOUR_MS = 3_600_000
+ORGS = ("acme", "beta", "gamma")
 
 
 def chat(
@@ -48,12 +52,14 @@ def chat(
     at: datetime = NOW,
     purpose: str = "chat",
     model: str = "sonnet",
+    org: str | None = None,
 ) -> ChatUsageRecorded:
-    """A chat usage event."""
+    """A chat usage event (in organisation `org`)."""
     return ChatUsageRecorded(
         id=event_id,
         occurred_at=at,
         user_id=user,
+        org_id=org,
         data=ChatUsage.model_validate(
             {
                 "chat_id": "c1",
@@ -69,12 +75,18 @@ def chat(
 
 
 def group(
-    event_id: str, group_id: str, members: Sequence[str], *, at: datetime = NOW
+    event_id: str,
+    group_id: str,
+    members: Sequence[str],
+    *,
+    at: datetime = NOW,
+    org: str | None = None,
 ) -> GroupUpdated:
-    """A group membership event."""
+    """A group membership event (a group of organisation `org`)."""
     return GroupUpdated(
         id=event_id,
         occurred_at=at,
+        org_id=org,
         data=DirectoryGroup(group_id=group_id, name=group_id, member_ids=tuple(members)),
     )
 
@@ -146,13 +158,14 @@ def test_priority_table(
     expected: tuple[int | None, str, str | None],
 ) -> None:
     """User override, then the lowest group limit, then the default, then none; off means none."""
-    assert resolve_limit(config, user, groups) == expected
+    # Without an organisation every limit holds across organisations: no scope.
+    assert resolve_limit(config, user, groups) == (*expected, None)
 
 
 def test_a_group_limit_above_the_default_still_applies() -> None:
     """Groups rank above the default, so a member gets the group's limit even when it is higher."""
     config = LimitsConfig(enabled=True, default_limit_micros=1_000, group_overrides={"big": 9_000})
-    assert resolve_limit(config, "dev", ("big",)) == (9_000, "group", "big")
+    assert resolve_limit(config, "dev", ("big",)) == (9_000, "group", "big", None)
 
 
 def test_blocked_exactly_when_spend_reaches_the_limit() -> None:
@@ -208,29 +221,30 @@ def test_title_generation_never_counts() -> None:
     assert ledger.apply(chat("c1", "u", 100), partition=0, offset=1, log_ms=NOW_MS) == "spend"
     for index, period in ((DAY, "day"), (WEEK, "week"), (MONTH, "month")):
         assert ledger.spent(index, period_key(period, NOW), "u") == 100  # type: ignore[arg-type]
-    assert ledger.unpriced_models() == []
 
 
-def test_unpriced_usage_counts_nothing_and_names_the_model() -> None:
-    """A null cost adds no spend and lists the model as unpriced until a priced use is newer."""
+def test_unpriced_usage_counts_nothing_and_a_model_is_unpriced_while_it_has_no_price() -> None:
+    """A null cost adds no spend; a used model is listed exactly while the price table lacks it."""
     ledger = Ledger()
     assert (
         ledger.apply(chat("a", "u", None, model="new-model"), partition=0, offset=0, log_ms=NOW_MS)
         == "unpriced"
     )
     ledger.apply(
-        chat("b", "u", None, model="other", purpose="title"), partition=0, offset=1, log_ms=NOW_MS
+        chat("b", "u", None, model="title-only", purpose="title"),
+        partition=0,
+        offset=1,
+        log_ms=NOW_MS,
     )
-    assert month_total(ledger, "u") == 0
-    assert ledger.unpriced_models() == ["new-model"]
-    later = NOW + timedelta(minutes=5)
-    ledger.apply(
-        chat("c", "u", 10, model="new-model", at=later), partition=0, offset=2, log_ms=NOW_MS
-    )
-    assert ledger.unpriced_models() == []
-    # An old unpriced event read late does not undo the newer price.
-    ledger.apply(chat("d", "u", None, model="new-model"), partition=1, offset=0, log_ms=NOW_MS)
-    assert ledger.unpriced_models() == []
+    ledger.apply(chat("c", "u", 10, model="emitter-costed"), partition=0, offset=2, log_ms=NOW_MS)
+    assert month_total(ledger, "u") == 10
+    # Title generation is no chat usage; an emitter's own cost is no price of the deployment.
+    assert ledger.models_used() == ["emitter-costed", "new-model"]
+    assert unpriced_models(ledger.models, set()) == ["emitter-costed", "new-model"]
+    # Pricing a model takes it off at once, whatever its earlier usage cost; unpricing it
+    # (the price deleted) puts it back.
+    assert unpriced_models(ledger.models, {"new-model"}) == ["emitter-costed"]
+    assert unpriced_models(ledger.models, {"new-model", "emitter-costed", "x"}) == []
 
 
 def test_other_event_types_are_ignored() -> None:
@@ -266,6 +280,144 @@ def test_past_periods_are_dropped_and_future_ones_kept() -> None:
     assert sorted(ledger.spend[DAY]) == [period_key("day", NOW), period_key("day", tomorrow)]
     assert limiter.decide("u", NOW_S).spent_micros == 2
     assert limiter.decide("u", tomorrow.timestamp()).spent_micros == 3
+
+
+# -- organisations ---------------------------------------------------------------------------
+
+
+def month_in(ledger: Ledger, user: str, org: str) -> int:
+    """A user's spend this month that counts for `org`'s group limits."""
+    return ledger.spent_in_org(MONTH, period_key("month", NOW), user, org)
+
+
+def test_a_user_spending_in_one_organisation_costs_one_entry_and_no_split() -> None:
+    """All spend in one organisation: `user_orgs` names it, nothing is split, other orgs see 0."""
+    ledger = Ledger()
+    ledger.apply(chat("e1", "u", 700, org="acme"), partition=0, offset=0, log_ms=NOW_MS)
+    ledger.apply(chat("e2", "u", 300, org="acme"), partition=0, offset=1, log_ms=NOW_MS)
+    assert ledger.user_orgs == {"u": "acme"}
+    assert ledger.org_spend == ({}, {}, {})
+    assert (month_in(ledger, "u", "acme"), month_in(ledger, "u", "beta")) == (1000, 0)
+    assert month_total(ledger, "u") == 1000
+
+
+def test_a_second_organisation_splits_what_was_spent_before_in_every_period() -> None:
+    """Spend in a second organisation keeps each organisation's share exact in every bucket."""
+    ledger = Ledger()
+    yesterday = NOW - timedelta(days=1)
+    ledger.apply(chat("e1", "u", 700, org="acme", at=yesterday), partition=0, offset=0, log_ms=0)
+    ledger.apply(chat("e2", "u", 300, org="beta"), partition=0, offset=1, log_ms=NOW_MS)
+    ledger.apply(chat("e3", "u", 20, org="acme"), partition=0, offset=2, log_ms=NOW_MS)
+    assert ledger.user_orgs == {"u": SPLIT}
+    assert (month_in(ledger, "u", "acme"), month_in(ledger, "u", "beta")) == (720, 300)
+    assert month_in(ledger, "u", "gamma") == 0
+    today = period_key("day", NOW)
+    assert ledger.spent_in_org(DAY, today, "u", "acme") == 20
+    assert ledger.spent_in_org(DAY, period_key("day", yesterday), "u", "acme") == 700
+    assert ledger.spent_in_org(DAY, period_key("day", yesterday), "u", "beta") == 0
+    assert month_total(ledger, "u") == 1020
+
+
+def test_spend_that_names_no_organisation_counts_in_every_one() -> None:
+    """Spend without org_id (or recorded before organisations) counts for every organisation."""
+    ledger = Ledger()
+    ledger.apply(chat("e1", "anon", 100), partition=0, offset=0, log_ms=NOW_MS)
+    assert "anon" not in ledger.user_orgs
+    assert (month_in(ledger, "anon", "acme"), month_in(ledger, "anon", "beta")) == (100, 100)
+    ledger.apply(chat("e2", "anon", 50, org="acme"), partition=0, offset=1, log_ms=NOW_MS)
+    assert (month_in(ledger, "anon", "acme"), month_in(ledger, "anon", "beta")) == (150, 100)
+    # The other way round: spend in one organisation, then some without one.
+    ledger.apply(chat("e3", "one", 40, org="beta"), partition=0, offset=2, log_ms=NOW_MS)
+    ledger.apply(chat("e4", "one", 2), partition=0, offset=3, log_ms=NOW_MS)
+    assert (month_in(ledger, "one", "beta"), month_in(ledger, "one", "acme")) == (42, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    spends=st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2"]),
+            st.sampled_from([None, "acme", "beta", "gamma"]),
+            st.integers(1, 10_000),
+            st.sampled_from([0, 0, 1, 2, 9, 35]),
+        ),
+        max_size=40,
+    )
+)
+def test_spend_per_organisation_equals_a_plain_sum_in_every_period(
+    spends: list[tuple[str, str | None, int, int]],
+) -> None:
+    """Whatever the order of organisations, each period's figure for an org is its own spend plus
+    the spend of none, and the total is everything."""
+    ledger = Ledger()
+    for user, org, cost, days_ago in spends:
+        ledger.add_spend(user, cost, NOW - timedelta(days=days_ago), org)
+    for index, period in ((DAY, "day"), (WEEK, "week"), (MONTH, "month")):
+        for days_ago in (0, 1, 2, 9, 35):
+            at = NOW - timedelta(days=days_ago)
+            key = period_key(period, at)  # type: ignore[arg-type]
+            for user in ("u1", "u2"):
+                mine = [
+                    (o, c)
+                    for u, o, c, d in spends
+                    if u == user and period_key(period, NOW - timedelta(days=d)) == key  # type: ignore[arg-type]
+                ]
+                assert ledger.spent(index, key, user) == sum(c for _, c in mine)
+                for org in ORGS:
+                    expected = sum(c for o, c in mine if o in (org, None))
+                    assert ledger.spent_in_org(index, key, user, org) == expected
+
+
+def test_a_new_month_forgets_where_users_without_spend_spent() -> None:
+    """When a month's buckets go, users left without spend leave `user_orgs` too, a few per call."""
+    limiter = Limiter()
+    ledger = limiter.ledger
+    ledger.add_spend("gone", 5, NOW, "acme")
+    ledger.add_spend("stays", 5, NOW, "acme")
+    ledger.add_spend("stays", 5, NOW + timedelta(days=20), "beta")
+    ledger.prune(limiter.current_periods(NOW_S))
+    assert set(ledger.user_orgs) == {"gone", "stays"}
+    next_month = NOW + timedelta(days=20)
+    # The walk over the users is spread over the calls that follow, one user per call here.
+    ledger.prune(limiter.current_periods(next_month.timestamp()), sweep=1)
+    assert ledger.user_orgs == {"gone": "acme", "stays": SPLIT}  # "stays" looked at first
+    ledger.prune(limiter.current_periods(next_month.timestamp()), sweep=1)
+    assert ledger.user_orgs == {"stays": SPLIT}
+    nxt = period_key("month", next_month)
+    assert ledger.spent_in_org(MONTH, nxt, "stays", "beta") == 5
+    assert ledger.spent_in_org(MONTH, nxt, "stays", "acme") == 0
+    assert ledger.spent_in_org(MONTH, nxt, "gone", "acme") == 0
+
+
+def test_a_groups_organisation_is_its_newest_directory_events() -> None:
+    """A group moves with its newest event; an older one read later changes nothing."""
+    ledger = Ledger()
+    later = NOW + timedelta(minutes=1)
+    fold(ledger, [(group("g1", "eng", ["u"], org="acme"), 0, 0)])
+    assert ledger.group_orgs == {"eng": "acme"}
+    fold(ledger, [(group("g2", "eng", ["u"], org="beta", at=later), 0, 1)])
+    fold(ledger, [(group("g3", "eng", ["u"], org="gamma"), 1, 0)])
+    assert ledger.group_orgs == {"eng": "beta"}
+    fold(ledger, [(group("g4", "eng", ["u"], at=later + timedelta(minutes=1)), 0, 2)])
+    assert ledger.group_orgs == {}
+
+
+def test_a_format_2_snapshot_loads_with_its_spend_counting_in_every_organisation() -> None:
+    """A snapshot the previous release wrote loads: totals, ids, groups and models carry over;
+    its spend named no organisation, so every organisation's group tier counts it."""
+    loaded = Ledger.load(FORMAT_2.read_bytes())
+    assert (month_total(loaded, "ann"), month_total(loaded, "bob")) == (1000, 50)
+    assert (month_in(loaded, "ann", "acme"), month_in(loaded, "ann", "beta")) == (1000, 1000)
+    assert loaded.positions == {0: 2, 1: 2, 2: 1}
+    assert loaded.user_groups == {"ann": ("eng",), "bob": ("eng",)}
+    assert loaded.group_orgs == {}
+    assert loaded.models_used() == ["mystery", "sonnet"]
+    resend = chat("e1", "ann", 700, org="acme")
+    assert loaded.apply(resend, partition=0, offset=9, log_ms=NOW_MS) == "duplicate"
+    # New spend is kept by organisation from here on.
+    loaded.apply(chat("e9", "ann", 5, org="acme"), partition=0, offset=10, log_ms=NOW_MS)
+    assert (month_in(loaded, "ann", "acme"), month_in(loaded, "ann", "beta")) == (1005, 1000)
+    assert Ledger.load(loaded.dump()).user_orgs == {"ann": SPLIT}
 
 
 # -- duplicates ------------------------------------------------------------------------------
@@ -389,12 +541,18 @@ def sample_events(seed: int, count: int) -> list[tuple[Event, int, int]]:
         elif roll < 0.2:
             members = rng.sample(users, rng.randint(0, 4))
             at = NOW + timedelta(seconds=rng.randint(-100, 100))
-            event = group(f"grp-{n}", rng.choice(["g1", "g2"]), members, at=at)
+            org = rng.choice([None, *ORGS])
+            event = group(f"grp-{n}", rng.choice(["g1", "g2"]), members, at=at, org=org)
         else:
             at = NOW - timedelta(days=rng.choice([0, 0, 0, 1, 3, 20, 40]))
             cost = rng.choice([None, 0, 1, 250, 10_000])
             purpose = "title" if rng.random() < 0.1 else "chat"
-            usage = chat(f"evt-{n}", rng.choice(users), cost, at=at, purpose=purpose)
+            # Most users spend in one organisation; a few in several, some without one.
+            user = rng.choice(users)
+            org = rng.choice(
+                [ORGS[users.index(user) % 2], ORGS[users.index(user) % 2], *ORGS, None]
+            )
+            usage = chat(f"evt-{n}", user, cost, at=at, purpose=purpose, org=org)
             sent.append(usage)
             event = usage
         key = event.partition_key
@@ -411,7 +569,11 @@ def totals(limiter: Limiter) -> dict[str, object]:
     return {
         "spend": [limiter.ledger.totals(i, current[i].key) for i in (DAY, WEEK, MONTH)],
         "groups": {u: sorted(g) for u, g in limiter.ledger.user_groups.items()},
-        "unpriced": limiter.ledger.unpriced_models(),
+        "models": limiter.ledger.models_used(),
+        "orgs": {
+            u: [limiter.ledger.spent_in_org(MONTH, current[MONTH].key, u, o) for o in ORGS]
+            for u in limiter.ledger.totals(MONTH, current[MONTH].key)
+        },
         "positions": dict(limiter.ledger.positions),
     }
 
@@ -426,11 +588,13 @@ def test_snapshot_round_trip_keeps_every_answer_and_the_dedup_window() -> None:
     assert {p: r.buckets for p, r in loaded.recent.items()} == {
         p: r.buckets for p, r in ledger.recent.items()
     }
-    assert (loaded.applied, loaded.models, loaded.groups) == (
+    assert (loaded.applied, loaded.models, loaded.groups, loaded.group_orgs) == (
         ledger.applied,
         ledger.models,
         ledger.groups,
+        ledger.group_orgs,
     )
+    assert (loaded.user_orgs, loaded.org_spend) == (ledger.user_orgs, ledger.org_spend)
     resend, partition, _ = next(
         e for e in events if isinstance(e[0], ChatUsageRecorded) and e[0].data.purpose == "chat"
     )
@@ -505,14 +669,15 @@ def test_spend_saturates_at_the_largest_exact_total() -> None:
     assert ledger.spent(DAY, period_key("day", NOW), "whale") == MAX_TOTAL
 
 
+FORMAT_2 = Path(__file__).parent.parent / "fixtures" / "limits" / "snapshot-format-2.json"
+
+
 def test_a_format_1_snapshot_keeps_its_spend_and_positions_but_not_its_ids() -> None:
     """Snapshots from before identities still load: totals and positions carry over."""
-    ledger = Ledger()
-    fold(ledger, [(chat("e1", "u", 70), 2, 0), (group("g1", "grp", ["u"]), 3, 0)])
-    doc = orjson.loads(ledger.dump())
+    doc = orjson.loads(FORMAT_2.read_bytes())
     doc["format"] = 1
     loaded = Ledger.load(orjson.dumps(doc))
-    assert month_total(loaded, "u") == 70
-    assert loaded.positions == {2: 1, 3: 1}
-    assert loaded.user_groups == {"u": ("grp",)}
+    assert (month_total(loaded, "ann"), month_total(loaded, "bob")) == (1000, 50)
+    assert loaded.positions == {0: 2, 1: 2, 2: 1}
+    assert loaded.user_groups == {"ann": ("eng",), "bob": ("eng",)}
     assert loaded.recent == {}

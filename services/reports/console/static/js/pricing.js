@@ -14,14 +14,14 @@ export async function render(main, { api }) {
   const view = region(list);
   const wanted = new URLSearchParams(window.location.search).get("model") || "";
   const model = h("input", { id: "price-model", required: true, maxlength: "128", value: wanted, autocomplete: "off" });
-  const inputs = Object.fromEntries(PRICES.map(([key]) => [key, h("input", { id: `price-${key}`, type: "text", inputmode: "decimal", placeholder: "0.00", value: "" })]));
+  const inputs = Object.fromEntries(PRICES.map(([key]) => [key, h("input", { id: `price-${key}`, type: "text", inputmode: "decimal", placeholder: "not set", value: "", "aria-describedby": "price-help" })]));
   const status = h("span", { role: "status", "aria-live": "polite", id: "price-status" });
   const title = h("h2", { id: "price-form-title" }, wanted ? `Add a price for ${wanted}` : "Add or change a price");
   const form = h(
     "form",
     { class: "panel", id: "price-form", "aria-labelledby": "price-form-title", novalidate: true },
     title,
-    h("p", { class: "help" }, "Dollars per million tokens. A change applies to usage from now on; costs already recorded keep their price."),
+    h("p", { class: "help", id: "price-help" }, "Dollars per million tokens, up to 6 decimal places. Leave a kind blank to leave it unset: its tokens are free beside priced ones, and a message with tokens of unset kinds only is unpriced. Set at least one. A change applies to usage from now on; costs already recorded keep their price."),
     h(
       "div",
       { class: "toolbar" },
@@ -37,7 +37,7 @@ export async function render(main, { api }) {
     setFieldError(model, model.value.trim() ? "" : "Enter the model's name.");
     for (const input of Object.values(inputs)) setFieldError(input, "");
     if (!model.value.trim()) { model.focus(); return; }
-    const body = Object.fromEntries(PRICES.map(([key]) => [key, inputs[key].value.trim() || "0"]));
+    const body = Object.fromEntries(PRICES.map(([key]) => [key, inputs[key].value.trim() || null]));
     try {
       await api("PUT", `pricing/models/${encodeURIComponent(model.value.trim())}`, { body });
       status.replaceChildren(h("span", { class: "saved" }, "Saved!"));
@@ -46,13 +46,13 @@ export async function render(main, { api }) {
       const fields = fieldErrors(error);
       let shown = false;
       for (const [key] of PRICES) if (fields[key]) { setFieldError(inputs[key], fields[key]); shown = true; }
-      if (!shown) status.replaceChildren(h("span", { class: "error" }, error.message));
+      if (!shown) status.replaceChildren(h("span", { class: "error", id: "price-form-error" }, error.message));
     }
   });
 
   function edit(row) {
     model.value = row.model;
-    for (const [key] of PRICES) inputs[key].value = row[key];
+    for (const [key] of PRICES) inputs[key].value = row[key] ?? "";
     title.textContent = `Change the price of ${row.model}`;
     inputs.input_price_per_million.focus();
   }
@@ -64,7 +64,7 @@ export async function render(main, { api }) {
         caption: "Priced models",
         columns: [
           { name: "model", label: "Model", render: (r) => r.model, value: (r) => r.model },
-          ...PRICES.map(([key, label]) => ({ name: key, label: `${label} ($ / 1M)`, numeric: true, render: (r) => `$${r[key]}`, value: (r) => r[key] })),
+          ...PRICES.map(([key, label]) => ({ name: key, label: `${label} ($ / 1M)`, numeric: true, render: (r) => (r[key] === null ? h("span", { class: "muted", title: "Not set" }, "—") : `$${r[key]}`), value: (r) => r[key] ?? "" })),
           { name: "actions", label: "Actions", render: (r) => h("span", {},
             h("button", { type: "button", class: "link", "aria-label": `Edit ${r.model}`, onclick: () => edit(r) }, "Edit"),
             h("button", { type: "button", class: "link", "aria-label": `Delete ${r.model}`, onclick: async () => {
@@ -79,7 +79,7 @@ export async function render(main, { api }) {
     );
   }
 
-  replace(main, h("h1", {}, "Model pricing"), h("p", { class: "page-lede" }, "What each model's tokens cost. Usage of a model without a price is counted but costs nothing."), form, list);
+  replace(main, h("h1", {}, "Model pricing"), h("p", { class: "page-lede" }, "What each model's tokens cost. Usage of a model without a price (or of kinds its price leaves unset) is counted but costs nothing."), form, list);
   if (wanted) inputs.input_price_per_million.focus();
   load();
 }

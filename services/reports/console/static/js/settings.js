@@ -13,7 +13,7 @@ function validAmount(text) {
 
 export async function render(main, { api }) {
   const body = h("div", { id: "settings" });
-  replace(main, h("h1", {}, "Spend management"), h("p", { class: "page-lede" }, "Limit what each user may spend on AI chat in a period. A user override wins over their groups; the lowest group limit wins over the default."), body);
+  replace(main, h("h1", {}, "Spend management"), h("p", { class: "page-lede" }, "Limit what each user may spend on AI chat in a period. A user override wins over their groups; the lowest group limit of the chat's organisation wins over the default."), body);
   const view = region(body);
 
   async function fetchAll() {
@@ -86,7 +86,7 @@ export async function render(main, { api }) {
       "div",
       { class: "warning-box", id: "unpriced-box", role: "note" },
       h("strong", {}, `${models.length} model${one ? "" : "s"} without pricing. `),
-      `Usage of ${one ? "this model" : "these models"} cannot count against limits until ${one ? "it has" : "they have"} a price: `,
+      `Chat usage names ${one ? "this model, which has" : "these models, which have"} no input or output price: Tollgate cannot price ${one ? "its" : "their"} usage, which counts against limits only at the cost its emitter reports, if any. Set a price: `,
       models.map((m, i) => [i ? ", " : "", h("a", { href: `/console/pricing?model=${encodeURIComponent(m)}` }, m)]),
       ".",
     );
@@ -114,12 +114,14 @@ export async function render(main, { api }) {
 
   function groupSection(config, groups) {
     const byId = Object.fromEntries(groups.map((g) => [g.group_id, g]));
+    const orgOf = (o) => o.org_id ?? byId[o.group_id]?.org_id ?? null;
+    const orgLabel = (org) => org ?? "No organisation";
     const rows = config.group_overrides
-      .map((o) => ({ ...o, group: byId[o.group_id] }))
-      .sort((a, b) => (a.group?.name || a.group_id).localeCompare(b.group?.name || b.group_id));
+      .map((o) => ({ ...o, group: byId[o.group_id], org: orgOf(o) }))
+      .sort((a, b) => orgLabel(a.org).localeCompare(orgLabel(b.org)) || (a.group?.name || a.group_id).localeCompare(b.group?.name || b.group_id));
     const taken = new Set(config.group_overrides.map((o) => o.group_id));
     const free = groups.filter((g) => !taken.has(g.group_id));
-    const select = h("select", { id: "group-pick" }, h("option", { value: "" }, "Choose a group"), free.map((g) => h("option", { value: g.group_id }, `${g.name} (${count(g.member_count)} members)`)));
+    const select = h("select", { id: "group-pick" }, h("option", { value: "" }, "Choose a group"), free.map((g) => h("option", { value: g.group_id }, `${g.name} (${orgLabel(g.org_id)}, ${count(g.member_count)} members)`)));
     const amount = h("input", { id: "group-amount", type: "number", step: "0.01", min: "0.01", inputmode: "decimal" });
     const add = h(
       "form",
@@ -144,10 +146,15 @@ export async function render(main, { api }) {
       "section",
       { class: "panel", "aria-labelledby": "groups-title", id: "group-overrides" },
       h("h2", { id: "groups-title" }, "Group limits"),
-      h("p", { class: "help" }, "A user in several groups gets the lowest group limit."),
+      h(
+        "p",
+        { class: "help", id: "groups-help" },
+        "A group's limit belongs to its organisation: for a chat in that organisation, a user gets the lowest limit among their groups there, against what they spent there. A chat checked without an organisation gets the lowest of all their groups, against everything they spent.",
+      ),
       table({
         columns: [
           { name: "group", label: "Group", render: (r) => r.group?.name || r.group_id },
+          { name: "org", label: "Organisation", render: (r) => (r.org === null ? h("span", { class: "muted" }, orgLabel(null)) : r.org), value: (r) => r.org ?? "" },
           { name: "members", label: "Members", numeric: true, render: (r) => (r.group ? count(r.group.member_count) : "—") },
           { name: "limit", label: "Spend limit", numeric: true, render: (r) => dollars(r.limit_micros), value: (r) => r.limit_micros },
           { name: "actions", label: "Actions", render: (r) => overrideActions("group", r.group_id, r.group?.name || r.group_id, r.limit_micros) },
