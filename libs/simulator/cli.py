@@ -330,8 +330,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     console.print(summary_table(document, expected_path))
     if not args.dry_run:
         console.print(
-            f"compare with the services: tollgate simulate verify --expected {expected_path}",
-            soft_wrap=True,
+            f"compare with the services: tollgate simulate verify --expected {expected_path}"
         )
     for rejection in report.rejected[:5]:
         console.print(f"[red]rejected {rejection.id}: {rejection.message}")
@@ -354,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tollgate simulate: --users and --days must be ≥ 1, --batch-size 1..1000\n"
         )
         return 2
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         return asyncio.run(_run(args, console))
     except KeyboardInterrupt:

@@ -416,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     """`tollgate simulate verify ...`: 0 when every figure matches, 1 when any differs."""
     args = _parser().parse_args(list(argv))
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:

@@ -283,6 +283,45 @@ def test_the_readme_examples_return_what_they_show(started: Started, tmp_path: P
     assert "report_month,workspace_id" in (tmp_path / "members.csv").read_text()
 
 
+def test_simulate_and_verify_find_the_run_by_its_variables(started: Started) -> None:
+    """`tollgate simulate` (through ingest and `--direct`) and `simulate verify`, given only make run's port and state variables, reach this run: the figures match, and a doctored expected file is a table of differences with exit status 1."""
+    # After the README walk: simulated users must not show up in its examples.
+    run = started.run
+    env = _env(run.state, run.ports, run.metrics_ports, run.kafka_port)
+
+    def tollgate(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "libs.service.cli", *argv],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    small = ("--users", "3", "--days", "2", "--no-progress")
+    for argv in (("--seed", "31"), ("--seed", "32", "--direct")):
+        sent = tollgate("simulate", *argv, *small)
+        assert sent.returncode == 0, sent.stderr
+        assert "0 rejected" in sent.stderr
+    assert "Kafka 127.0.0.1:" + str(run.kafka_port) in sent.stderr
+    for seed in ("31", "32"):
+        assert (run.state / "simulations" / f"sim-{seed}.json").exists()
+        verified = tollgate("simulate", "verify", "--seed", seed)
+        assert verified.returncode == 0, verified.stderr
+        assert "simulation verified" in verified.stderr
+    doctored = json.loads((run.state / "simulations" / "sim-31.json").read_text())
+    user = next(iter(doctored["costs"]["users"]))
+    doctored["costs"]["users"][user]["total_cost_micros"] += 1
+    path = run.state / "simulations" / "doctored.json"
+    path.write_text(json.dumps(doctored))
+    differs = tollgate("simulate", "verify", "--expected", str(path), "--wait", "0")
+    assert differs.returncode == 1, differs.stderr
+    assert f"{user} total_cost_micros" in differs.stderr
+    assert "simulation differs" in differs.stderr
+
+
 def _walk_clock() -> int:
     """The time the README's `date` tells: now, or early enough that alice's 45-minute session
     ends before midnight UTC (the activity example reads today's bucket).
