@@ -30,25 +30,15 @@ from rich.table import Table
 
 from libs.service.local import service_url
 from libs.simulator.cli import default_expected_path, first_token
+from libs.simulator.expected import ChatTotals
 
 __all__ = ["PARTS", "Comparison", "Difference", "compare", "main"]
 
 #: What can be compared; Agent Time only on request (an hour's runtime is everyone's).
 PARTS: Final = ("limits", "costs", "activity", "chargeback", "agent-time")
 DEFAULT_PARTS: Final = ("limits", "costs", "activity", "chargeback")
-_COST_FIELDS: Final = (
-    "total_cost_micros",
-    "message_count",
-    "priced_message_count",
-    "unpriced_message_count",
-    "chat_count",
-    "total_input_tokens",
-    "total_output_tokens",
-    "total_cache_read_tokens",
-    "total_cache_creation_tokens",
-    "total_reasoning_tokens",
-    "total_runtime_ms",
-)
+#: Every figure of a cost row: the rollup's fields, as the expected file writes them, and chats.
+_COST_FIELDS: Final = (*ChatTotals().as_json(), "chat_count")
 _DEV_ADMIN: Final = "dev-admin-token"  # the development token `tollgate run` prints
 _PAGE: Final = 1000
 
