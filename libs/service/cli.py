@@ -21,7 +21,7 @@ from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres
 from libs.service.kafka import ensure_topics
-from libs.service.local import SERVICES, ServiceSpec, local_host
+from libs.service.local import SERVICES, ServiceSpec, kafka_bootstrap, local_host
 from libs.service.local import state_dir as configured_state_dir
 from libs.service.logging import configure_logging
 from libs.service.portal import MIN_SECRET_LENGTH
@@ -73,7 +73,7 @@ def _migrate(_: argparse.Namespace) -> int:
 def _create_topics(_: argparse.Namespace) -> int:
     created = asyncio.run(
         ensure_topics(
-            os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka_bootstrap(),
             events_topic=os.environ.get("TOLLGATE_EVENTS_TOPIC", USAGE_EVENTS),
             dlq_topic=os.environ.get("TOLLGATE_DLQ_TOPIC", USAGE_EVENTS_DLQ),
             replication_factor=int(os.environ.get("TOLLGATE_TOPIC_REPLICATION", "1")),
