@@ -14,12 +14,12 @@ import asyncio
 import random
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import aiohttp
 import orjson
@@ -27,6 +27,7 @@ import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import TypeAdapter, ValidationError
 
+from libs.events.codec import EventValidationError, parse_event
 from libs.events.models import Envelope
 
 __all__ = [
@@ -230,14 +231,30 @@ class TollgateClient:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    async def emit(self, events: Sequence[Envelope]) -> EmitResult:
-        """Send events to ingest in batches, retrying transient failures; raise `EmitError`."""
+    async def emit(self, events: Sequence[Envelope | Mapping[str, Any]]) -> EmitResult:
+        """Send events to ingest in batches, retrying transient failures; raise `EmitError`.
+
+        Each event is a model (`ChatUsageRecorded(...)`) or a plain dict in the wire shape
+        (`{"id", "type", "occurred_at", "user_id", "data"}`). A dict is validated here by the
+        same model and rules ingest applies (`parse_event`); one that is not a valid event is
+        never sent and comes back in `rejected` with the message ingest would have given,
+        while the valid ones go on, as in one batch sent to ingest.
+        """
         if self._emit_url is None:
             raise RuntimeError("emit needs the client to be built with an ingest_url")
         accepted: list[str] = []
         rejected: list[Rejection] = []
-        for start in range(0, len(events), self._batch_size):
-            chunk = events[start : start + self._batch_size]
+        valid: list[Envelope] = []
+        for event in events:
+            if isinstance(event, Envelope):
+                valid.append(event)
+                continue
+            try:
+                valid.append(parse_event(dict(event) if isinstance(event, Mapping) else event))
+            except EventValidationError as exc:
+                rejected.append(Rejection(exc.event_id, exc.message, permanent=True))
+        for start in range(0, len(valid), self._batch_size):
+            chunk = valid[start : start + self._batch_size]
             # Serialised once, so every retry carries byte-identical events and ids.
             body = orjson.dumps({"events": [event.model_dump(mode="json") for event in chunk]})
             try:

@@ -13,15 +13,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres
 from libs.service.kafka import ensure_topics
+from libs.service.local import SERVICES, ServiceSpec, kafka_bootstrap, local_host
+from libs.service.local import state_dir as configured_state_dir
 from libs.service.logging import configure_logging
 from libs.service.portal import MIN_SECRET_LENGTH
 from libs.service.settings import EXTERNAL_EPOCH
@@ -33,27 +34,6 @@ from libs.service.supervisor import (
     check_ports,
     dead_infrastructure,
     port_from_env,
-)
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """A service the runner can start, and where it listens by default."""
-
-    name: str
-    port_env: str
-    default_port: int
-    metrics_port_env: str
-    default_metrics_port: int
-
-
-SERVICES = (
-    ServiceSpec("ingest", "TOLLGATE_INGEST_PORT", 8081, "TOLLGATE_INGEST_METRICS_PORT", 9081),
-    ServiceSpec("limits", "TOLLGATE_LIMITS_PORT", 8082, "TOLLGATE_LIMITS_METRICS_PORT", 9082),
-    ServiceSpec("reports", "TOLLGATE_REPORTS_PORT", 8083, "TOLLGATE_REPORTS_METRICS_PORT", 9083),
-    ServiceSpec(
-        "publisher", "TOLLGATE_PUBLISHER_PORT", 8084, "TOLLGATE_PUBLISHER_METRICS_PORT", 9084
-    ),
 )
 
 #: Further subcommands, each `module:function` taking the remaining arguments.
@@ -93,7 +73,7 @@ def _migrate(_: argparse.Namespace) -> int:
 def _create_topics(_: argparse.Namespace) -> int:
     created = asyncio.run(
         ensure_topics(
-            os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka_bootstrap(),
             events_topic=os.environ.get("TOLLGATE_EVENTS_TOPIC", USAGE_EVENTS),
             dlq_topic=os.environ.get("TOLLGATE_DLQ_TOPIC", USAGE_EVENTS_DLQ),
             replication_factor=int(os.environ.get("TOLLGATE_TOPIC_REPLICATION", "1")),
@@ -114,6 +94,24 @@ def portal_secret(state_dir: Path) -> str:
     path.touch(mode=0o600)
     path.write_text(secret + "\n")
     return secret
+
+
+#: With the local billing sink, the publisher sends soon after start and then often, so what
+#: a demo sends shows up at the sink in seconds instead of after 5 to 17 minutes.
+SINK_FIRST_DELAY: Final = "2s"
+SINK_INTERVAL: Final = "30s"
+
+
+def billing_sink_env(env: dict[str, str], url: str) -> None:
+    """Point the publisher at the local billing sink, with prompt send cycles.
+
+    Values already in the environment win, so `PUBLISH_INTERVAL=17m` still tries out the
+    production rhythm against the sink.
+    """
+    env.setdefault("BILLING_URL", url)
+    env.setdefault("LICENSE_KEY", "dev-license-key")
+    env.setdefault("PUBLISH_FIRST_DELAY", SINK_FIRST_DELAY)
+    env.setdefault("PUBLISH_INTERVAL", SINK_INTERVAL)
 
 
 def _require_env(name: str) -> str:
@@ -208,7 +206,7 @@ class Runner:
             _say(str(exc))
             return 2
         by_name = {claim.what: claim for claim in claims}
-        host = _local_host(env["TOLLGATE_HOST"])
+        host = local_host(env["TOLLGATE_HOST"])
         ports = {spec.name: by_name[spec.name].port for spec in services}
         for name in ("ingest", "limits", "publisher"):
             if name in ports:
@@ -230,8 +228,7 @@ class Runner:
             )
             if self.with_billing_sink:
                 sink = by_name["the billing sink"]
-                env.setdefault("BILLING_URL", f"http://{_local_host(sink.host)}:{sink.port}")
-                env.setdefault("LICENSE_KEY", "dev-license-key")
+                billing_sink_env(env, f"http://{local_host(sink.host)}:{sink.port}")
                 supervisor.add(
                     Child(
                         "billing-sink",
@@ -327,7 +324,11 @@ class Runner:
         lines.append(f"  {'kafka':<10} {kafka}{look}")
         lines.append(f"  {'database':<10} {_without_password(env['DATABASE_URL'])}")
         if "BILLING_URL" in env and self.with_billing_sink:
-            lines.append(f"  {'billing':<10} {env['BILLING_URL']} (local sink)")
+            rhythm = (
+                f"first send after {env['PUBLISH_FIRST_DELAY'] or 'a random delay'}, "
+                f"then every {env['PUBLISH_INTERVAL']}"
+            )
+            lines.append(f"  {'billing':<10} {env['BILLING_URL']} (local sink; {rhythm})")
         lines.append("  Each service describes its API at /openapi.json.")
         if dev_tokens:
             lines += [
@@ -363,15 +364,6 @@ def _stage(failure: str, step: Callable[[], T]) -> T:
         raise SetupError(f"{failure}: {reason}") from exc
 
 
-def _local_host(host: str) -> str:
-    """The address to reach a server bound to `host` from this machine, as a URL's host."""
-    if host in {"", "0.0.0.0"}:
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
 def _without_password(url: str) -> str:
     parts = urlsplit(url)
     if not parts.password:
@@ -392,8 +384,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _run(args: argparse.Namespace) -> int:
     configure_logging(os.environ.get("TOLLGATE_LOG_LEVEL", "info"), "console")
-    state_dir = Path(os.environ.get("TOLLGATE_STATE_DIR", ".tollgate")).resolve()
-    return Runner(state_dir=state_dir, with_billing_sink=args.with_billing_sink).run()
+    return Runner(
+        state_dir=configured_state_dir().resolve(), with_billing_sink=args.with_billing_sink
+    ).run()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -423,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tollgate` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOLS:
+        # A tool's standard output is its result (an export, JSON lines): logs go to stderr.
+        configure_logging(os.environ.get("TOLLGATE_LOG_LEVEL", "info"), "console")
         module_name, _, func_name = TOOLS[argv[0]].partition(":")
         try:
             module = importlib.import_module(module_name)

@@ -165,6 +165,8 @@ class EmbeddedPostgres:
 
     data_dir: Path
     _server: object | None = None
+    #: No log line at start (a tool that says itself which database it uses).
+    quiet: bool = False
 
     def start(self) -> str:
         """Start (or reuse) the server and return its connection URL."""
@@ -178,7 +180,8 @@ class EmbeddedPostgres:
         server = get_server(self.data_dir, cleanup_mode="stop")
         self._server = server
         uri: str = server.get_uri()
-        log.info("postgres_started", data_dir=str(self.data_dir))
+        if not self.quiet:
+            log.info("postgres_started", data_dir=str(self.data_dir))
         return uri
 
     def stop(self) -> None:

@@ -48,6 +48,7 @@ from libs.events.models import (
 )
 from libs.events.topics import USAGE_EVENTS
 from libs.service.kafka import BrokerUnavailableError, bounded
+from libs.service.local import kafka_bootstrap
 
 Format = Literal["table", "json"]
 
@@ -430,6 +431,17 @@ def _limit(value: str) -> int:
     return number
 
 
+def reader_went_away() -> int:
+    """After a `BrokenPipeError` on standard output (`| head`): stop quietly, with status 0.
+
+    Standard output is pointed at /dev/null so that Python does not complain about the
+    closed pipe when it flushes at exit.
+    """
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tollgate events", description="Look at the events on the log."
@@ -443,9 +455,7 @@ def _parser() -> argparse.ArgumentParser:
             "printing new ones until Ctrl-C."
         ),
     )
-    default_bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or (
-        f"127.0.0.1:{os.environ.get('TOLLGATE_EMBEDDED_KAFKA_PORT', '9092')}"
-    )
+    default_bootstrap = kafka_bootstrap()
     tail_cmd.add_argument(
         "--bootstrap-server",
         default=default_bootstrap,
@@ -537,11 +547,7 @@ def main(argv: Sequence[str]) -> int:
         # Ctrl-C is how a follow ends.
         return 0
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python from complaining
-        # about the closed stdout at exit.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return reader_went_away()
     out.flush()
     skipped = f", {result.undecodable} undecodable" if result.undecodable else ""
     print(f"{result.printed} of {result.read} events printed{skipped}", file=sys.stderr)

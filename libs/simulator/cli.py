@@ -1,4 +1,11 @@
-"""`tollgate simulate`: generate seeded usage, send it, and write the figures it must produce."""
+"""`tollgate simulate`: generate seeded usage, send it, and write the figures it must produce.
+
+It finds the system the way its tools do (`libs.service.local`): ingest at
+`TOLLGATE_INGEST_URL` or on `TOLLGATE_INGEST_PORT`, the broker at `KAFKA_BOOTSTRAP_SERVERS`
+or on `TOLLGATE_EMBEDDED_KAFKA_PORT`, the expected figures under `TOLLGATE_STATE_DIR`, so a
+`make run` on other ports gets the simulation, never the one on the default ports.
+`tollgate simulate verify` compares those figures with what the services answer.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import IO, Any, Final
 
 import orjson
 from rich.console import Console
@@ -21,9 +28,13 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
+from libs.events.codec import encode
 from libs.events.models import Envelope
 from libs.events.topics import USAGE_EVENTS
+from libs.service.events_tool import reader_went_away
+from libs.service.local import kafka_bootstrap, service_url, state_dir
 from libs.simulator.expected import INTERVALS, Tally
 from libs.simulator.generate import Simulation, SimulationConfig
 from libs.simulator.send import (
@@ -34,16 +45,22 @@ from libs.simulator.send import (
     register_prices,
 )
 
-__all__ = ["main", "write_expected"]
+__all__ = ["default_expected_path", "first_token", "main", "summary_table", "write_expected"]
 
 # The development tokens `tollgate run` prints when none are configured.
 _DEV_EMITTER: Final = "dev-emitter-token"
 _DEV_ADMIN: Final = "dev-admin-token"
 
 
-def _first_token(env: str, default: str) -> str:
+def first_token(env: str, default: str) -> str:
+    """The first of the comma-separated tokens in `env`, or `default` (a development token)."""
     tokens = [t.strip() for t in os.environ.get(env, "").split(",") if t.strip()]
     return tokens[0] if tokens else default
+
+
+def default_expected_path(seed: int) -> Path:
+    """Where a simulation's expected figures go: `$TOLLGATE_STATE_DIR/simulations/sim-SEED.json`."""
+    return state_dir() / "simulations" / f"sim-{seed}.json"
 
 
 def _end(value: str) -> datetime:
@@ -59,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Generate realistic usage for N users over D days (deterministic from --seed), send "
             "it through ingest (or straight to Kafka with --direct), and write the totals the "
-            "services must then show."
+            "services must then show. `tollgate simulate verify` compares them with what the "
+            "services answer."
         ),
     )
     size = p.add_argument_group("what to generate")
@@ -81,17 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     where = p.add_argument_group("where to send it")
     where.add_argument(
         "--ingest-url",
-        default=os.environ.get("TOLLGATE_INGEST_URL", "http://127.0.0.1:8081"),
-        help="ingest's base URL (default $TOLLGATE_INGEST_URL or http://127.0.0.1:8081)",
+        default=service_url("ingest"),
+        help="ingest's base URL (default: $TOLLGATE_INGEST_URL, else $TOLLGATE_INGEST_PORT on "
+        "this machine: %(default)s)",
     )
     where.add_argument(
         "--token",
-        default=_first_token("TOLLGATE_EMITTER_TOKENS", _DEV_EMITTER),
+        default=first_token("TOLLGATE_EMITTER_TOKENS", _DEV_EMITTER),
         help="emitter token (default: the first of $TOLLGATE_EMITTER_TOKENS, or the dev token)",
     )
     where.add_argument(
         "--admin-token",
-        default=_first_token("TOLLGATE_ADMIN_TOKENS", _DEV_ADMIN),
+        default=first_token("TOLLGATE_ADMIN_TOKENS", _DEV_ADMIN),
         help="admin token, to register the model prices (default: $TOLLGATE_ADMIN_TOKENS)",
     )
     where.add_argument(
@@ -99,8 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     where.add_argument(
         "--bootstrap",
-        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        help="Kafka bootstrap servers for --direct",
+        default=kafka_bootstrap(),
+        help="Kafka bootstrap servers for --direct (default: $KAFKA_BOOTSTRAP_SERVERS, else the "
+        "embedded broker on $TOLLGATE_EMBEDDED_KAFKA_PORT: %(default)s)",
     )
     where.add_argument(
         "--topic",
@@ -117,14 +137,23 @@ def _parser() -> argparse.ArgumentParser:
         help="do not register the simulated models' prices with ingest",
     )
     how.add_argument(
-        "--dry-run", action="store_true", help="generate and write the totals, send nothing"
+        "--dry-run",
+        action="store_true",
+        help="generate, print a summary and write the totals; send nothing",
+    )
+    how.add_argument(
+        "--print-events",
+        action="store_true",
+        help="also print every generated event as one JSON line on standard output "
+        "(as sent to ingest; with --direct, priced as produced)",
     )
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     how.add_argument(
         "--expected",
         type=Path,
         default=None,
-        help="where to write the expected totals (default .tollgate/simulations/sim-SEED.json)",
+        help="where to write the expected totals (default: "
+        "$TOLLGATE_STATE_DIR/simulations/sim-SEED.json, .tollgate by default)",
     )
     return p
 
@@ -142,16 +171,68 @@ def write_expected(path: Path, document: object) -> None:
 
 
 def _stream(
-    sim: Simulation, tally: Tally, progress: Progress, days_task: TaskID
+    sim: Simulation,
+    tally: Tally,
+    progress: Progress,
+    days_task: TaskID,
+    out: IO[bytes] | None = None,
 ) -> Iterator[Envelope]:
-    for event in sim.directory_events():
+    def seen(event: Envelope) -> Envelope:
         tally.observe(event)
-        yield event
+        if out is not None:
+            out.write(encode(event) + b"\n")
+        return event
+
+    for event in sim.directory_events():
+        yield seen(event)
     for day in range(sim.config.days):
         for event in sim.day_events(day):
-            tally.observe(event)
-            yield event
+            yield seen(event)
         progress.update(days_task, advance=1)
+    if out is not None:
+        out.flush()
+
+
+def _dollars(micros: int) -> str:
+    return f"${micros / 1_000_000:,.2f}"
+
+
+def summary_table(document: dict[str, Any], expected_path: Path) -> Table:
+    """What a simulation generated (and sent), from its expected document, as a table."""
+    sim, send, summary = document["simulation"], document["send"], document["summary"]
+    costs = document["costs"]["users"].values()
+    table = Table(title=f"simulation sim-{sim['seed']}", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column()
+
+    def when(at: object) -> str:
+        text = at.isoformat() if isinstance(at, datetime) else str(at)
+        return text.replace("+00:00", "Z")
+
+    table.add_row("window", f"{sim['days']} days", f"{when(sim['start'])} → {when(sim['end'])}")
+    table.add_row("users", f"{sim['users']:,}", f"org {sim['org_id']}, ids sim-{sim['seed']}-u…")
+    table.add_row("events", f"{summary['events']:,}", "generated")
+    for type_name, count in summary["by_type"].items():
+        table.add_row("", f"{count:,}", type_name)
+    messages = sum(int(u["message_count"]) for u in costs)
+    table.add_row("chat messages", f"{messages:,}", f"+ {summary['title_messages']:,} titles")
+    cost = sum(int(u["total_cost_micros"]) for u in costs)
+    table.add_row("chat cost", _dollars(cost), f"{cost:,} µ$ over the window")
+    runtime = int(document["agent_time"]["total_runtime_ms"])
+    table.add_row("agent time", f"{runtime / 3_600_000:,.1f} h", f"{runtime:,} ms")
+    billable = int(document["billing"]["dc_managed_agents_v1"])
+    table.add_row("billable builds", f"{billable:,}", "dc_managed_agents_v1")
+    if send["mode"] == "dry-run":
+        table.add_row("sent", "0", "dry run: nothing was sent")
+    else:
+        rejected = len(send["rejected"])
+        table.add_row(
+            "sent", f"{send['accepted']:,}", f"accepted via {send['mode']}, {rejected:,} rejected"
+        )
+    table.add_row("expected", "", str(expected_path))
+    table.columns[2].overflow = "fold"
+    return table
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
@@ -164,7 +245,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     )
     sim = Simulation(config)
     tally = Tally(sim.prices)
-    expected_path = args.expected or Path(".tollgate") / "simulations" / f"sim-{args.seed}.json"
+    expected_path = args.expected or default_expected_path(args.seed)
     mode = "dry run" if args.dry_run else ("Kafka " + args.bootstrap if args.direct else "ingest")
     console.print(
         f"simulating {config.users} users over {config.days} days up to "
@@ -189,7 +270,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             sent += n
             progress.update(days_task, sent=sent)
 
-        events = _stream(sim, tally, progress, days_task)
+        out = sys.stdout.buffer if args.print_events else None
+        events = _stream(sim, tally, progress, days_task, out)
         if args.dry_run:
             for _ in events:
                 pass
@@ -245,25 +327,39 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             f"({report.rate:,.0f}/s), {len(report.rejected)} rejected, "
             f"{report.resent_batches} batches resent"
         )
-    console.print(f"expected totals: {expected_path}")
+    console.print(summary_table(document, expected_path))
+    if not args.dry_run:
+        console.print(
+            f"compare with the services: tollgate simulate verify --expected {expected_path}"
+        )
     for rejection in report.rejected[:5]:
         console.print(f"[red]rejected {rejection.id}: {rejection.message}")
     return 1 if report.rejected else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the simulator with command-line arguments; the exit code says whether all went in."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    """Run the simulator with command-line arguments; the exit code says whether all went in.
+
+    `tollgate simulate verify ...` compares an expected file with the services instead.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["verify"]:
+        from libs.simulator.verify import main as verify_main  # noqa: PLC0415
+
+        return verify_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     if args.users < 1 or args.days < 1 or not 1 <= args.batch_size <= 1000:
         sys.stderr.write(
             "tollgate simulate: --users and --days must be ≥ 1, --batch-size 1..1000\n"
         )
         return 2
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         return asyncio.run(_run(args, console))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return reader_went_away()
     except Exception as exc:
         console.print(f"[red]tollgate simulate: {exc}")
         return 1

@@ -486,9 +486,11 @@ class Tally:
             "summary": self.summary(),
             "prices": {m: p.as_json() for m, p in sorted(self.prices.items())},
             "limits": self.limits(now),
+            # `end_date` is exclusive, as the cost API's is: the window covers every day of
+            # the simulation, the last one included.
             "costs": {
                 "start_date": start.date(),
-                "end_date": end.date(),
+                "end_date": end.date() + timedelta(days=1),
                 "users": self.costs(start.date(), end.date()),
             },
             "activity": self.activity(start, end, interval),

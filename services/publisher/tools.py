@@ -10,7 +10,9 @@
   for every event in it). Permanent rejections become final; temporary ones stay pending.
 - `status` prints the queue's status; `retry-now` makes every backed-off event due again.
 
-All of them read `DATABASE_URL` (and `TOLLGATE_PUBLISHER_QUEUE`, default `default`).
+All of them use `DATABASE_URL`, else the embedded database of `make run` in the state
+directory (`TOLLGATE_STATE_DIR`, default `.tollgate`), and `TOLLGATE_PUBLISHER_QUEUE`
+(default `default`).
 """
 
 # ruff: noqa: T201  # a command-line tool: printing is its output
@@ -30,6 +32,8 @@ from typing import IO
 import asyncpg
 import orjson
 
+from libs.service.events_tool import reader_went_away
+from libs.service.local import NoDatabaseError, database_url
 from services.publisher.domain import rfc3339
 from services.publisher.storage import PostgresQueue
 
@@ -146,15 +150,8 @@ def _queue_name() -> str:
     return os.environ.get("TOLLGATE_PUBLISHER_QUEUE") or "default"
 
 
-def _database_url() -> str:
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        raise SystemExit("tollgate publisher: DATABASE_URL is not set")
-    return url
-
-
-async def _with_queue(action: str, args: argparse.Namespace, io: _Io) -> int:
-    pool = await asyncpg.create_pool(_database_url(), min_size=1, max_size=2)
+async def _with_queue(url: str, action: str, args: argparse.Namespace, io: _Io) -> int:
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     assert pool is not None
     try:
         queue = PostgresQueue(pool, _queue_name())
@@ -225,7 +222,10 @@ async def _retry_now(queue: PostgresQueue) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tollgate publisher",
-        description="Operator tools on the billing queue (uses DATABASE_URL).",
+        description=(
+            "Operator tools on the billing queue: DATABASE_URL, else the embedded database of "
+            "`make run` in TOLLGATE_STATE_DIR (.tollgate)."
+        ),
     )
     sub = parser.add_subparsers(dest="action", required=True)
     exp = sub.add_parser("export", help="write pending billing events as NDJSON")
@@ -262,10 +262,17 @@ def main(argv: Sequence[str]) -> int:
         except (OSError, UnicodeDecodeError, ReceiptError) as exc:
             print(f"tollgate publisher: cannot read receipts {args.file}: {exc}", file=sys.stderr)
             return 1
-    if action == "export" and args.out not in (None, "-"):
-        with Path(args.out).open("wb") as out:
-            io.out = out
-            return asyncio.run(_with_queue(action, args, io))
-    if action == "export":
-        io.out = sys.stdout.buffer
-    return asyncio.run(_with_queue(action, args, io))
+    try:
+        with database_url(who="tollgate publisher") as url:
+            if action == "export" and args.out not in (None, "-"):
+                with Path(args.out).open("wb") as out:
+                    io.out = out
+                    return asyncio.run(_with_queue(url, action, args, io))
+            if action == "export":
+                io.out = sys.stdout.buffer
+            return asyncio.run(_with_queue(url, action, args, io))
+    except NoDatabaseError as exc:
+        print(f"tollgate publisher: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return reader_went_away()

@@ -6,6 +6,7 @@ part); the last test stops it and starts a second one on the same state.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,12 +18,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from libs.service.cli import available_services
 from libs.service.embedded import free_port, port_open
+from tests.e2e.readme_walk import Walk
 from tests.support import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +43,7 @@ class Run:
     metrics_ports: dict[str, int]
     kafka_port: int
     log: Path
+    sink_port: int | None = None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -96,17 +100,28 @@ def _env(
 
 
 def _start(
-    state: Path, ports: dict[str, int], metrics_ports: dict[str, int], kafka_port: int, log: Path
+    state: Path,
+    ports: dict[str, int],
+    metrics_ports: dict[str, int],
+    kafka_port: int,
+    log: Path,
+    *,
+    sink_port: int | None = None,
 ) -> Run:
+    env = _env(state, ports, metrics_ports, kafka_port)
+    argv = [sys.executable, "-m", "libs.service.cli", "run"]
+    if sink_port is not None:
+        env["TOLLGATE_BILLING_SINK_PORT"] = str(sink_port)
+        argv.append("--with-billing-sink")
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "libs.service.cli", "run"],
-            env=_env(state, ports, metrics_ports, kafka_port),
+            argv,
+            env=env,
             cwd=ROOT,
             stdout=out,
             stderr=out,
         )
-    return Run(proc, state, ports, metrics_ports, kafka_port, log)
+    return Run(proc, state, ports, metrics_ports, kafka_port, log, sink_port)
 
 
 def _status(url: str, token: str | None = None, body: bytes | None = None) -> int:
@@ -158,10 +173,12 @@ class Started:
 
 @pytest.fixture(scope="module")
 def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
-    """One `tollgate run` for the module, up to its banner; stopped at the end if still running."""
+    """One `tollgate run` (with the local billing sink) for the module, up to its banner; stopped at the end if still running."""
     tmp = tmp_path_factory.mktemp("run")
     ports, metrics_ports = _free_ports()
-    run = _start(tmp / "state", ports, metrics_ports, free_port(), tmp / "run-0.log")
+    run = _start(
+        tmp / "state", ports, metrics_ports, free_port(), tmp / "run-0.log", sink_port=free_port()
+    )
     try:
         yield Started(run, _wait_for_banner(run))
     finally:
@@ -245,6 +262,95 @@ def test_the_reports_port_serves_the_console_and_every_public_api(started: Start
     assert len(secret.read_text().strip()) >= 32
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert secret.read_text().strip() not in run.output()
+
+
+def test_the_readme_examples_return_what_they_show(started: Started, tmp_path: Path) -> None:
+    """Every example of the README that calls a service, from "Try it" on, run as written (bash, the README's dates) against `tollgate run`, answers what the README shows."""
+    run = started.run
+    walk = Walk(
+        ports=run.ports,
+        env=_env(run.state, run.ports, run.metrics_ports, run.kafka_port),
+        workdir=tmp_path,
+        clock=_walk_clock(),
+        root=ROOT,
+    )
+    checked = walk.walk((ROOT / "README.md").read_text())
+    assert len(checked) >= 14, [step.line for step in checked]
+    shown = [(step.text.split("\n")[0], step.shown[0] if step.shown else "") for step in checked]
+    assert any("8081/api/v1/events" in cmd and "accepted" in out for cmd, out in shown)
+    assert any("limits/check" in cmd and out.startswith("409") for cmd, out in shown)
+    assert any(cmd.startswith(".venv/bin/tollgate events tail") for cmd, _ in shown)
+    assert "report_month,workspace_id" in (tmp_path / "members.csv").read_text()
+
+
+def test_simulate_and_verify_find_the_run_by_its_variables(started: Started) -> None:
+    """`tollgate simulate` (through ingest and `--direct`) and `simulate verify`, given only make run's port and state variables, reach this run: the figures match, and a doctored expected file is a table of differences with exit status 1."""
+    # After the README walk: simulated users must not show up in its examples.
+    run = started.run
+    env = _env(run.state, run.ports, run.metrics_ports, run.kafka_port)
+
+    def tollgate(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "libs.service.cli", *argv],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    small = ("--users", "3", "--days", "2", "--no-progress")
+    for argv in (("--seed", "31"), ("--seed", "32", "--direct")):
+        sent = tollgate("simulate", *argv, *small)
+        assert sent.returncode == 0, sent.stderr
+        assert "0 rejected" in sent.stderr
+    assert "Kafka 127.0.0.1:" + str(run.kafka_port) in sent.stderr
+    for seed in ("31", "32"):
+        assert (run.state / "simulations" / f"sim-{seed}.json").exists()
+        verified = tollgate("simulate", "verify", "--seed", seed)
+        assert verified.returncode == 0, verified.stderr
+        assert "simulation verified" in verified.stderr
+    doctored = json.loads((run.state / "simulations" / "sim-31.json").read_text())
+    user = next(iter(doctored["costs"]["users"]))
+    doctored["costs"]["users"][user]["total_cost_micros"] += 1
+    path = run.state / "simulations" / "doctored.json"
+    path.write_text(json.dumps(doctored))
+    differs = tollgate("simulate", "verify", "--expected", str(path), "--wait", "0")
+    assert differs.returncode == 1, differs.stderr
+    assert f"{user} total_cost_micros" in differs.stderr
+    assert "simulation differs" in differs.stderr
+
+
+def _walk_clock() -> int:
+    """The time the README's `date` tells: now, or early enough that alice's 45-minute session
+    ends before midnight UTC (the activity example reads today's bucket).
+
+    Close to midnight the walk waits for the new day, so that the limits service (which reads
+    the real clock) and the examples agree on the day and the month.
+    """
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    if midnight - now < timedelta(minutes=2):
+        time.sleep((midnight - now).total_seconds() + 1)
+        now = datetime.now(UTC)
+        midnight += timedelta(days=1)
+    return int(min(now, midnight - timedelta(minutes=50)).timestamp())
+
+
+def test_with_the_local_sink_the_publisher_sends_within_seconds(started: Started) -> None:
+    """`--with-billing-sink` makes the publisher's first send cycle run seconds after start, and the banner says so."""
+    run = started.run
+    assert run.sink_port is not None
+    assert "(local sink; first send after 2s, then every 30s)" in run.output()
+    sink = f"http://127.0.0.1:{run.sink_port}/_sink/stats"
+    deadline = time.monotonic() + 30
+    requests = 0
+    while time.monotonic() < deadline and not requests:
+        with urllib.request.urlopen(sink, timeout=5) as resp:
+            requests = json.loads(resp.read())["requests"]
+        time.sleep(0.5)
+    assert requests > 0, "the publisher sent nothing to the sink within 30 s of the banner"
 
 
 def test_sigterm_stops_everything_and_a_second_run_starts_on_the_same_state(

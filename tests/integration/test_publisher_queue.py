@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from services.publisher.domain import (
     heartbeat_id,
 )
 from services.publisher.storage import PostgresQueue, write_projection
-from tests.support import Infra, unique
+from tests.support import ROOT, Infra, unique
 
 pytestmark = pytest.mark.integration
 
@@ -268,6 +270,35 @@ def test_export_writes_pending_ndjson_and_receipts_mark_them_published(
     assert tools.main(["status"]) == 0
     status = orjson.loads(capsys.readouterr().out)
     assert (status["pending"], status["published"], status["rejected"]) == (0, 3, 1)
+
+
+async def test_the_tools_find_the_embedded_database_of_make_run_without_a_url(
+    infra: Infra, db: asyncpg.Pool
+) -> None:
+    """`tollgate publisher status` with only the state directory uses the database running in it, and leaves that database running."""
+    queue, _ = await fresh(db, 2)
+    env = {k: v for k, v in infra.env().items() if k != "DATABASE_URL"}
+    env["TOLLGATE_STATE_DIR"] = str(infra.postgres.data_dir.parent)
+    env["TOLLGATE_PUBLISHER_QUEUE"] = queue.queue
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "libs.service.cli", "publisher", "status"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert orjson.loads(done.stdout)["pending"] == 2
+    err = done.stderr.decode()
+    assert f"using the embedded database in {infra.postgres.data_dir}" in err
+    # The tool only joined the running server: a new connection still gets in.
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
 
 
 def test_unreadable_receipts_are_an_error_that_names_the_line(

@@ -155,6 +155,61 @@ async def test_emit_posts_events_with_the_bearer_token() -> None:
     }
 
 
+async def test_emit_takes_plain_dicts_validated_like_ingest_and_never_sends_an_invalid_one() -> (
+    None
+):
+    """A dict in the wire shape is sent exactly as its model would be (defaults filled in); one that breaks the model comes back rejected with ingest's message and is never sent."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        return accept_all(await recorder.record(request))
+
+    good: dict[str, Any] = {
+        "id": "d-1",
+        "type": "chat.usage.v1",
+        "occurred_at": "2026-11-02T11:15:00+01:00",
+        "user_id": "alice",
+        "data": {
+            "chat_id": "c-1",
+            "message_id": "m-1",
+            "model": "claude-sonnet-4",
+            "input_tokens": 10,
+            "output_tokens": 5,
+        },
+    }
+    bad = {**good, "id": "d-2", "data": {**good["data"], "input_tokens": -1}}
+    async with serve(handler) as url, client(url) as tollgate:
+        result = await tollgate.emit([bad, *events(1), good])
+
+    assert result.accepted == ["e-0", "d-1"]
+    assert [(r.id, r.permanent) for r in result.rejected] == [("d-2", True)]
+    assert result.rejected[0].message.startswith("data.input_tokens: Input should be greater")
+    sent = recorder.bodies[0]["events"]
+    assert [e["id"] for e in sent] == ["e-0", "d-1"]
+    assert sent[1]["occurred_at"] == "2026-11-02T10:15:00Z"
+    assert sent[1]["data"]["purpose"] == "chat"
+    assert sent[1]["data"]["cache_read_tokens"] == 0
+
+
+async def test_emit_of_only_invalid_dicts_sends_nothing() -> None:
+    """A dict that is not an event at all, or holds a control character, is rejected locally."""
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.Response:
+        return accept_all(await recorder.record(request))
+
+    nul: dict[str, object] = {"id": "n-1", "type": "api.usage.v1", "user_id": "a\x00b"}
+    nul |= {"occurred_at": "2026-11-02T10:15:00Z", "data": {"client": "ui"}}
+    unknown = {"id": "n-2", "type": "chat.usage.v9", "occurred_at": "2026-11-02T10:15:00Z"}
+    async with serve(handler) as url, client(url) as tollgate:
+        result = await tollgate.emit([nul, unknown])
+    assert result.accepted == []
+    assert [r.id for r in result.rejected] == ["n-1", "n-2"]
+    assert "user_id: contains a control character" in result.rejected[0].message
+    assert "unknown event type 'chat.usage.v9'" in result.rejected[1].message
+    assert recorder.bodies == []
+
+
 async def test_emit_of_nothing_sends_nothing() -> None:
     """Emitting nothing sends no request, since ingest refuses empty batches."""
     recorder = Recorder()

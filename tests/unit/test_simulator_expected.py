@@ -278,7 +278,7 @@ def test_chargeback_uses_the_latest_sample_and_the_months_usage() -> None:
 
 
 def test_snapshot_is_json_ready() -> None:
-    """The whole expected document of a simulation serialises with orjson."""
+    """The whole expected document of a simulation serialises with orjson, its cost window in the API's exclusive form."""
     sim = Simulation(SimulationConfig(seed=4, users=5, days=3, end=NOW))
     tally = Tally(sim.prices)
     tally.observe_all(sim.events())
@@ -301,6 +301,9 @@ def test_snapshot_is_json_ready() -> None:
     assert decoded["agent_time"]["total_runtime_ms"] == sum(hours.values()) > 0
     spent = decoded["limits"]["spent_micros"]
     assert sum(u["month"] for u in spent.values()) > 0
+    # The cost window is written as the cost API takes it: the end date is exclusive.
+    assert decoded["costs"]["start_date"] == sim.start.date().isoformat()
+    assert decoded["costs"]["end_date"] == (sim.end.date() + timedelta(days=1)).isoformat()
 
 
 def test_agent_time_sums_runtime_per_utc_hour_and_reports_idle_hours_as_zero() -> None:

@@ -12,7 +12,7 @@ import pytest
 from libs.events.client import EmitError, EmitResult, Rejection
 from libs.events.codec import decode
 from libs.events.models import ChatUsageRecorded, Envelope
-from libs.simulator.cli import main
+from libs.simulator.cli import _parser, main
 from libs.simulator.generate import Simulation, SimulationConfig
 from libs.simulator.send import IngestSender, KafkaSender, RateLimiter, chunked
 
@@ -162,3 +162,44 @@ def test_dry_run_writes_the_expected_totals(tmp_path: Path) -> None:
 def test_bad_arguments_exit_with_two() -> None:
     """A zero-sized simulation is refused with exit code 2."""
     assert main(["--dry-run", "--users", "0"]) == 2
+
+
+def test_dry_run_prints_a_summary_and_the_events_as_json_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--dry-run --print-events` prints one decodable JSON line per generated event and a summary that counts them."""
+    out = tmp_path / "expected.json"
+    argv = ["--dry-run", "--print-events", "--no-progress", "--seed", "6", "--users", "3"]
+    argv += ["--days", "2", "--end", "2026-11-04T12:00:00Z", "--expected", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    events = [decode(line.encode()) for line in captured.out.splitlines()]
+    document = orjson.loads(out.read_bytes())
+    assert len(events) == document["summary"]["events"] > 0
+    assert all(e.id.startswith("sim-6-") for e in events)
+    summary = " ".join(captured.err.split())
+    assert f"events {len(events):,} generated" in summary
+    assert "dry run: nothing was sent" in summary
+    for type_name, count in document["summary"]["by_type"].items():
+        assert f"{count:,} {type_name}" in summary
+    cost = sum(u["total_cost_micros"] for u in document["costs"]["users"].values())
+    assert f"{cost:,} µ$" in summary
+
+
+def test_the_simulator_finds_make_run_by_its_port_and_state_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest, the broker for `--direct` and the expected file follow make run's variables."""
+    for name in ("TOLLGATE_INGEST_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TOLLGATE_INGEST_PORT", "28081")
+    monkeypatch.setenv("TOLLGATE_EMBEDDED_KAFKA_PORT", "28092")
+    monkeypatch.setenv("TOLLGATE_STATE_DIR", str(tmp_path / "state"))
+    args = _parser().parse_args([])
+    assert args.ingest_url == "http://127.0.0.1:28081"
+    assert args.bootstrap == "127.0.0.1:28092"
+    argv = ["--dry-run", "--no-progress", "--seed", "8", "--users", "1", "--days", "1"]
+    assert main(argv) == 0
+    assert (tmp_path / "state" / "simulations" / "sim-8.json").exists()
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
+    assert _parser().parse_args([]).bootstrap == "kafka:9092"
