@@ -15,15 +15,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 
-from libs.service.db import migrate
 from libs.service.embedded import free_port
 from libs.service.kafka import ensure_topics
-from tests.support import ADMIN_TOKEN, ROOT, Infra, ServiceProcess, service_ports
+from tests.support import ADMIN_TOKEN, ROOT, Infra, ServiceProcess, create_database, service_ports
 
 SERVICES: Final = ("ingest", "limits", "reports", "publisher")
 CONSUMERS: Final = ("limits", "reports", "publisher")
@@ -56,19 +53,6 @@ class ToolProcess(ServiceProcess):
     def argv(self) -> list[str]:
         """The tool's own arguments: no `serve`."""
         return list(self.extra_args)
-
-
-async def create_database(infra: Infra, name: str) -> str:
-    """A new, migrated database on the session's PostgreSQL; returns its URL."""
-    conn = await asyncpg.connect(infra.database_url, timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    parts = urlsplit(infra.database_url)
-    url = urlunsplit(parts._replace(path=f"/{name}"))
-    await migrate(url)
-    return url
 
 
 #: Signs the stack's portal tokens and console sessions (test-only).
