@@ -25,7 +25,7 @@ from services.reports.notifications.dispatcher import Notifier, NotifierOptions
 from services.reports.notifications.domain import AddressPolicy
 from services.reports.notifications.metrics import NotificationMetrics
 from services.reports.notifications.senders import EmailSender, SmtpServer, WebhookSender
-from services.reports.notifications.storage import PostgresNotificationStore
+from services.reports.notifications.storage import Delivery, PostgresNotificationStore
 from tests.notify_support import SmtpSink, WebhookReceiver
 from tests.support import Infra, create_database, eventually, unique
 
@@ -147,7 +147,7 @@ async def test_a_receiver_failing_three_times_gets_the_same_id_on_the_fourth_try
         hook = await store.add_webhook(hooks.url(), "flaky")
         await PostgresCrossingStore(pool).record([crossing("ann", WARNING)])
 
-        async def delivered() -> list[object]:
+        async def delivered() -> list[Delivery]:
             return await store.deliveries(status="delivered", channel=None, user_id="ann", limit=5)
 
         (delivery,) = await eventually(delivered)
@@ -326,7 +326,7 @@ async def test_a_delivery_is_given_up_after_the_retry_window(pool: asyncpg.Pool)
         await store.add_webhook(hooks.url(), "down")
         await PostgresCrossingStore(pool).record([crossing("cy", WARNING)])
 
-        async def failed() -> list[object]:
+        async def failed() -> list[Delivery]:
             return await store.deliveries(status="failed", channel="webhook", user_id="cy", limit=5)
 
         (delivery,) = await eventually(failed)

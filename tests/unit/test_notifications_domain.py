@@ -156,6 +156,8 @@ def test_retry_after_is_read_in_seconds_and_capped(
         ("http://127.0.0.1:8080/hook", "loopback"),
         ("http://[::1]/hook", "loopback"),
         ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+        ("http://2130706433/hook", "loopback"),
+        ("http://0x7f.1/hook", "loopback"),
         ("http://10.1.2.3/hook", "private"),
         ("http://192.168.0.9/hook", "private"),
         ("http://169.254.169.254/latest/meta-data", "link-local"),

@@ -25,6 +25,7 @@ import ipaddress
 import math
 import random
 import secrets
+import socket
 import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -221,12 +222,26 @@ def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+_INET_ATON_CHARS: Final = frozenset("0123456789abcdefx.")
+
+
 def ip_literal(host: str) -> IPAddress | None:
-    """The address a URL's host spells, or None for a name."""
+    """The address a URL's host spells, or None for a name.
+
+    Besides the usual forms this knows the shorthands resolvers accept for IPv4
+    (`2130706433`, `0x7f.1`, `127.1`), so they cannot pass for names.
+    """
+    bare = host.strip("[]").lower()
     try:
-        return ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(bare)
     except ValueError:
-        return None
+        pass
+    if bare and set(bare) <= _INET_ATON_CHARS and bare[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(bare))
+        except OSError:
+            return None
+    return None
 
 
 def check_webhook_url(raw: str, policy: AddressPolicy) -> str:
