@@ -51,3 +51,13 @@ def _duration(value: object) -> object:
 
 #: A settings field that reads `17m`, `2s`, `500ms`, `1h30m` or a number of seconds.
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def _seconds(value: object) -> object:
+    if isinstance(value, str):
+        return parse_duration(value).total_seconds()
+    return value
+
+
+#: A settings field in seconds that also reads `500ms`, `15s` or `2m`.
+Seconds = Annotated[float, BeforeValidator(_seconds)]

@@ -8,7 +8,7 @@ from typing import Annotated, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from libs.service.durations import Duration
+from libs.service.durations import Duration, Seconds
 from libs.service.settings import CommonSettings, split_csv
 from services.reports.notifications.domain import check_address, one_line, parse_networks
 from services.reports.notifications.senders import SmtpServer, envelope_sender
@@ -61,9 +61,9 @@ class ReportsSettings(CommonSettings):
     smtp_url: str | None = Field(None, alias="TOLLGATE_SMTP_URL", repr=False)
     smtp_from: str | None = Field(None, alias="TOLLGATE_SMTP_FROM")
     notify_admin_emails: TextList = Field((), alias="TOLLGATE_NOTIFY_ADMIN_EMAILS")
-    notify_poll_s: float = Field(1.0, alias="TOLLGATE_NOTIFY_POLL", gt=0, le=60)
-    notify_timeout_s: float = Field(15.0, alias="TOLLGATE_NOTIFY_TIMEOUT", gt=0, le=120)
-    notify_claim_timeout_s: float = Field(
+    notify_poll_s: Seconds = Field(1.0, alias="TOLLGATE_NOTIFY_POLL", gt=0, le=60)
+    notify_timeout_s: Seconds = Field(15.0, alias="TOLLGATE_NOTIFY_TIMEOUT", gt=0, le=120)
+    notify_claim_timeout_s: Seconds = Field(
         60.0, alias="TOLLGATE_NOTIFY_CLAIM_TIMEOUT", gt=0, le=3600
     )
     # Deliveries are retried for at least this long, then given up ("failed").
@@ -79,7 +79,7 @@ class ReportsSettings(CommonSettings):
     notify_per_target: int = Field(4, alias="TOLLGATE_NOTIFY_PER_TARGET", ge=1, le=64)
     notify_concurrency: int = Field(32, alias="TOLLGATE_NOTIFY_CONCURRENCY", ge=1, le=1000)
     # A notification whose user the directory does not know yet waits this long for it.
-    notify_directory_wait_s: float = Field(
+    notify_directory_wait_s: Seconds = Field(
         30.0, alias="TOLLGATE_NOTIFY_DIRECTORY_WAIT", ge=0, le=3600
     )
     webhook_allow_private: bool = Field(default=False, alias="TOLLGATE_WEBHOOK_ALLOW_PRIVATE")
