@@ -272,6 +272,7 @@ def test_a_hostile_name_cannot_add_a_header_to_an_email() -> None:
                 "Message-ID",
                 "Auto-Submitted",
                 "X-Tollgate-Notification",
+                "X-Tollgate-User-Id",
                 "MIME-Version",
                 "Content-Type",
                 "Content-Transfer-Encoding",

@@ -507,6 +507,7 @@ def render_email(
     message["Message-ID"] = f"<{message_id(delivery_id)}@tollgate>"
     message["Auto-Submitted"] = "auto-generated"
     message["X-Tollgate-Notification"] = ctx.kind
+    message["X-Tollgate-User-Id"] = one_line(str(ctx.facts["user_id"]), max_length=250)
     message.set_content("\n".join([*body, *footer]) + "\n", charset="utf-8")
     return message.as_string()
 
