@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 
+from tests.e2e.test_limits_e2e import chat
 from tests.notify_support import SmtpSink, WebhookReceiver
 from tests.support import (
     ADMIN,
@@ -32,24 +33,8 @@ from tests.support import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 JsonObject = dict[str, object]
-
-
-def chat(user: str, cost: int) -> JsonObject:
-    """A chat message of an unpriced model whose emitter knows its cost (it counts as sent)."""
-    return {
-        "id": unique("evt"),
-        "type": "chat.usage.v1",
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "user_id": user,
-        "data": {
-            "chat_id": "chat-1",
-            "message_id": unique("msg"),
-            "model": "house-model",
-            "input_tokens": 1000,
-            "output_tokens": 200,
-            "cost_micros": cost,
-        },
-    }
+#: A model without a price: the emitter's cost counts as sent.
+MODEL = "house-model"
 
 
 def person(user: str, email: str, roles: list[str]) -> JsonObject:
@@ -190,9 +175,9 @@ async def test_50_90_110_cents_notify_once_each_across_two_replicas_and_a_sigkil
             ]
             return all(s == cents * 10_000 for s in spent)
 
-        await _send(http, ingest, chat(user, 500_000))
+        await _send(http, ingest, chat(user, 500_000, model=MODEL))
         await eventually(lambda: everywhere(50))
-        await _send(http, ingest, chat(user, 400_000))
+        await _send(http, ingest, chat(user, 400_000, model=MODEL))
         await eventually(lambda: everywhere(90))
 
         async def warned() -> bool:
@@ -200,7 +185,7 @@ async def test_50_90_110_cents_notify_once_each_across_two_replicas_and_a_sigkil
 
         await eventually(warned, timeout_s=30)
         replicas[0].kill()
-        await _send(http, ingest, chat(user, 200_000))
+        await _send(http, ingest, chat(user, 200_000, model=MODEL))
         await eventually(lambda: everywhere(110))
         replicas[0].start()
 

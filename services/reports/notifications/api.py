@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,6 +27,7 @@ from libs.service.web import (
     storable_text,
     validation_message,
 )
+from services.reports.api import UNAVAILABLE
 from services.reports.notifications.domain import (
     CHANNELS,
     MAX_DESCRIPTION_LENGTH,
@@ -47,16 +47,6 @@ MAX_WEBHOOKS: Final = 100
 MAX_DELIVERIES_PAGE: Final = 500
 DEFAULT_DELIVERIES_PAGE: Final = 50
 _ID_LENGTH: Final = 128
-
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.QueryCanceledError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 @dataclass(frozen=True)
@@ -167,7 +157,7 @@ class NotificationsStatus(BaseModel):
 async def _database() -> AsyncIterator[None]:
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise DependencyUnavailable(
             "the notifications database is unavailable; retry shortly", detail=type(exc).__name__
         ) from exc
