@@ -230,6 +230,14 @@ class Notifier:
         )
         if outcome.retry_after_s is not None:
             delay = max(delay, outcome.retry_after_s)
+        if outcome.gone and item.webhook_id is not None:
+            # Disabled before this attempt is recorded, so that nothing else of the endpoint's
+            # can be claimed in between.
+            failed = await self.outbox.disable_webhook(
+                item.webhook_id, outcome.error or "410 Gone", sparing=item.id
+            )
+            self.metrics.failed.labels(channel).inc(failed)
+            log.warning("notification_webhook_disabled", webhook_id=item.webhook_id, failed=failed)
         status = await self.outbox.settle(
             item,
             Settlement(
@@ -242,10 +250,6 @@ class Notifier:
             claimant=self.claimant,
             retry_for_s=options.retry_for_s,
         )
-        if outcome.gone and item.webhook_id is not None:
-            failed = await self.outbox.disable_webhook(item.webhook_id, outcome.error or "410 Gone")
-            self.metrics.failed.labels(channel).inc(failed)
-            log.warning("notification_webhook_disabled", webhook_id=item.webhook_id, failed=failed)
         if status is None:
             log.info("notification_claim_lost", delivery_id=str(item.id))
             return

@@ -241,8 +241,10 @@ class Outbox(Protocol):
         """Record an attempt; the delivery's new status (None when the claim was lost)."""
         ...
 
-    async def disable_webhook(self, webhook_id: str, reason: str) -> int:
-        """Stop sending to an endpoint that asked so; fails its pending deliveries."""
+    async def disable_webhook(
+        self, webhook_id: str, reason: str, *, sparing: uuid.UUID | None = None
+    ) -> int:
+        """Stop sending to an endpoint that asked so; fails its pending deliveries but `sparing`."""
         ...
 
     async def pending(self) -> dict[Channel, PendingStats]:
@@ -266,7 +268,7 @@ UPDATE notification_webhooks SET deleted_at = now() WHERE id = $1 AND deleted_at
 FAIL_PENDING_OF_WEBHOOK = """
 UPDATE notification_deliveries
 SET status = 'failed', last_error = $2, claimed_until = NULL, claimed_by = NULL
-WHERE webhook_id = $1 AND status = 'pending'
+WHERE webhook_id = $1 AND status = 'pending' AND id IS DISTINCT FROM $3
 """
 DISABLE_WEBHOOK = """
 UPDATE notification_webhooks SET disabled_at = now(), disabled_reason = $2
@@ -344,6 +346,9 @@ CLAIM_WEBHOOK = f"""
 WITH due AS (
     SELECT d.id FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
     WHERE {_DUE} AND d.channel = 'webhook' AND d.webhook_id = $1
+      AND EXISTS (
+          SELECT 1 FROM notification_webhooks w
+          WHERE w.id = d.webhook_id AND w.deleted_at IS NULL AND w.disabled_at IS NULL)
       AND NOT EXISTS (
           SELECT 1 FROM notification_deliveries e
           WHERE e.status = 'pending' AND e.channel = 'webhook' AND e.webhook_id = d.webhook_id
@@ -466,6 +471,7 @@ class PostgresNotificationStore:
                 FAIL_PENDING_OF_WEBHOOK,
                 webhook_id,
                 "the endpoint was deleted before delivery",
+                None,
                 timeout=self.timeout_s,
             )
         return True
@@ -637,12 +643,14 @@ class PostgresNotificationStore:
         )
         return status
 
-    async def disable_webhook(self, webhook_id: str, reason: str) -> int:
-        """Disable an endpoint and fail what was pending for it."""
+    async def disable_webhook(
+        self, webhook_id: str, reason: str, *, sparing: uuid.UUID | None = None
+    ) -> int:
+        """Disable an endpoint and fail what was pending for it (but `sparing`)."""
         async with self.pool.acquire(timeout=self.timeout_s) as conn, conn.transaction():
             await conn.execute(DISABLE_WEBHOOK, webhook_id, reason, timeout=self.timeout_s)
             status = await conn.execute(
-                FAIL_PENDING_OF_WEBHOOK, webhook_id, reason, timeout=self.timeout_s
+                FAIL_PENDING_OF_WEBHOOK, webhook_id, reason, sparing, timeout=self.timeout_s
             )
         return int(status.rsplit(" ", 1)[-1])
 
