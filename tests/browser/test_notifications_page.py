@@ -59,7 +59,7 @@ async def test_an_endpoint_is_added_tested_and_deleted_and_its_secret_shown_once
     async def received() -> bool:
         return len(receiver.answered()) == 1
 
-    await eventually(received)
+    await eventually(received, timeout_s=30)
     doc = receiver.answered()[0].verified(secret)
     assert doc["type"] == "webhook.test"
 
@@ -69,7 +69,7 @@ async def test_an_endpoint_is_added_tested_and_deleted_and_its_secret_shown_once
         rows = page.locator("#delivery-list tr", has_text=url)
         return await rows.count() >= 1 and "Delivered" in await rows.first.inner_text()
 
-    await eventually(shown_delivered, interval_s=0.5)
+    await eventually(shown_delivered, timeout_s=30, interval_s=0.5)
     first = page.locator("#delivery-list tr", has_text=url).first
     assert await first.locator("[data-col='attempts']").get_attribute("data-value") == "1"
     assert await first.locator("[data-col='type']").get_attribute("data-value") == "webhook.test"
