@@ -13,12 +13,15 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from libs.events.codec import encode
 from libs.events.models import Envelope
+from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, start_cli
 from libs.service.kafka import make_producer
 from libs.service.web import create_metrics_app
@@ -210,3 +213,16 @@ async def produce(infra: Infra, topic: str, events: list[Envelope]) -> None:
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def create_database(infra: Infra, name: str) -> str:
+    """A new, migrated database on the session's PostgreSQL; returns its URL."""
+    conn = await asyncpg.connect(infra.database_url, timeout=10)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(infra.database_url)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    await migrate(url)
+    return url

@@ -198,6 +198,8 @@ class Runner:
             env["TOLLGATE_ADMIN_TOKENS"] = DEV_ADMIN_TOKEN
         env.setdefault("TOLLGATE_LOG_FORMAT", "console" if sys.stderr.isatty() else "json")
         env.setdefault("TOLLGATE_HOST", "127.0.0.1")
+        # A laptop's webhook receivers listen on localhost or the LAN.
+        env.setdefault("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", "true")
         services = available_services()
         try:
             claims = self._claims(env, services)

@@ -44,6 +44,7 @@ from libs.simulator.send import (
     SendReport,
     register_prices,
 )
+from services.limits.domain import LimitsConfig
 
 __all__ = ["default_expected_path", "first_token", "main", "summary_table", "write_expected"]
 
@@ -155,7 +156,70 @@ def _parser() -> argparse.ArgumentParser:
         help="where to write the expected totals (default: "
         "$TOLLGATE_STATE_DIR/simulations/sim-SEED.json, .tollgate by default)",
     )
+    notify = p.add_argument_group("budget notifications")
+    notify.add_argument(
+        "--limits-config",
+        type=_limits_config,
+        default=None,
+        metavar="PATH",
+        help=(
+            "a JSON file with the limits configuration in force before the usage is sent (the "
+            "body of PUT /api/v1/limits/config, plus optional user_overrides and "
+            "group_overrides maps of id to micro-dollars): the expected file then lists the "
+            "budget notifications and emails it must cause"
+        ),
+    )
+    notify.add_argument(
+        "--notify-admin-email",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="an address of TOLLGATE_NOTIFY_ADMIN_EMAILS (repeatable), for the expected emails",
+    )
     return p
+
+
+def limits_config(doc: object) -> LimitsConfig:
+    """A limits configuration from its JSON form; ValueError names what is wrong."""
+    if not isinstance(doc, dict):
+        raise ValueError("expected a JSON object")  # noqa: TRY004  # one error kind for the CLI
+    known = {
+        "enabled",
+        "period",
+        "default_limit_micros",
+        "warning_threshold_percent",
+        "user_overrides",
+        "group_overrides",
+    }
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    period = doc.get("period", "month")
+    if period not in ("day", "week", "month"):
+        raise ValueError("period: day, week or month")
+    percent = doc.get("warning_threshold_percent", 85)
+    if percent is not None and (not isinstance(percent, int) or not 1 <= percent <= 99):
+        raise ValueError("warning_threshold_percent: a whole number from 1 to 99, or null")
+    default = doc.get("default_limit_micros")
+    overrides = {name: doc.get(name, {}) for name in ("user_overrides", "group_overrides")}
+    for value in [default, *(v for o in overrides.values() for v in dict(o).values())]:
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError("limits are whole micro-dollar amounts above 0")
+    return LimitsConfig(
+        enabled=bool(doc.get("enabled", True)),
+        period=period,
+        default_limit_micros=default,
+        user_overrides=dict(overrides["user_overrides"]),
+        group_overrides=dict(overrides["group_overrides"]),
+        warning_threshold_percent=percent,
+    )
+
+
+def _limits_config(value: str) -> LimitsConfig:
+    try:
+        return limits_config(orjson.loads(Path(value).read_bytes()))
+    except (OSError, orjson.JSONDecodeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"--limits-config {value}: {exc}") from exc
 
 
 def write_expected(path: Path, document: object) -> None:
@@ -317,7 +381,14 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             "resent_batches": report.resent_batches,
             "elapsed_s": round(report.elapsed_s, 3),
         },
-        **tally.snapshot(now=end, start=start, end=end, interval=args.interval),
+        **tally.snapshot(
+            now=end,
+            start=start,
+            end=end,
+            interval=args.interval,
+            limits=args.limits_config,
+            admin_emails=args.notify_admin_email,
+        ),
     }
     write_expected(expected_path, document)
     generated = tally.events

@@ -32,7 +32,10 @@ from libs.events.models import (
     WorkspaceBuilt,
 )
 from services.ingest.domain import ModelPrice, priced_cost
+from services.limits.crossings import LIMIT_PERCENT, LIMIT_REACHED, WARNING, warning_reached
+from services.limits.domain import LimitsConfig, period_bounds, resolve_limit
 from services.publisher.domain import HB_AGENT_RUNTIME, agent_hour, agent_time_id
+from services.reports.notifications.domain import ADMIN_ROLES, Person, recipients
 
 __all__ = [
     "CATEGORIES",
@@ -287,6 +290,82 @@ class Tally:
             "spent_micros": users,
         }
 
+    def groups_of(self, user_id: str) -> list[str]:
+        """The groups whose newest member list holds `user_id`."""
+        return sorted(g for g, e in self.groups.items() if user_id in e.data.member_ids)
+
+    def notifications(
+        self, now: datetime, config: LimitsConfig, *, admin_emails: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """The budget notifications this usage must cause under `config`, and their emails.
+
+        `config` must have been in force before the usage arrived (limits evaluates each
+        user's spend as it grows). Each user whose spend in the current period reaches the
+        warning share of their limit gets a `budget.warning`, and one who reaches the limit a
+        `budget.limit_reached`; the limit comes from the limits service's own priority rule
+        (`resolve_limit`). Emails follow the notifier's rule: the user (unless suspended),
+        every owner and user admin but the user, and `admin_emails`.
+        """
+        start, end = period_bounds(config.period, now)
+        today = now.astimezone(UTC).date()
+        people = {
+            uid: Person(uid, u.data.username, u.data.name, "" if u.data.suspended else u.data.email)
+            for uid, u in self.users.items()
+        }
+        admins = [
+            people[uid]
+            for uid, u in sorted(self.users.items())
+            if ADMIN_ROLES & set(u.data.roles) and not u.data.suspended
+        ]
+        extra = list(admin_emails)
+        due: list[dict[str, Any]] = []
+        emails: list[dict[str, Any]] = []
+        for user in self.user_ids():
+            spent = self.spend(user, start.date(), today)
+            limit, source, group_id, _ = resolve_limit(config, user, self.groups_of(user))
+            if limit is None:
+                continue
+            kinds: list[tuple[str, int]] = []
+            percent = config.warning_threshold_percent
+            if percent is not None and warning_reached(spent, limit, percent):
+                kinds.append((WARNING, percent))
+            if spent >= limit:
+                kinds.append((LIMIT_REACHED, LIMIT_PERCENT))
+            profile = self.users.get(user)
+            for kind, threshold in kinds:
+                due.append(
+                    {
+                        "type": kind,
+                        "user_id": user,
+                        "username": profile.data.username if profile else None,
+                        "period": config.period,
+                        "period_start": start,
+                        "period_end": end,
+                        "threshold_percent": threshold,
+                        "limit_micros": limit,
+                        "spent_micros_at_end": spent,
+                        "source": source,
+                        "group_id": group_id,
+                        "group_name": self.groups[group_id].data.name if group_id else None,
+                    }
+                )
+                for address, audience in recipients(people.get(user), admins, extra):
+                    emails.append(
+                        {"to": address, "audience": audience, "type": kind, "user_id": user}
+                    )
+        return {
+            "config": {
+                "enabled": config.enabled,
+                "period": config.period,
+                "default_limit_micros": config.default_limit_micros,
+                "warning_threshold_percent": config.warning_threshold_percent,
+                "user_overrides": dict(config.user_overrides),
+                "group_overrides": dict(config.group_overrides),
+            },
+            "notifications": due,
+            "emails": emails,
+        }
+
     # ----- costs ---------------------------------------------------------------------------
 
     def costs(self, start: date, end: date) -> dict[str, dict[str, Any]]:
@@ -479,10 +558,24 @@ class Tally:
         }
 
     def snapshot(
-        self, *, now: datetime, start: datetime, end: datetime, interval: Interval = "1 day"
+        self,
+        *,
+        now: datetime,
+        start: datetime,
+        end: datetime,
+        interval: Interval = "1 day",
+        limits: LimitsConfig | None = None,
+        admin_emails: Iterable[str] = (),
     ) -> dict[str, Any]:
-        """Every expected figure for the simulated window, as one JSON-ready document."""
+        """Every expected figure for the simulated window, as one JSON-ready document.
+
+        With `limits`, it also lists the budget notifications that configuration must cause.
+        """
+        extra: dict[str, Any] = {}
+        if limits is not None:
+            extra["notifications"] = self.notifications(now, limits, admin_emails=admin_emails)
         return {
+            **extra,
             "summary": self.summary(),
             "prices": {m: p.as_json() for m, p in sorted(self.prices.items())},
             "limits": self.limits(now),

@@ -169,6 +169,8 @@ class Simulation:
             roles.append("template-admin")
         if rng.random() < 0.05:
             roles.append("auditor")
+        # One owner and one user admin, who get the admin version of budget notifications.
+        roles += {1: ["owner"], 2: ["user-admin"]}.get(index, [])
         weights = tuple(w * rng.uniform(0.2, 2.0) for w in _MODEL_WEIGHTS)
         team = (index - 1) % cfg.team_count
         groups = ["engineering"] if rng.random() < 0.85 else ["contractors"]

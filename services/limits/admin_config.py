@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 
@@ -23,6 +24,8 @@ class ConfigCache:
         self.stored: StoredConfig | None = None
         #: Whether the last read of the configuration's version reached the database.
         self.reachable = False
+        #: Called after a newer configuration was put in force.
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -50,7 +53,10 @@ class ConfigCache:
             default_limit_micros=stored.default_limit_micros,
             user_overrides=len(stored.user_overrides),
             group_overrides=len(stored.group_overrides),
+            warning_threshold_percent=stored.warning_threshold_percent,
         )
+        if self.on_change is not None:
+            self.on_change()
         return True
 
     async def refresh_forever(self) -> None:

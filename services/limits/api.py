@@ -35,7 +35,13 @@ from services.limits.domain import (
     unpriced_models,
 )
 from services.limits.metrics import LimitsMetrics
-from services.limits.storage import ConfigStore, Override, Subject
+from services.limits.storage import (
+    DEFAULT_WARNING_PERCENT,
+    KEEP,
+    ConfigStore,
+    Override,
+    Subject,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +50,7 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_ID_LENGTH = 128
 LimitMicros = Annotated[int, Field(strict=True, gt=0, le=MAX_INT)]
+WarningPercent = Annotated[int, Field(strict=True, ge=1, le=99)]
 
 # Fields GET adds to the configuration; a PUT of what GET returned ignores them.
 READ_ONLY_CONFIG_FIELDS = frozenset(
@@ -123,12 +130,17 @@ class LimitStatus(BaseModel):
 
 
 class ConfigUpdate(BaseModel):
-    """`PUT /api/v1/limits/config`: every field is required; `null` means no default."""
+    """`PUT /api/v1/limits/config`: `null` means no default (or no warning).
+
+    `warning_threshold_percent` may be left out (the stored share stays); the others are
+    required.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
     enabled: bool
     period: Period
     default_limit_micros: LimitMicros | None
+    warning_threshold_percent: WarningPercent | None = DEFAULT_WARNING_PERCENT
 
 
 class UserOverrideView(BaseModel):
@@ -154,6 +166,7 @@ class ConfigView(BaseModel):
     enabled: bool
     period: Period
     default_limit_micros: int | None
+    warning_threshold_percent: int | None
     updated_at: datetime
     unpriced_model_count: int
     unpriced_models: list[str]
@@ -324,6 +337,7 @@ async def _config_view(runtime: LimitsRuntime) -> dict[str, object]:
         "enabled": stored.enabled,
         "period": stored.period,
         "default_limit_micros": stored.default_limit_micros,
+        "warning_threshold_percent": stored.warning_threshold_percent,
         "updated_at": stored.updated_at,
         "unpriced_model_count": len(unpriced),
         "unpriced_models": unpriced,
@@ -362,15 +376,21 @@ async def put_config(request: web.Request) -> web.Response:
     """Replace the switch, the period and the default limit."""
     runtime = request.app[RUNTIME]
     update = await _read_body(request, ConfigUpdate, ignore=READ_ONLY_CONFIG_FIELDS)
+    warning = (
+        update.warning_threshold_percent
+        if "warning_threshold_percent" in update.model_fields_set
+        else KEEP
+    )
     await _database(
         runtime.store.put_config(
             enabled=update.enabled,
             period=update.period,
             default_limit_micros=update.default_limit_micros,
+            warning_threshold_percent=warning,
         )
     )
     await _refresh(runtime)
-    log.info("limits_config_set", **update.model_dump())
+    log.info("limits_config_set", **update.model_dump(exclude_unset=True))
     return json_response(await _config_view(runtime))
 
 

@@ -27,11 +27,15 @@ from services.limits.config import LimitsSettings
 from services.limits.consumer import Feed, LimitsSink, SnapshotStatus, Snapshotter
 from services.limits.domain import Ledger, Limiter
 from services.limits.metrics import LimitsMetrics, TopUsers
+from services.limits.recorder import CrossingRecorder
 from services.limits.storage import (
     ChatArchive,
     ConfigStore,
+    CrossingStore,
+    InMemoryCrossingStore,
     PostgresChatArchive,
     PostgresConfigStore,
+    PostgresCrossingStore,
     PostgresSnapshotStore,
     SnapshotStore,
 )
@@ -49,9 +53,12 @@ BATCH_RECORDS = 256
 DECODE_CHUNK = 16
 #: Seconds the last snapshot at shutdown may take (the chart's grace period covers it).
 FINAL_SNAPSHOT_TIMEOUT_S = 20
+#: Seconds the due notifications not yet written may take to write at shutdown.
+FINAL_FLUSH_TIMEOUT_S = 5
 
 SINK = web.AppKey("limits_sink", LimitsSink)
 SNAPSHOTTER = web.AppKey("limits_snapshotter", Snapshotter)
+RECORDER = web.AppKey("limits_recorder", CrossingRecorder)
 
 FeedFactory = Callable[[LimitsSink], Feed]
 
@@ -62,6 +69,7 @@ def build_app(
     config_store: ConfigStore | None = None,
     snapshot_store: SnapshotStore | None = None,
     archive: ChatArchive | None = None,
+    crossing_store: CrossingStore | None = None,
     feed: FeedFactory | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
@@ -74,6 +82,8 @@ def build_app(
     every partition of the events topic. `archive` is where the previous log's tail is
     recovered from after a broker epoch change; without it (and with the stores built here),
     the reports archive in the same database, unless `TOLLGATE_LIMITS_ARCHIVE_CATCHUP` is off.
+    `crossing_store` records budget notifications; without it, the notifications tables of
+    that database (or memory, when the other stores were given).
     `freeze_heap` (for the service's own process, never
     for tests sharing one) moves everything alive once the log is read into the garbage
     collector's permanent generation (see `_freeze_heap_when_caught_up`).
@@ -117,8 +127,13 @@ def build_app(
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with (
-            _stores(settings, config_store, snapshot_store, archive) as (store, snapshots, tail),
-            wiring.running(app, store, snapshots, tail),
+            _stores(settings, config_store, snapshot_store, archive, crossing_store) as (
+                store,
+                snapshots,
+                tail,
+                crossings,
+            ),
+            wiring.running(app, store, snapshots, tail, crossings),
         ):
             yield
 
@@ -164,12 +179,20 @@ class _Wiring:
         store: ConfigStore,
         snapshots: SnapshotStore,
         archive: ChatArchive | None,
+        crossings: CrossingStore,
     ) -> AsyncIterator[None]:
         """Load the configuration, start the consumer, refresher and snapshots; stop them."""
         settings, limiter, metrics = self.settings, self.limiter, self.metrics
         status, clock = self.status, self.clock
         producer: AIOKafkaProducer | None = None
         configs = ConfigCache(store, limiter, interval_s=settings.config_refresh_s)
+        recorder: CrossingRecorder | None = None
+        if settings.notifications:
+            recorder = CrossingRecorder(
+                limiter, crossings, metrics=metrics, ready=self.ready, clock=clock
+            )
+            configs.on_change = recorder.request_sweep
+            app[RECORDER] = recorder
         sink = LimitsSink(
             limiter,
             snapshots,
@@ -180,6 +203,7 @@ class _Wiring:
             status=status,
             clock=clock,
             archive=archive if settings.archive_catchup else None,
+            on_spend=recorder.observe if recorder is not None else None,
         )
         snapshotter = Snapshotter(
             limiter,
@@ -227,10 +251,16 @@ class _Wiring:
                     _freeze_heap_when_caught_up(reader.caught_up, enabled=self.freeze_heap),
                     name="limits-heap",
                 ),
+                background(
+                    recorder.run_forever() if recorder is not None else _idle(),
+                    name="limits-notifications",
+                ),
             ):
                 yield
                 # A clean stop reads the log to its end before the final snapshot.
                 await reader.drain()
+                if recorder is not None:
+                    await _final_flush(recorder)
             # The consumer has stopped: the ledger is final for this process.
             try:
                 await asyncio.wait_for(snapshotter.take(), FINAL_SNAPSHOT_TIMEOUT_S)
@@ -241,16 +271,33 @@ class _Wiring:
                 await asyncio.wait_for(producer.stop(), settings.kafka_timeout_s)
 
 
+async def _final_flush(recorder: CrossingRecorder) -> None:
+    """Write what is due before stopping (what is not written is found again at the next start)."""
+    try:
+        await asyncio.wait_for(recorder.flush(), FINAL_FLUSH_TIMEOUT_S)
+    except Exception as exc:
+        log.warning(
+            "limits_notifications_final_write_failed",
+            error=f"{type(exc).__name__}: {exc}",
+            pending=len(recorder.pending),
+        )
+
+
+async def _idle() -> None:
+    await asyncio.Event().wait()
+
+
 @asynccontextmanager
 async def _stores(
     settings: LimitsSettings,
     config_store: ConfigStore | None,
     snapshot_store: SnapshotStore | None,
     archive: ChatArchive | None,
-) -> AsyncIterator[tuple[ConfigStore, SnapshotStore, ChatArchive | None]]:
+    crossing_store: CrossingStore | None,
+) -> AsyncIterator[tuple[ConfigStore, SnapshotStore, ChatArchive | None, CrossingStore]]:
     """The stores given, or PostgreSQL ones on a pool that closes with them."""
     if config_store is not None and snapshot_store is not None:
-        yield config_store, snapshot_store, archive
+        yield config_store, snapshot_store, archive, crossing_store or InMemoryCrossingStore()
         return
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
     try:
@@ -258,6 +305,7 @@ async def _stores(
             config_store or PostgresConfigStore(pool),
             snapshot_store or PostgresSnapshotStore(pool),
             archive or PostgresChatArchive(pool),
+            crossing_store or PostgresCrossingStore(pool),
         )
     finally:
         await pool.close()

@@ -28,6 +28,8 @@ class LimitsSettings(CommonSettings):
     # At a start in a new broker epoch (the embedded broker restarted with an empty log), add
     # the chat usage the reports archive holds from after the carried snapshot.
     archive_catchup: bool = Field(default=True, alias="TOLLGATE_LIMITS_ARCHIVE_CATCHUP")
+    # Record budget notifications (warning and limit reached) in PostgreSQL as they fall due.
+    notifications: bool = Field(default=True, alias="TOLLGATE_LIMITS_NOTIFICATIONS")
 
     @classmethod
     def from_env(cls) -> LimitsSettings:

@@ -90,6 +90,7 @@ class LimitsSink:
         status: SnapshotStatus,
         clock: Callable[[], float] = time.time,
         archive: ChatArchive | None = None,
+        on_spend: Callable[[set[tuple[str, str | None]]], None] | None = None,
     ) -> None:
         self.limiter = limiter
         self.snapshots = snapshots
@@ -100,6 +101,8 @@ class LimitsSink:
         self.status = status
         self.clock = clock
         self.archive = archive
+        #: Told which users' spend a chunk of events raised (budget notifications).
+        self.on_spend = on_spend
         self.restored = False
         #: The previous epoch's snapshot this replica started from, if it did.
         self.carried: Snapshot | None = None
@@ -247,6 +250,7 @@ class LimitsSink:
         positions = ledger.positions
         applied = duplicates = 0
         spend: dict[str, int] = {}
+        spenders: set[tuple[str, str | None]] = set()
         for item in chunk:
             event = item.event
             outcome = ledger.apply(
@@ -258,6 +262,7 @@ class LimitsSink:
                 assert isinstance(event, ChatUsageRecorded)
                 model = event.data.model
                 spend[model] = spend.get(model, 0) + (event.data.cost_micros or 0)
+                spenders.add((event.user_id, event.org_id))
             elif outcome in ("unpriced", "free", "group"):
                 applied += 1
             elif outcome == "duplicate":
@@ -268,6 +273,8 @@ class LimitsSink:
             metrics.events_applied.inc(applied)
         if duplicates:
             metrics.duplicates.inc(duplicates)
+        if spenders and self.on_spend is not None:
+            self.on_spend(spenders)
 
 
 def _encode(image: LedgerImage) -> tuple[bytes, bytes]:

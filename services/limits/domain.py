@@ -173,13 +173,15 @@ class Calendar:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """What admins set: the switch, the period, the default and the overrides."""
+    """What admins set: the switch, the period, the default, the overrides and the warning."""
 
     enabled: bool = False
     period: Period = "month"
     default_limit_micros: int | None = None
     user_overrides: Mapping[str, int] = field(default_factory=dict)
     group_overrides: Mapping[str, int] = field(default_factory=dict)
+    #: The share of the limit (1 to 99) at which a budget warning is due; None: no warnings.
+    warning_threshold_percent: int | None = 85
 
 
 class Resolution(NamedTuple):

@@ -82,6 +82,9 @@ class LimitsMetrics:
     snapshot_seconds: Histogram
     snapshot_bytes: Gauge
     dedup_ids: Gauge
+    crossings_recorded: Counter
+    crossings_pending: Gauge
+    crossing_write_failures: Counter
     # The series a check counts in, looked up once: `labels()` locks and checks its arguments
     # on every call, a noticeable share of a check's time.
     checks_allowed: Counter = field(init=False)
@@ -156,5 +159,24 @@ class LimitsMetrics:
                 "Event ids held in the deduplication window",
                 registry=registry,
             ),
+            crossings_recorded=Counter(
+                "tollgate_limits_notifications_recorded_total",
+                "Budget notifications this replica was the first to record, by type "
+                "(replicas record disjoint sets: aggregate with sum)",
+                ["type"],
+                registry=registry,
+            ),
+            crossings_pending=Gauge(
+                "tollgate_limits_notifications_unrecorded",
+                "Budget notifications found due and not yet written to PostgreSQL",
+                registry=registry,
+            ),
+            crossing_write_failures=Counter(
+                "tollgate_limits_notification_write_failures_total",
+                "Failed attempts to record due budget notifications (retried)",
+                registry=registry,
+            ),
         )
+        for kind in ("budget.warning", "budget.limit_reached"):
+            metrics.crossings_recorded.labels(kind)
         return metrics

@@ -5,18 +5,24 @@ Each store is a Protocol with a PostgreSQL implementation and an in-memory one f
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 import asyncpg
 import orjson
 
 from libs.events.models import ChatUsageRecorded, identity_of
+from services.limits.crossings import Crossing, CrossingKey
 from services.limits.domain import LimitsConfig, Period
 
 Subject = Literal["user", "group"]
+#: `put_config`'s warning share when the request left it out: the stored one stays.
+Keep = Literal["keep"]
+KEEP: Final[Keep] = "keep"
+DEFAULT_WARNING_PERCENT: Final = 85
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,7 @@ class StoredConfig:
     version: int = 0
     user_overrides: Sequence[Override] = ()
     group_overrides: Sequence[Override] = ()
+    warning_threshold_percent: int | None = DEFAULT_WARNING_PERCENT
 
     def to_config(self) -> LimitsConfig:
         """The configuration the limiter reads on every check."""
@@ -48,6 +55,7 @@ class StoredConfig:
             default_limit_micros=self.default_limit_micros,
             user_overrides={o.subject_id: o.limit_micros for o in self.user_overrides},
             group_overrides={o.subject_id: o.limit_micros for o in self.group_overrides},
+            warning_threshold_percent=self.warning_threshold_percent,
         )
 
 
@@ -63,9 +71,14 @@ class ConfigStore(Protocol):
         ...
 
     async def put_config(
-        self, *, enabled: bool, period: Period, default_limit_micros: int | None
+        self,
+        *,
+        enabled: bool,
+        period: Period,
+        default_limit_micros: int | None,
+        warning_threshold_percent: int | Keep | None = KEEP,
     ) -> None:
-        """Replace the switch, the period and the default."""
+        """Replace the switch, the period, the default and (unless `KEEP`) the warning share."""
         ...
 
     async def put_override(self, subject: Subject, subject_id: str, limit_micros: int) -> Override:
@@ -141,11 +154,33 @@ class ChatArchive(Protocol):
         ...
 
 
+class CrossingStore(Protocol):
+    """Where due notifications are recorded once, with their webhook deliveries (the outbox)."""
+
+    async def record(self, crossings: Sequence[Crossing]) -> list[RecordedCrossing]:
+        """Record each crossing unless its key is recorded already, in one transaction.
+
+        Returns the ones this call recorded (with how many webhook deliveries each got); the
+        others were recorded before, by this replica or another.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedCrossing:
+    """A crossing this call was the first to record."""
+
+    crossing: Crossing
+    notification_id: uuid.UUID
+    webhooks: int
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 SELECT_VERSION = "SELECT version FROM limits_config"
 SELECT_CONFIG = """
-SELECT enabled, period, default_limit_micros, updated_at, version FROM limits_config
+SELECT enabled, period, default_limit_micros, warning_threshold_percent, updated_at, version
+FROM limits_config
 """
 SELECT_USER_OVERRIDES = """
 SELECT user_id AS subject_id, limit_micros, updated_at FROM limits_user_overrides ORDER BY user_id
@@ -157,6 +192,11 @@ ORDER BY group_id
 UPDATE_CONFIG = """
 UPDATE limits_config
 SET enabled = $1, period = $2, default_limit_micros = $3, version = version + 1, updated_at = now()
+"""
+UPDATE_CONFIG_AND_WARNING = """
+UPDATE limits_config
+SET enabled = $1, period = $2, default_limit_micros = $3, warning_threshold_percent = $4,
+    version = version + 1, updated_at = now()
 """
 UPSERT_USER_OVERRIDE = """
 INSERT INTO limits_user_overrides (user_id, limit_micros, updated_at) VALUES ($1, $2, now())
@@ -222,6 +262,32 @@ WHERE type = 'chat.usage.v1' AND occurred_at >= $1 AND projected_at >= $2
 """
 
 
+# The notification and its webhook deliveries in one statement (so one transaction): only a
+# notification this statement inserted gets deliveries, so a conflict adds nothing anywhere.
+# Rows go in in the given order, which puts a user's warning before their limit notice.
+RECORD_CROSSINGS = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::timestamptz[], $7::jsonb[])
+        WITH ORDINALITY AS t(id, type, user_id, org_scope, period, period_start, data, ord)
+), inserted AS (
+    INSERT INTO notifications (id, type, user_id, org_scope, period, period_start, data)
+    SELECT id, type, user_id, org_scope, period, period_start, data FROM input ORDER BY ord
+    ON CONFLICT ON CONSTRAINT notifications_once DO NOTHING
+    RETURNING id, seq, user_id
+), outbox AS (
+    INSERT INTO notification_deliveries
+        (id, notification_id, notification_seq, channel, webhook_id, user_id)
+    SELECT gen_random_uuid(), i.id, i.seq, 'webhook', w.id, i.user_id
+    FROM inserted i CROSS JOIN notification_webhooks w
+    WHERE w.deleted_at IS NULL AND w.disabled_at IS NULL
+    RETURNING notification_id
+)
+SELECT i.id, (SELECT count(*) FROM outbox o WHERE o.notification_id = i.id) AS webhooks
+FROM inserted i
+"""
+
+
 def _override(row: asyncpg.Record) -> Override:
     return Override(row["subject_id"], row["limit_micros"], row["updated_at"])
 
@@ -251,6 +317,7 @@ class PostgresConfigStore:
             enabled=row["enabled"],
             period=row["period"],
             default_limit_micros=row["default_limit_micros"],
+            warning_threshold_percent=row["warning_threshold_percent"],
             updated_at=row["updated_at"],
             version=row["version"],
             user_overrides=tuple(_override(r) for r in users),
@@ -258,10 +325,25 @@ class PostgresConfigStore:
         )
 
     async def put_config(
-        self, *, enabled: bool, period: Period, default_limit_micros: int | None
+        self,
+        *,
+        enabled: bool,
+        period: Period,
+        default_limit_micros: int | None,
+        warning_threshold_percent: int | Keep | None = KEEP,
     ) -> None:
         """Replace the row's settings and move the version."""
-        await self.pool.execute(UPDATE_CONFIG, enabled, period, default_limit_micros, timeout=5)
+        if warning_threshold_percent == KEEP:
+            await self.pool.execute(UPDATE_CONFIG, enabled, period, default_limit_micros, timeout=5)
+            return
+        await self.pool.execute(
+            UPDATE_CONFIG_AND_WARNING,
+            enabled,
+            period,
+            default_limit_micros,
+            warning_threshold_percent,
+            timeout=5,
+        )
 
     async def put_override(self, subject: Subject, subject_id: str, limit_micros: int) -> Override:
         """Upsert and move the version in one transaction."""
@@ -401,6 +483,35 @@ class PostgresChatArchive:
                 yield page
 
 
+class PostgresCrossingStore:
+    """Crossings and their outbox rows in the notifications tables (deploy/migrations/05xx)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = 10.0) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+
+    async def record(self, crossings: Sequence[Crossing]) -> list[RecordedCrossing]:
+        """One statement: notifications that are new, and a delivery per webhook for each."""
+        if not crossings:
+            return []
+        ids = {c.key: uuid.uuid4() for c in crossings}
+        rows = await self.pool.fetch(
+            RECORD_CROSSINGS,
+            [ids[c.key] for c in crossings],
+            [c.kind for c in crossings],
+            [c.user_id for c in crossings],
+            [c.org_id or "" for c in crossings],
+            [c.period for c in crossings],
+            [c.period_start for c in crossings],
+            [orjson.dumps(c.facts()).decode() for c in crossings],
+            timeout=self.timeout_s,
+        )
+        new = {row["id"]: int(row["webhooks"]) for row in rows}
+        return [
+            RecordedCrossing(c, ids[c.key], new[ids[c.key]]) for c in crossings if ids[c.key] in new
+        ]
+
+
 # -- in memory -------------------------------------------------------------------------------
 
 
@@ -436,11 +547,23 @@ class InMemoryConfigStore:
         return self.stored
 
     async def put_config(
-        self, *, enabled: bool, period: Period, default_limit_micros: int | None
+        self,
+        *,
+        enabled: bool,
+        period: Period,
+        default_limit_micros: int | None,
+        warning_threshold_percent: int | Keep | None = KEEP,
     ) -> None:
         """Replace the settings."""
         self._check()
-        self._bump(enabled=enabled, period=period, default_limit_micros=default_limit_micros)
+        changes: dict[str, object] = {
+            "enabled": enabled,
+            "period": period,
+            "default_limit_micros": default_limit_micros,
+        }
+        if warning_threshold_percent != KEEP:
+            changes["warning_threshold_percent"] = warning_threshold_percent
+        self._bump(**changes)
 
     async def put_override(self, subject: Subject, subject_id: str, limit_micros: int) -> Override:
         """Set an override."""
@@ -534,3 +657,28 @@ class InMemoryChatArchive:
         ]
         if page:
             yield page
+
+
+class InMemoryCrossingStore:
+    """Recorded crossings in a dict, for unit tests; can be told to fail."""
+
+    def __init__(self, webhooks: int = 1) -> None:
+        self.recorded: dict[CrossingKey, Crossing] = {}
+        self.order: list[CrossingKey] = []
+        self.webhooks = webhooks
+        self.down = False
+        self.calls = 0
+
+    async def record(self, crossings: Sequence[Crossing]) -> list[RecordedCrossing]:
+        """Keep each crossing whose key is new."""
+        self.calls += 1
+        if self.down:
+            raise OSError("the database does not answer")
+        new = []
+        for crossing in crossings:
+            if crossing.key in self.recorded:
+                continue
+            self.recorded[crossing.key] = crossing
+            self.order.append(crossing.key)
+            new.append(RecordedCrossing(crossing, uuid.uuid4(), self.webhooks))
+        return new

@@ -10,12 +10,13 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from libs.service.durations import format_duration
 from libs.service.errors import DependencyUnavailable
 from libs.service.openapi import OpenApi
 from libs.service.web import Role, json_response, requires
 from services.publisher.agent_time import AgentTimeHeartbeat
 from services.publisher.config import PublisherSettings
-from services.publisher.domain import HB_AGENT_RUNTIME, format_duration, log_watermark
+from services.publisher.domain import HB_AGENT_RUNTIME, log_watermark
 from services.publisher.metrics import PublisherMetrics
 from services.publisher.storage import AgentHourReport, BillingQueue, QueueStatus, Status
 

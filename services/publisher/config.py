@@ -7,30 +7,19 @@ the same variables serve production (minutes), demos (seconds) and tests (millis
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from libs.service.durations import Duration
 from libs.service.settings import CommonSettings
-from services.publisher.domain import MAX_BATCH, parse_duration
-
-
-def _duration(value: object) -> object:
-    if isinstance(value, str):
-        return parse_duration(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    return value
+from services.publisher.domain import MAX_BATCH
 
 
 def _blank_is_none(value: object) -> object:
     if isinstance(value, str) and not value.strip():
         return None
     return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class PublisherSettings(CommonSettings):

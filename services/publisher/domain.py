@@ -13,7 +13,6 @@ replica makes the same id.
 from __future__ import annotations
 
 import random
-import re
 import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,40 +55,6 @@ SEND_CAUSES: Final[tuple[SendCause, ...]] = (
     "http_4xx",
     "bad_response",
 )
-
-# -- durations -----------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> timedelta:
-    """`17m`, `2s`, `500ms`, `1h30m`, `30d` or a plain number of seconds, as a timedelta."""
-    value = text.strip().lower()
-    if not value:
-        raise ValueError("empty duration; use e.g. 17m, 2s or 500ms")
-    try:
-        return timedelta(seconds=float(value))
-    except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(value) or pos == 0:
-        raise ValueError(f"invalid duration {text!r}; use e.g. 17m, 2s, 500ms or 1h30m")
-    return timedelta(seconds=total)
-
-
-def format_duration(value: timedelta) -> str:
-    """The shortest of `500ms`, `2s`, `17m`, `4h`, `30d` that says `value` exactly."""
-    ms = round(value.total_seconds() * 1000)
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms and ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
 
 
 def first_delay(interval: timedelta, configured: timedelta | None, rng: random.Random) -> timedelta:

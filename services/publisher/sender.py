@@ -29,6 +29,7 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
+from libs.service.durations import format_duration
 from services.publisher.domain import (
     INGEST_PATH,
     BillingAnswer,
@@ -38,7 +39,6 @@ from services.publisher.domain import (
     Sent,
     decide,
     first_delay,
-    format_duration,
     retry_all,
     wire_event,
 )

@@ -45,12 +45,12 @@ from pydantic import (
     model_validator,
 )
 
+from libs.service.durations import parse_duration
 from libs.service.logging import configure_logging
 from services.publisher.domain import (
     BILLING_EVENT_TYPES,
     EVENT_DATA,
     INGEST_PATH,
-    parse_duration,
 )
 
 log = structlog.get_logger(__name__)

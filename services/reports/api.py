@@ -54,7 +54,7 @@ MAX_TEXT: Final = 256
 _30_DAYS: Final = timedelta(days=30)
 
 # A store that does not answer is a 503 the caller may retry, never a 500.
-_UNAVAILABLE = (
+UNAVAILABLE = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
@@ -189,7 +189,7 @@ async def _timed(request: web.Request, endpoint: str) -> AsyncIterator[None]:
     started = time.perf_counter()
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise DependencyUnavailable(
             "the reports database is unavailable; retry shortly", detail=type(exc).__name__
         ) from exc

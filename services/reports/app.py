@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +28,20 @@ from services.reports.console.sessions import (
 from services.reports.consumer import ReportsSink, build_consumer
 from services.reports.limits import HttpLimitsClient, LimitsClient, NoLimits
 from services.reports.metrics import ReportsMetrics
+from services.reports.notifications.api import (
+    NOTIFICATIONS,
+    NotificationsApi,
+    add_notification_routes,
+)
+from services.reports.notifications.dispatcher import Notifier, NotifierOptions
+from services.reports.notifications.domain import AddressPolicy, parse_networks
+from services.reports.notifications.metrics import NotificationMetrics
+from services.reports.notifications.senders import EmailSender, SmtpServer, WebhookSender
+from services.reports.notifications.storage import (
+    InMemoryNotificationAdmin,
+    NotificationAdmin,
+    PostgresNotificationStore,
+)
 from services.reports.portal import add_portal_routes
 from services.reports.storage import PostgresReportStore, ReportStore
 
@@ -55,6 +69,79 @@ class Runtime:
         return self.loop.caught_up.is_set() and self.sink.idle, "consumer"
 
 
+def address_policy(settings: ReportsSettings) -> AddressPolicy:
+    """Where webhooks may connect, from the settings."""
+    return AddressPolicy(
+        allow_private=settings.webhook_allow_private,
+        allowed_networks=parse_networks(settings.webhook_allow_networks),
+    )
+
+
+def notifier_options(settings: ReportsSettings) -> NotifierOptions:
+    """The notifier's pacing and email settings."""
+    return NotifierOptions(
+        poll_s=settings.notify_poll_s,
+        per_target=settings.notify_per_target,
+        concurrency=settings.notify_concurrency,
+        claim_s=settings.notify_claim_timeout_s,
+        retry_for_s=settings.notify_retry_for.total_seconds(),
+        backoff_base_s=settings.notify_backoff_base.total_seconds(),
+        backoff_max_s=settings.notify_backoff_max.total_seconds(),
+        directory_wait_s=settings.notify_directory_wait_s,
+        email_from=settings.smtp_from if settings.smtp_url else None,
+        admin_emails=settings.notify_admin_emails,
+        console_url=settings.public_url,
+    )
+
+
+def _notifications_api(settings: ReportsSettings, store: NotificationAdmin) -> NotificationsApi:
+    return NotificationsApi(
+        store=store,
+        policy=address_policy(settings),
+        email_from=settings.smtp_from if settings.smtp_url else None,
+        admin_emails=len(settings.notify_admin_emails),
+        delivering=settings.notify_deliver,
+        retry_for_s=settings.notify_retry_for.total_seconds(),
+    )
+
+
+@asynccontextmanager
+async def _notifier(
+    settings: ReportsSettings, store: PostgresNotificationStore, registry: CollectorRegistry
+) -> AsyncIterator[None]:
+    """The notifier's dispatch and gauge tasks, with their HTTP session (when delivering)."""
+    if not settings.notify_deliver:
+        yield
+        return
+    policy = address_policy(settings)
+    options = notifier_options(settings)
+    email = None
+    if settings.smtp_url and settings.smtp_from:
+        email = EmailSender(
+            SmtpServer.parse(settings.smtp_url),
+            sender=settings.smtp_from,
+            timeout_s=settings.notify_timeout_s,
+        )
+    async with WebhookSender.session_for(policy) as session:
+        notifier = Notifier(
+            outbox=store,
+            webhooks=WebhookSender(
+                session,
+                policy=policy,
+                timeout_s=settings.notify_timeout_s,
+                retry_after_cap_s=options.backoff_max_s,
+            ),
+            email=email,
+            options=options,
+            metrics=NotificationMetrics.build(registry),
+        )
+        async with (
+            background(notifier.run_forever(), name="notifier"),
+            background(notifier.refresh_gauges_forever(), name="notifier-gauges"),
+        ):
+            yield
+
+
 def _database(
     settings: ReportsSettings,
     store: ReportStore | None,
@@ -63,16 +150,22 @@ def _database(
     runtime: Runtime,
     *,
     sessions_given: bool,
+    notifications: NotificationAdmin | None,
 ) -> CleanupCtx:
     async def database(app: web.Application) -> AsyncIterator[None]:
         if store is not None:
             app[STORE] = store
+            app[NOTIFICATIONS] = _notifications_api(
+                settings, notifications or InMemoryNotificationAdmin()
+            )
             runtime.database = True
             yield
             return
         pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
         reports = PostgresReportStore(pool, max_session_hours=settings.max_session_hours)
         app[STORE] = reports
+        outbox = PostgresNotificationStore(pool)
+        app[NOTIFICATIONS] = _notifications_api(settings, notifications or outbox)
         if not sessions_given:
             app[CONSOLE].store = PostgresSessionStore(pool)
 
@@ -92,6 +185,7 @@ def _database(
             async with (
                 background(probe(), name="db-probe"),
                 background(loop.run(), name="consumer"),
+                _notifier(settings, outbox, registry),
             ):
                 yield
                 # A clean stop reads the log to its end first (the embedded broker's is lost).
@@ -134,6 +228,7 @@ def build_app(
     registry: CollectorRegistry | None = None,
     sessions: SessionStore | None = None,
     revocations: RevocationStore | None = None,
+    notifications: NotificationAdmin | None = None,
 ) -> web.Application:
     """The reports application; real dependencies are built when none are given.
 
@@ -160,7 +255,13 @@ def build_app(
     app.cleanup_ctx.extend(
         [
             _database(
-                settings, store, registry, metrics, runtime, sessions_given=sessions is not None
+                settings,
+                store,
+                registry,
+                metrics,
+                runtime,
+                sessions_given=sessions is not None,
+                notifications=notifications,
             ),
             _limits(settings, limits, metrics),
         ]
@@ -174,4 +275,5 @@ def build_app(
     app[DEPENDENCIES_KEY].append(runtime.database_ready)
     add_routes(app, openapi)
     add_portal_routes(app, openapi)
+    add_notification_routes(app, openapi)
     return app

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from datetime import timedelta
+from typing import Annotated, Self
 
-from libs.service.settings import CommonSettings
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from libs.service.durations import Duration, Seconds
+from libs.service.settings import CommonSettings, split_csv
+from services.reports.notifications.domain import check_address, one_line, parse_networks
+from services.reports.notifications.senders import SmtpServer, envelope_sender
+
+TextList = Annotated[tuple[str, ...], NoDecode]
 
 
 class ReportsSettings(CommonSettings):
@@ -44,6 +53,87 @@ class ReportsSettings(CommonSettings):
     )
     # Behind a TLS-terminating proxy or Ingress: believe its X-Forwarded-Proto and -Host.
     trust_proxy: bool = Field(default=False, alias="TOLLGATE_TRUST_PROXY")
+    # Where people reach the console (links in admin emails), e.g. https://tollgate.example.
+    public_url: str | None = Field(None, alias="TOLLGATE_PUBLIC_URL")
+
+    # -- budget notifications (the notifier) ---------------------------------------------------
+    notify_deliver: bool = Field(default=True, alias="TOLLGATE_NOTIFY_DELIVER")
+    smtp_url: str | None = Field(None, alias="TOLLGATE_SMTP_URL", repr=False)
+    smtp_from: str | None = Field(None, alias="TOLLGATE_SMTP_FROM")
+    notify_admin_emails: TextList = Field((), alias="TOLLGATE_NOTIFY_ADMIN_EMAILS")
+    notify_poll_s: Seconds = Field(1.0, alias="TOLLGATE_NOTIFY_POLL", gt=0, le=60)
+    notify_timeout_s: Seconds = Field(15.0, alias="TOLLGATE_NOTIFY_TIMEOUT", gt=0, le=120)
+    notify_claim_timeout_s: Seconds = Field(
+        60.0, alias="TOLLGATE_NOTIFY_CLAIM_TIMEOUT", gt=0, le=3600
+    )
+    # Deliveries are retried for at least this long, then given up ("failed").
+    notify_retry_for: Duration = Field(
+        timedelta(hours=24), alias="TOLLGATE_NOTIFY_RETRY_FOR", gt=timedelta(0)
+    )
+    notify_backoff_base: Duration = Field(
+        timedelta(seconds=10), alias="TOLLGATE_NOTIFY_BACKOFF_BASE", gt=timedelta(0)
+    )
+    notify_backoff_max: Duration = Field(
+        timedelta(hours=1), alias="TOLLGATE_NOTIFY_BACKOFF_MAX", gt=timedelta(0)
+    )
+    notify_per_target: int = Field(4, alias="TOLLGATE_NOTIFY_PER_TARGET", ge=1, le=64)
+    notify_concurrency: int = Field(32, alias="TOLLGATE_NOTIFY_CONCURRENCY", ge=1, le=1000)
+    # A notification whose user the directory does not know yet waits this long for it.
+    notify_directory_wait_s: Seconds = Field(
+        30.0, alias="TOLLGATE_NOTIFY_DIRECTORY_WAIT", ge=0, le=3600
+    )
+    webhook_allow_private: bool = Field(default=False, alias="TOLLGATE_WEBHOOK_ALLOW_PRIVATE")
+    webhook_allow_networks: TextList = Field((), alias="TOLLGATE_WEBHOOK_ALLOW_NETWORKS")
+
+    _split_lists = field_validator("notify_admin_emails", "webhook_allow_networks", mode="before")(
+        split_csv
+    )
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        SmtpServer.parse(value)
+        return value
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _smtp_from(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if (
+            one_line(value, max_length=998) != value.strip()
+            or check_address(envelope_sender(value)) is None
+        ):
+            raise ValueError("must be one address, e.g. Tollgate <noreply@example.com>")
+        return value.strip()
+
+    @field_validator("notify_admin_emails")
+    @classmethod
+    def _admin_emails(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [v for v in value if check_address(v) is None]
+        if bad:
+            raise ValueError(f"not an email address: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)
+        return value
+
+    @model_validator(mode="after")
+    def _notify_consistent(self) -> Self:
+        if self.smtp_url is not None and self.smtp_from is None:
+            raise ValueError("TOLLGATE_SMTP_URL needs TOLLGATE_SMTP_FROM (the From address)")
+        if self.notify_claim_timeout_s < 2 * self.notify_timeout_s:
+            raise ValueError(
+                "TOLLGATE_NOTIFY_CLAIM_TIMEOUT must be at least twice TOLLGATE_NOTIFY_TIMEOUT"
+            )
+        if self.notify_backoff_max < self.notify_backoff_base:
+            raise ValueError("TOLLGATE_NOTIFY_BACKOFF_MAX must not be below the base")
+        return self
 
     @property
     def limits_token(self) -> str | None:

@@ -1,8 +1,9 @@
 """`make screenshots`: every console page, drawn from a simulated organisation, as PNGs in docs/.
 
 Starts its own embedded broker and PostgreSQL in a temporary directory, every service as in
-`make run`, sends a simulation through ingest, sets a few limits so the bars have something to
-show, then signs in (admin, and a portal token for one user) and photographs each page.
+`make run`, sends a simulation through ingest, registers two webhook endpoints (one working, one
+offline) and a local SMTP server, sets a few limits so the bars and notifications have something
+to show, then signs in (admin, and a portal token for one user) and photographs each page.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from libs.service.kafka import ensure_topics
 from libs.simulator.send import register_prices
 from tests.browser.stack import CHROMIUM, CHROMIUM_ARGS, feed, running_stack, simulation
+from tests.notify_support import SmtpSink, WebhookReceiver
 from tests.support import ADMIN, ADMIN_TOKEN, EMITTER, Infra
 
 SEED = 20_261_127
@@ -31,6 +33,7 @@ PAGES = (
     ("console-settings", "/console/settings", "#user-overrides table"),
     ("console-pricing", "/console/pricing", "#price-list table"),
     ("console-billing", "/console/billing", "#billing-title"),
+    ("console-notifications", "/console/notifications", "#delivery-list table"),
 )
 
 
@@ -47,12 +50,40 @@ async def _shoot(page: Page, url: str, ready: str, path: Path) -> None:
     print(f"wrote {path}")  # noqa: T201
 
 
+async def _endpoints(session: aiohttp.ClientSession, base: str, receiver: WebhookReceiver) -> None:
+    """A working endpoint and one that refuses connections, added before limits apply."""
+    for url, description in (
+        (receiver.url("/tollgate"), "Chat ops bot"),
+        (f"http://127.0.0.1:{free_port()}/hooks", "Finance alerts (offline)"),
+    ):
+        async with session.post(
+            f"{base}/api/v1/notifications/webhooks",
+            json={"url": url, "description": description},
+            headers=ADMIN,
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+
+
+async def _delivered(session: aiohttp.ClientSession, base: str) -> bool:
+    async with session.get(
+        f"{base}/api/v1/notifications/deliveries", params={"status": "delivered"}, headers=ADMIN
+    ) as resp:
+        return bool((await resp.json())["deliveries"])
+
+
 async def _capture(base: str, out: Path, users: list[str], groups: list[str], top: str) -> None:
+    receiver = await WebhookReceiver().start()
     async with aiohttp.ClientSession() as session:
+        await _endpoints(session, base, receiver)
         await _put(
             session,
             f"{base}/api/v1/limits/config",
-            {"enabled": True, "period": "month", "default_limit_micros": 25_000_000},
+            {
+                "enabled": True,
+                "period": "month",
+                "default_limit_micros": 25_000_000,
+                "warning_threshold_percent": 85,
+            },
         )
         await _put(
             session, f"{base}/api/v1/limits/overrides/users/{top}", {"limit_micros": 15_000_000}
@@ -72,6 +103,11 @@ async def _capture(base: str, out: Path, users: list[str], groups: list[str], to
             f"{base}/api/v1/portal/tokens", json={"user_id": users[1]}, headers=EMITTER
         ) as resp:
             portal = (await resp.json())["token"]
+        # Lowering the limits made users past them due: their notifications go out now.
+        for _ in range(150):
+            if await _delivered(session, base):
+                break
+            await asyncio.sleep(0.2)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = await browser.new_context(viewport={"width": 1360, "height": 900})
@@ -93,6 +129,7 @@ async def _capture(base: str, out: Path, users: list[str], groups: list[str], to
         await me.click("button[type=submit]")
         await _shoot(me, f"{base}/console/me", "#my-status", out / "console-me.png")
         await browser.close()
+    await receiver.stop()
 
 
 async def _top_spender(base: str, prefix: str) -> str:
@@ -119,6 +156,7 @@ def main(argv: list[str]) -> int:
         broker = EmbeddedBroker(port=free_port())
         broker.start(log_path=work / "tansu.log")
         postgres = EmbeddedPostgres(work / "pgdata")
+        smtp = SmtpSink().start()
         try:
             url = postgres.start()
             asyncio.run(migrate(url))
@@ -129,7 +167,12 @@ def main(argv: list[str]) -> int:
             )
             infra = Infra(broker=broker, postgres=postgres, database_url=url)
             sim, events = simulation(SEED, users=40, days=45)
-            with running_stack(infra, work / "logs") as services:
+            with running_stack(
+                infra,
+                work / "logs",
+                TOLLGATE_SMTP_URL=smtp.url,
+                TOLLGATE_SMTP_FROM="Tollgate <noreply@example.com>",
+            ) as services:
                 asyncio.run(feed(services, events))
                 base = services["reports"].url
                 asyncio.run(register_prices(services["ingest"].url, ADMIN_TOKEN, sim.prices))
@@ -137,6 +180,7 @@ def main(argv: list[str]) -> int:
                 groups = [group_id for group_id, _, _ in sim.groups]
                 asyncio.run(_capture(base, out, [u.id for u in sim.users], groups, top))
         finally:
+            smtp.stop()
             broker.stop()
             postgres.destroy()
     return 0

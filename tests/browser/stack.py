@@ -83,6 +83,12 @@ def running_stack(infra: Infra, logs: Path, **env: str) -> Iterator[dict[str, Se
         "TOLLGATE_INGEST_URL": urls["ingest"],
         "TOLLGATE_LIMITS_URL": urls["limits"],
         "TOLLGATE_PUBLISHER_URL": urls["publisher"],
+        # Webhook receivers in the tests and screenshots listen on 127.0.0.1.
+        "TOLLGATE_WEBHOOK_ALLOW_PRIVATE": "true",
+        "TOLLGATE_NOTIFY_POLL": "200ms",
+        "TOLLGATE_NOTIFY_BACKOFF_BASE": "1s",
+        "TOLLGATE_NOTIFY_TIMEOUT": "2s",
+        "TOLLGATE_NOTIFY_CLAIM_TIMEOUT": "10s",
         **env,
     }
     logs.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ async def settle(page: Page, selector: str) -> None:
         ("/console/settings", "#user-overrides"),
         ("/console/pricing", "#price-list"),
         ("/console/billing", "#billing-title"),
+        ("/console/notifications", "#deliveries-title"),
         ("/console/me", "main h1"),
     ],
 )

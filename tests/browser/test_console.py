@@ -482,7 +482,8 @@ async def test_emitter_sessions_are_read_only(stack: Stack, context: BrowserCont
     assert "Cost tracking" in nav
     assert "Spend limits" not in nav
     await page.goto(f"{stack.url}/console/settings")
-    assert "Admin only" in await page.locator("main").inner_text()
+    # The page script fetches the session before it draws anything.
+    await page.locator("main h1", has_text="Admin only").wait_for()
     status = await page.evaluate(
         """async () => {
           const s = await (await fetch('/console/api/session')).json();

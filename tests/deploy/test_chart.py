@@ -707,7 +707,8 @@ def test_network_policies_guard_every_service(production_docs: list[dict[str, An
         ]
         assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
         assert policy["egress"][3]["to"] == api["from"][2:]
-        assert egress[4:] == ([{(443, "TCP")}] if service == "publisher" else [])
+        extra = {"publisher": [{(443, "TCP")}], "reports": [{(443, "TCP"), (80, "TCP")}]}
+        assert egress[4:] == extra.get(service, [])
 
 
 def test_network_policies_are_optional_and_follow_the_bundled_backends(
@@ -741,6 +742,37 @@ def test_network_policies_are_optional_and_follow_the_bundled_backends(
     )
     assert _policy_ports(billing) == {(8080, "TCP")}
     assert "to" not in billing
+
+
+def test_notification_settings_reach_reports_and_its_policy_lets_deliveries_out() -> None:
+    """The SMTP URL stays in the Secret; reports may reach webhook ports and the SMTP port."""
+    docs = documents(
+        ok(
+            helm_template(
+                *TRIAL,
+                "--set",
+                "networkPolicy.enabled=true,secrets.smtpUrl=smtp+starttls://u:p@mail.example.com",
+                "--set",
+                "notifications.smtpFrom=noreply@example.com,notifications.adminEmails={a@x.io,b@x.io}",
+                "--set",
+                "networkPolicy.notifications.to[0].ipBlock.cidr=10.99.0.0/16",
+            )
+        )
+    )
+    config = named(docs, "ConfigMap", "tollgate")["data"]
+    assert config["TOLLGATE_SMTP_FROM"] == "noreply@example.com"
+    assert config["TOLLGATE_NOTIFY_ADMIN_EMAILS"] == "a@x.io,b@x.io"
+    assert config["TOLLGATE_WEBHOOK_ALLOW_PRIVATE"] == "false"
+    assert "TOLLGATE_SMTP_URL" not in config
+    reports = named(docs, "Deployment", _fullname("reports"))["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in reports["containers"][0]["env"]}
+    assert env["TOLLGATE_SMTP_URL"]["valueFrom"]["secretKeyRef"]["key"] == "TOLLGATE_SMTP_URL"
+    policy = named(docs, "NetworkPolicy", _fullname("reports"))["spec"]
+    notifications = policy["egress"][-1]
+    assert _policy_ports(notifications) == {(443, "TCP"), (80, "TCP"), (587, "TCP")}
+    assert notifications["to"] == [{"ipBlock": {"cidr": "10.99.0.0/16"}}]
+    publisher = named(docs, "NetworkPolicy", _fullname("publisher"))["spec"]
+    assert all((587, "TCP") not in _policy_ports(rule) for rule in publisher["egress"])
 
 
 def test_prometheus_rule_leaves_out_alerts_of_disabled_services() -> None:

@@ -180,21 +180,23 @@ class Walk:
             ]
         )
 
+    def _environment(self) -> dict[str, str]:
+        return {
+            **self.env,
+            "PYTHONPATH": str(self.root),
+            "TOLLGATE_WALK_STATUS": str(self.workdir / "status"),
+            "TOLLGATE_WALK_DIR": str(self.workdir),
+            "TOLLGATE_WALK_CLOCK": str(self.clock),
+        }
+
     def run(self, step: Step, assignments: list[str]) -> tuple[int, int | None, str]:
         """Run one step; its exit status, the HTTP status (for curl) and its output."""
         status_file = self.workdir / "status"
         status_file.unlink(missing_ok=True)
         script = f"{self._prelude(assignments)}\n{self.localise(step.text)}\n"
-        env = {
-            **self.env,
-            "PYTHONPATH": str(self.root),
-            "TOLLGATE_WALK_STATUS": str(status_file),
-            "TOLLGATE_WALK_DIR": str(self.workdir),
-            "TOLLGATE_WALK_CLOCK": str(self.clock),
-        }
         done = subprocess.run(  # bash running the README's own example
             ["bash", "-c", script],
-            env=env,
+            env=self._environment(),
             cwd=self.root,
             capture_output=True,
             timeout=120,
@@ -202,6 +204,26 @@ class Walk:
         )
         status = int(status_file.read_text()) if status_file.exists() else None
         return done.returncode, status, (done.stdout + done.stderr).decode(errors="replace")
+
+    def assign(self, step: Step, assignments: list[str]) -> str:
+        """Evaluate a variable assignment once, as a reader's shell does, and return it as a
+        plain assignment of its value for the commands that follow."""
+        name = step.text.split("=", 1)[0]
+        script = f'{self._prelude(assignments)}\n{self.localise(step.text)}\nprintf %s "${name}"\n'
+        done = subprocess.run(  # bash running the README's own assignment
+            ["bash", "-c", script],
+            env=self._environment(),
+            cwd=self.root,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0 or not done.stdout:
+            raise AssertionError(
+                f"README line {step.line}:\n{step.text}\nexit status {done.returncode}, value "
+                f"{done.stdout!r}\n{done.stderr.decode(errors='replace')[-3000:]}"
+            )
+        return f"{name}={shlex.quote(done.stdout.decode())}"
 
     def check(self, step: Step, assignments: list[str], *, patience_s: float = 20.0) -> None:
         """Run a step until it answers what the README shows (or patience runs out)."""
@@ -233,7 +255,7 @@ class Walk:
         for block in blocks(readme):
             for step in block:
                 if step.is_assignment:
-                    assignments.append(step.text)
+                    assignments.append(self.assign(step, assignments))
                 elif step.program in ("curl", _TOLLGATE):
                     self.check(step, assignments)
                 else:

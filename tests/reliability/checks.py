@@ -421,3 +421,115 @@ async def check_publisher(stack: Stack, tally: Tally) -> CheckResult:
         "(the billing server deduplicates by id)"
     )
     return result
+
+
+# ----- notifications -------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryCounts:
+    """How the notifications of one channel arrived, compared with the expected ones."""
+
+    channel: str
+    expected: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    lost: int = 0
+    unexpected: int = 0
+    invalid: int = 0
+    redelivered: int = 0
+
+    def line(self) -> str:
+        """One line of the report."""
+        return (
+            f"{self.channel}: {self.expected} expected, {self.delivered} delivered, "
+            f"{self.duplicated} duplicated, {self.lost} lost, {self.unexpected} unexpected, "
+            f"{self.invalid} with a bad signature ({self.redelivered} redelivered with the "
+            "same id after a fault: receivers deduplicate by it)"
+        )
+
+
+@dataclass
+class NotificationResult(CheckResult):
+    """The notification check, with its counts per channel."""
+
+    webhooks: DeliveryCounts = field(default_factory=lambda: DeliveryCounts("webhooks"))
+    emails: DeliveryCounts = field(default_factory=lambda: DeliveryCounts("emails"))
+    #: Requests the receiver answered with an error or held during its fault.
+    refused: int = 0
+
+
+async def check_notifications(
+    stack: Stack,
+    expected: dict[str, Any],
+    secret: str,
+    *,
+    extra: Sequence[tuple[str, str]] = (),
+) -> NotificationResult:
+    """Every expected notification reached the receiver once, signed, and its emails once.
+
+    A notification is its (type, user). One that arrived under two `webhook-id`s is duplicated;
+    the same `webhook-id` answered 2xx twice is a redelivery after a fault (the receiver's
+    idempotency key), not a duplicate. Emails are told apart by Message-ID the same way.
+    `extra` adds notifications nobody caused (the control).
+    """
+    result = NotificationResult("notifications")
+    receiver, smtp = stack.receiver, stack.smtp
+    assert receiver is not None
+    assert smtp is not None
+    want = {(n["type"], n["user_id"]) for n in expected["notifications"]} | set(extra)
+    ids: dict[tuple[str, str], set[str]] = {}
+    copies: Counter[str] = Counter()
+    hooks = result.webhooks
+    for hook in receiver.answered():
+        if not hook.verifies(secret):
+            hooks.invalid += 1
+            continue
+        doc = hook.verified(secret)
+        key = (str(doc["type"]), str(doc["data"]["user_id"]))
+        ids.setdefault(key, set()).add(hook.webhook_id)
+        copies[hook.webhook_id] += 1
+    hooks.expected = len(want)
+    hooks.delivered = len(want & set(ids))
+    hooks.lost = len(want - set(ids))
+    hooks.unexpected = len(set(ids) - want)
+    hooks.duplicated = sum(len(v) - 1 for v in ids.values())
+    hooks.redelivered = sum(n - 1 for n in copies.values())
+    result.refused = sum(1 for h in receiver.hooks if h.answered is None or h.answered >= 300)
+    result.notes.append(f"the receiver refused or held {result.refused} requests during its fault")
+    mails = result.emails
+    wanted_mail = Counter(
+        (m["to"].lower(), m["type"], m["user_id"]) for m in expected["emails"]
+    ) + Counter((m, k, u) for k, u in extra for m in ("nobody@example.com",))
+    got: dict[tuple[str, str, str], set[str]] = {}
+    sent: Counter[str] = Counter()
+    for mail in smtp.mails:
+        for to in mail.rcpt_tos:
+            mail_key = (
+                to.lower(),
+                str(mail.message["X-Tollgate-Notification"]),
+                str(mail.message["X-Tollgate-User-Id"]),
+            )
+            got.setdefault(mail_key, set()).add(mail.message_id)
+        sent[mail.message_id] += 1
+    mails.expected = sum(wanted_mail.values())
+    mails.delivered = len(set(wanted_mail) & set(got))
+    mails.lost = len(set(wanted_mail) - set(got))
+    mails.unexpected = len(set(got) - set(wanted_mail))
+    mails.duplicated = sum(len(v) - 1 for v in got.values())
+    mails.redelivered = sum(n - 1 for n in sent.values())
+    result.compared = hooks.expected + mails.expected
+    result.lost = hooks.lost + mails.lost
+    result.doubled = hooks.duplicated + mails.duplicated
+    for counts in (hooks, mails):
+        result.notes.append(counts.line())
+        if counts.unexpected:
+            result.differ(f"{counts.channel} nobody caused", 0, counts.unexpected)
+        if counts.invalid:
+            result.differ(
+                f"{counts.channel} with a signature standardwebhooks refuses", 0, counts.invalid
+            )
+    missing = sorted(want - set(ids))
+    if missing:
+        result.differ("notifications never delivered", [], missing[:5])
+    return result

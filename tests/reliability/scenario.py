@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from libs.events.models import (
     ChatUsage,
@@ -22,19 +25,22 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
-from libs.simulator.expected import Tally
+from libs.simulator.expected import Tally, period_starts
 from libs.simulator.generate import Simulation, SimulationConfig
 from libs.simulator.send import IngestSender, SendReport, register_prices
+from services.limits.domain import LimitsConfig, Period
 from tests.reliability.checks import (
     Check,
     CheckResult,
+    NotificationResult,
     check_limits,
     check_log,
+    check_notifications,
     check_publisher,
     check_reports,
     converge,
 )
-from tests.reliability.stack import Stack, existing_services
+from tests.reliability.stack import NOTIFY_ADMIN_EMAIL, Stack, admin_headers, existing_services
 from tests.support import ADMIN_TOKEN, EMITTER_TOKEN, Infra
 
 
@@ -91,6 +97,9 @@ class Outcome:
     died: list[str] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Budget notifications (with limits and reports running), and the same check's control.
+    notifications: NotificationResult | None = None
+    notifications_control: NotificationResult | None = None
 
     def report(self) -> str:
         """The counts the suite promises, one per line."""
@@ -110,6 +119,13 @@ class Outcome:
             f"  events lost:       {lost}",
             f"  double-counted:    {doubled}",
         ]
+        note = self.notifications
+        if note is not None:
+            lines += [
+                f"  notifications ({c.channel}): {c.expected} expected, {c.delivered} delivered, "
+                f"{c.duplicated} duplicated, {c.lost} lost"
+                for c in (note.webhooks, note.emails)
+            ]
         lines += [f"  {r.summary()}" for r in self.results.values()]
         return "\n".join(lines)
 
@@ -119,6 +135,12 @@ async def _faults(
 ) -> None:
     """Every fault in turn, with a breath between them so traffic flows in the gaps."""
     gap = 1.0 if not profile.long else 3.0
+    # The receiver fails from the first notification on, then hangs, then recovers.
+    receiver = (
+        asyncio.create_task(stack.fail_receiver(max(2.0, profile.outage_s)))
+        if stack.receiver is not None
+        else None
+    )
     for name in stack.services:
         await stack.kill_and_restart(name)
         await asyncio.sleep(gap)
@@ -129,6 +151,8 @@ async def _faults(
     await asyncio.sleep(gap)
     if stack.sink is not None:
         await stack.fail_sink(profile.outage_s)
+    if receiver is not None:
+        await receiver
 
 
 async def _replay(stack: Stack, profile: Profile, events: list[Envelope], accepted: int) -> None:
@@ -158,6 +182,48 @@ def _checks(
     if "publisher" in stack.services:
         checks["publisher"] = lambda: check_publisher(stack, tally)
     return checks
+
+
+def notify_config(tally: Tally, now: datetime) -> LimitsConfig:
+    """A default limit that about half the users reach, in the period most of them spent in."""
+    periods: tuple[Period, ...] = ("month", "week", "day")
+    starts = period_starts(now)
+    spends = {
+        period: sorted(
+            s for u in tally.user_ids() if (s := tally.spend(u, starts[period], now.date())) > 0
+        )
+        for period in periods
+    }
+    period = max(periods, key=lambda p: len(spends[p]))
+    chosen = spends[period]
+    limit = chosen[len(chosen) // 2] if chosen else 1_000_000
+    return LimitsConfig(
+        enabled=True, period=period, default_limit_micros=limit, warning_threshold_percent=85
+    )
+
+
+async def _arm_notifications(stack: Stack, config: LimitsConfig) -> str:
+    """Put the limits configuration in force and register the receiver; returns its secret."""
+    assert stack.receiver is not None
+    async with aiohttp.ClientSession() as http:
+        body: dict[str, Any] = {
+            "enabled": config.enabled,
+            "period": config.period,
+            "default_limit_micros": config.default_limit_micros,
+            "warning_threshold_percent": config.warning_threshold_percent,
+        }
+        async with http.put(
+            f"{stack.url('limits')}/api/v1/limits/config", json=body, headers=admin_headers()
+        ) as r:
+            assert r.status == 200, await r.text()
+        async with http.post(
+            f"{stack.url('reports')}/api/v1/notifications/webhooks",
+            json={"url": stack.receiver.url(), "description": "reliability"},
+            headers=admin_headers(),
+        ) as r:
+            assert r.status == 201, await r.text()
+            secret: str = (await r.json())["secret"]
+    return secret
 
 
 def _unsent(sim: Simulation) -> list[Envelope]:
@@ -194,7 +260,8 @@ async def run(infra: Infra, workdir: Path) -> Outcome:
     started = time.monotonic()
     names = existing_services()
     assert "ingest" in names, "the fault run sends through ingest, which must exist"
-    stack = await Stack.start(infra, workdir, names=names)
+    notify = "limits" in names and "reports" in names
+    stack = await Stack.start(infra, workdir, names=names, notify=notify)
     try:
         sim = Simulation(
             SimulationConfig(
@@ -208,6 +275,8 @@ async def run(infra: Infra, workdir: Path) -> Outcome:
         tally = Tally(sim.prices)
         tally.observe_all(events)
         await register_prices(stack.url("ingest"), ADMIN_TOKEN, sim.prices)
+        config = notify_config(tally, datetime.now(UTC)) if notify else None
+        secret = await _arm_notifications(stack, config) if config is not None else ""
         accepted = [0]
 
         def count(n: int) -> None:
@@ -227,6 +296,22 @@ async def run(infra: Infra, workdir: Path) -> Outcome:
         await _faults(stack, profile, events, accepted)
         sent = await asyncio.wait_for(sending, profile.converge_s + len(events) / profile.rate)
         outcome = Outcome(profile, names, sent, len(events), list(stack.faults))
+        if config is not None:
+            # Before the limits check, which puts configurations of its own in force.
+            expected = tally.notifications(
+                datetime.now(UTC), config, admin_emails=[NOTIFY_ADMIN_EMAIL]
+            )
+
+            async def notifications() -> CheckResult:
+                return await check_notifications(stack, expected, secret)
+
+            result = await converge(notifications, timeout_s=profile.converge_s)
+            assert isinstance(result, NotificationResult)
+            outcome.notifications = result
+            outcome.results["notifications"] = result
+            outcome.notifications_control = await check_notifications(
+                stack, expected, secret, extra=[("budget.warning", "nobody-spent-this")]
+            )
         for part, check in _checks(stack, sim, events, tally).items():
             outcome.results[part] = await converge(check, timeout_s=profile.converge_s)
         # The same checks against totals with one event nobody sent must see it missing.

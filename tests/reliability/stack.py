@@ -15,15 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 
-from libs.service.db import migrate
 from libs.service.embedded import free_port
 from libs.service.kafka import ensure_topics
-from tests.support import ADMIN_TOKEN, ROOT, Infra, ServiceProcess, service_ports
+from tests.notify_support import SmtpSink, WebhookReceiver
+from tests.support import ADMIN_TOKEN, ROOT, Infra, ServiceProcess, create_database, service_ports
 
 SERVICES: Final = ("ingest", "limits", "reports", "publisher")
 CONSUMERS: Final = ("limits", "reports", "publisher")
@@ -58,19 +56,6 @@ class ToolProcess(ServiceProcess):
         return list(self.extra_args)
 
 
-async def create_database(infra: Infra, name: str) -> str:
-    """A new, migrated database on the session's PostgreSQL; returns its URL."""
-    conn = await asyncpg.connect(infra.database_url, timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    parts = urlsplit(infra.database_url)
-    url = urlunsplit(parts._replace(path=f"/{name}"))
-    await migrate(url)
-    return url
-
-
 #: Signs the stack's portal tokens and console sessions (test-only).
 PORTAL_SECRET = "reliability-portal-secret-0123456789abcdef"
 
@@ -89,10 +74,19 @@ class Stack:
     sink_control: str | None = None
     faults: list[str] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)
+    #: With `notify`: the SMTP server and the webhook receiver budget notifications go to.
+    smtp: SmtpSink | None = None
+    receiver: WebhookReceiver | None = None
 
     @classmethod
-    async def start(cls, infra: Infra, workdir: Path, *, names: list[str]) -> Stack:
-        """Create the database and topics, then start `names` (and the sink for the publisher)."""
+    async def start(
+        cls, infra: Infra, workdir: Path, *, names: list[str], notify: bool = False
+    ) -> Stack:
+        """Create the database and topics, then start `names` (and the sink for the publisher).
+
+        With `notify`, reports delivers budget notifications to a webhook receiver and an SMTP
+        server that this process runs (quick retries, so faults clear within the run).
+        """
         run = uuid.uuid4().hex[:10]
         url = await create_database(infra, f"rel_{run}")
         events, dlq = f"rel.{run}.events", f"rel.{run}.dlq"
@@ -111,6 +105,20 @@ class Stack:
             # Portal tokens and console sessions, so their routes are exercised too.
             TOLLGATE_PORTAL_SECRET=PORTAL_SECRET,
         )
+        if notify:
+            stack.smtp = SmtpSink().start()
+            stack.receiver = await WebhookReceiver().start()
+            env.update(
+                TOLLGATE_SMTP_URL=stack.smtp.url,
+                TOLLGATE_SMTP_FROM="Tollgate <noreply@example.com>",
+                TOLLGATE_NOTIFY_ADMIN_EMAILS=NOTIFY_ADMIN_EMAIL,
+                TOLLGATE_WEBHOOK_ALLOW_PRIVATE="true",
+                TOLLGATE_NOTIFY_POLL="200ms",
+                TOLLGATE_NOTIFY_TIMEOUT="2s",
+                TOLLGATE_NOTIFY_CLAIM_TIMEOUT="6s",
+                TOLLGATE_NOTIFY_BACKOFF_BASE="200ms",
+                TOLLGATE_NOTIFY_BACKOFF_MAX="2s",
+            )
         for name in ("ingest", "limits", "publisher"):
             if name in ports:
                 env[f"TOLLGATE_{name.upper()}_URL"] = f"http://127.0.0.1:{ports[name][0]}"
@@ -171,6 +179,10 @@ class Stack:
         """Stop every process (the database and topics stay; they are unique to the run)."""
         for svc in [*self.services.values(), *([self.sink] if self.sink else [])]:
             await asyncio.to_thread(svc.stop)
+        if self.receiver is not None:
+            await self.receiver.stop()
+        if self.smtp is not None:
+            self.smtp.stop()
 
     async def wait_ready(self, name: str, *, timeout_s: float = 120.0) -> None:
         """Poll `/readyz` until the service says it is ready (consumers: caught up)."""
@@ -243,6 +255,28 @@ class Stack:
                 await asyncio.sleep(phase)
             async with http.post(f"{self.sink_control}/_sink/mode", json={"mode": "ok"}) as r:
                 assert r.status == 200, await r.text()
+
+    async def fail_receiver(self, seconds: float, *, first_within_s: float = 120.0) -> None:
+        """Make the webhook receiver answer 503 from now until `seconds` after the first
+        delivery reaches it, then hang for `seconds`, then recover."""
+        receiver = self.receiver
+        assert receiver is not None
+        receiver.mode = 503
+        deadline = time.monotonic() + first_within_s
+        while not receiver.hooks and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        self.faults.append(f"webhook receiver fails {seconds:g}s")
+        await asyncio.sleep(seconds)
+        receiver.hold()
+        receiver.mode = "hang"
+        self.faults.append(f"webhook receiver hangs {seconds:g}s")
+        await asyncio.sleep(seconds)
+        receiver.mode = 200
+        receiver.release()
+
+
+#: The address `TOLLGATE_NOTIFY_ADMIN_EMAILS` holds in a notifying stack.
+NOTIFY_ADMIN_EMAIL: Final = "ops@example.com"
 
 
 def admin_headers() -> dict[str, str]:

@@ -25,6 +25,10 @@ def test_every_fault_was_injected(outcome: Outcome) -> None:
     assert any(f.endswith("accepted events sent again") for f in outcome.faults)
     if "publisher" in outcome.services:
         assert any(f.startswith("billing sink refuse") for f in outcome.faults)
+    if outcome.notifications is not None:
+        assert any(f.startswith("webhook receiver fails") for f in outcome.faults)
+        assert any(f.startswith("webhook receiver hangs") for f in outcome.faults)
+        assert outcome.notifications.refused > 0, "no delivery met the failing receiver"
 
 
 @pytest.mark.parametrize("part", SERVICES)
@@ -57,3 +61,30 @@ def test_no_service_died_or_restarted_by_itself(outcome: Outcome) -> None:
     """Every service is running at the end, restarted only by the faults themselves."""
     assert outcome.died == []
     assert outcome.restarts == dict.fromkeys(outcome.services, 1)
+
+
+def test_every_expected_notification_arrived_exactly_once_signed(outcome: Outcome) -> None:
+    """Each notification the usage caused reached the receiver once, signed, and each email once."""
+    result = outcome.notifications
+    if result is None:
+        pytest.skip("budget notifications need the limits and reports services")
+    assert result.webhooks.expected > 0, result.summary()
+    assert result.emails.expected > result.webhooks.expected, result.summary()
+    for counts in (result.webhooks, result.emails):
+        assert (counts.lost, counts.duplicated, counts.unexpected, counts.invalid) == (
+            0,
+            0,
+            0,
+            0,
+        ), counts.line()
+    assert result.ok, result.summary()
+
+
+def test_the_notification_check_would_see_a_lost_one(outcome: Outcome) -> None:
+    """Against an expected list holding one notification nobody caused, the check reports it lost."""
+    control = outcome.notifications_control
+    if control is None:
+        pytest.skip("budget notifications need the limits and reports services")
+    assert control.webhooks.lost == 1
+    assert control.emails.lost == 1
+    assert not control.ok

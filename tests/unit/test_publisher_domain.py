@@ -20,6 +20,7 @@ from libs.events.models import (
     WorkspaceBuilt,
     identity_of,
 )
+from libs.service.durations import format_duration, parse_duration
 from services.publisher.domain import (
     DC_MANAGED_AGENTS,
     HB_AGENT_RUNTIME,
@@ -36,11 +37,9 @@ from services.publisher.domain import (
     checked_runtime,
     decide,
     first_delay,
-    format_duration,
     heartbeat_bucket,
     heartbeat_id,
     log_watermark,
-    parse_duration,
     plan_agent_hours,
     project,
     retry_all,

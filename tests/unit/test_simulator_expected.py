@@ -39,6 +39,7 @@ PRICE = ModelPrice(
 PRICES = {"m": PRICE}
 # A Wednesday.
 NOW = datetime(2026, 11, 4, 12, 0, tzinfo=UTC)
+NOTIFY_END = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 
 
 def _chat(
@@ -340,3 +341,48 @@ def test_reasoning_tokens_are_shown_but_never_add_to_the_cost() -> None:
     assert totals["total_cost_micros"] == 2 * tally.cost_of(plain)  # type: ignore[operator]
     assert totals["total_reasoning_tokens"] == 60
     assert totals["by_model"]["m"]["total_reasoning_tokens"] == 60
+
+
+def test_expected_notifications_follow_the_limit_priority_and_the_email_rule() -> None:
+    """Users past 85 % get a warning, past the limit both; a group override applies; admins are emailed."""
+    from services.limits.domain import LimitsConfig  # noqa: PLC0415  # only this test needs it
+
+    sim = Simulation(SimulationConfig(seed=4, users=12, days=10, end=NOTIFY_END))
+    tally = Tally(sim.prices)
+    tally.observe_all(sim.events())
+    start = datetime(2026, 11, 1, tzinfo=UTC).date()
+    spends = sorted(tally.spend(u, start, NOTIFY_END.date()) for u in tally.user_ids())
+    limit = spends[len(spends) // 2]
+    group_id = next(iter(tally.groups))
+    config = LimitsConfig(
+        enabled=True,
+        default_limit_micros=limit,
+        group_overrides={group_id: 10**12},
+        warning_threshold_percent=85,
+    )
+    doc = tally.notifications(NOTIFY_END, config, admin_emails=["ops@example.com"])
+    by_user: dict[str, list[str]] = {}
+    for item in doc["notifications"]:
+        by_user.setdefault(item["user_id"], []).append(item["type"])
+    assert by_user, "some users must cross the median limit"
+    for user in tally.user_ids():
+        spent = tally.spend(user, start, NOTIFY_END.date())
+        in_group = group_id in tally.groups_of(user)
+        effective = 10**12 if in_group else limit
+        want = [
+            k
+            for k, t in (
+                ("budget.warning", effective * 85),
+                ("budget.limit_reached", effective * 100),
+            )
+            if spent * 100 >= t
+        ]
+        assert by_user.get(user, []) == want, user
+    owner = next(u for u in sim.users if "owner" in u.roles)
+    for item in doc["notifications"]:
+        mails = [
+            m for m in doc["emails"] if (m["type"], m["user_id"]) == (item["type"], item["user_id"])
+        ]
+        to = {m["to"] for m in mails}
+        assert "ops@example.com" in to
+        assert (owner.email in to) == (item["user_id"] != owner.id and not owner.suspended)

@@ -32,6 +32,7 @@ OWNERS: Final = (
     ("/api/v1/chargeback", "reports"),
     ("/api/v1/directory", "reports"),
     ("/api/v1/portal", "reports"),
+    ("/api/v1/notifications", "reports"),
 )
 
 _REQUEST_HEADERS: Final = ("Content-Type", "Accept", "X-Request-Id")

@@ -62,7 +62,7 @@ log = structlog.get_logger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 #: Pages by the least role that sees them; `me` is the portal user's own page.
-ADMIN_PAGES: Final = frozenset({"settings", "pricing", "chargeback", "billing"})
+ADMIN_PAGES: Final = frozenset({"settings", "pricing", "chargeback", "billing", "notifications"})
 READ_PAGES: Final = frozenset({"", "costs", "users", "activity"})
 PORTAL_PAGES: Final = frozenset({"me"})
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})

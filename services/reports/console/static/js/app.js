@@ -12,6 +12,7 @@ const NAV = [
     ["settings", "Spend limits", "admin"],
     ["pricing", "Model pricing", "admin"],
     ["billing", "Billing status", "admin"],
+    ["notifications", "Notifications", "admin"],
   ]],
 ];
 
@@ -23,6 +24,7 @@ const PAGES = {
   settings: () => import("./settings.js"),
   pricing: () => import("./pricing.js"),
   billing: () => import("./billing.js"),
+  notifications: () => import("./notifications.js"),
   me: () => import("./me.js"),
 };
 

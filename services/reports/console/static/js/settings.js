@@ -33,6 +33,7 @@ export async function render(main, { api }) {
     const enabled = h("input", { type: "checkbox", id: "limits-enabled", role: "switch", checked: config.enabled });
     const period = h("select", { id: "limits-period" }, ["day", "week", "month"].map((p) => h("option", { value: p, selected: p === config.period }, p[0].toUpperCase() + p.slice(1))));
     const amount = h("input", { id: "limits-default", type: "number", step: "0.01", min: "0.01", inputmode: "decimal", value: microsToInput(config.default_limit_micros), placeholder: "No default", "aria-describedby": "limits-default-help" });
+    const warning = h("input", { id: "limits-warning", type: "number", step: "1", min: "1", max: "99", inputmode: "numeric", value: config.warning_threshold_percent ?? "", placeholder: "No warning", "aria-describedby": "limits-warning-help" });
     const status = h("span", { role: "status", "aria-live": "polite", id: "limits-status" });
     const formError = h("p", { class: "field-error", role: "alert", id: "limits-form-error", hidden: true });
     const form = h(
@@ -46,6 +47,7 @@ export async function render(main, { api }) {
         { class: "form-row" },
         h("div", { class: "field" }, h("label", { for: "limits-period" }, "Period"), period),
         h("div", { class: "field" }, h("label", { for: "limits-default" }, "Default limit ($)"), amount, h("p", { class: "help", id: "limits-default-help" }, "Blank: no default limit.")),
+        h("div", { class: "field" }, h("label", { for: "limits-warning" }, "Warn at (% of the limit)"), warning, h("p", { class: "help", id: "limits-warning-help" }, "1 to 99; blank: no warning. Users and admins are notified once per period.")),
         h("div", { class: "field actions" }, h("button", { type: "submit", class: "primary" }, "Save")),
         h("div", { class: "field actions" }, status),
       ),
@@ -57,6 +59,13 @@ export async function render(main, { api }) {
       formError.hidden = true;
       setFieldError(amount, "");
       setFieldError(period, "");
+      setFieldError(warning, "");
+      const percent = warning.value.trim() === "" ? null : Number(warning.value);
+      if (percent !== null && !(Number.isInteger(percent) && percent >= 1 && percent <= 99)) {
+        setFieldError(warning, "Enter a whole number from 1 to 99, or leave it blank.");
+        warning.focus();
+        return;
+      }
       const micros = toMicros(amount.value);
       if (Number.isNaN(micros)) {
         setFieldError(amount, "Enter an amount in dollars, e.g. 25.00.");
@@ -64,7 +73,7 @@ export async function render(main, { api }) {
         return;
       }
       try {
-        await api("PUT", "limits/config", { body: { enabled: enabled.checked, period: period.value, default_limit_micros: micros } });
+        await api("PUT", "limits/config", { body: { enabled: enabled.checked, period: period.value, default_limit_micros: micros, warning_threshold_percent: percent } });
         status.replaceChildren(h("span", { class: "saved" }, "Saved!"));
         config.enabled = enabled.checked;
         document.getElementById("unpriced-box")?.replaceWith(unpricedBox({ ...config, enabled: enabled.checked }));
@@ -72,7 +81,8 @@ export async function render(main, { api }) {
         const fields = fieldErrors(error);
         if (fields.default_limit_micros) { setFieldError(amount, fields.default_limit_micros); amount.focus(); }
         if (fields.period) setFieldError(period, fields.period);
-        if (!fields.default_limit_micros && !fields.period) { formError.textContent = error.message; formError.hidden = false; }
+        if (fields.warning_threshold_percent) setFieldError(warning, fields.warning_threshold_percent);
+        if (!fields.default_limit_micros && !fields.period && !fields.warning_threshold_percent) { formError.textContent = error.message; formError.hidden = false; }
       }
     });
     return form;

@@ -1,0 +1,1 @@
+"""Budget notifications: endpoints, the outbox, rendering, delivery (reports' notifier)."""

@@ -1,0 +1,405 @@
+"""The notifications admin API: webhook endpoints, test events, deliveries and status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from libs.service.errors import (
+    BadRequest,
+    Conflict,
+    DependencyUnavailable,
+    NotFound,
+    Unprocessable,
+)
+from libs.service.openapi import OpenApi
+from libs.service.web import (
+    Role,
+    json_response,
+    read_json,
+    requires,
+    storable_text,
+    validation_message,
+)
+from services.reports.api import UNAVAILABLE
+from services.reports.notifications.domain import (
+    CHANNELS,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_URL_LENGTH,
+    STATUSES,
+    AddressPolicy,
+    Channel,
+    Status,
+    check_description,
+    check_webhook_url,
+    trial_body,
+)
+from services.reports.notifications.storage import NotificationAdmin
+
+#: Most endpoints at once: each notification fans out to every one.
+MAX_WEBHOOKS: Final = 100
+MAX_DELIVERIES_PAGE: Final = 500
+DEFAULT_DELIVERIES_PAGE: Final = 50
+_ID_LENGTH: Final = 128
+
+
+@dataclass(frozen=True)
+class NotificationsApi:
+    """What the handlers need: the store, where webhooks may go, and what the notifier does."""
+
+    store: NotificationAdmin
+    policy: AddressPolicy
+    email_from: str | None
+    admin_emails: int
+    delivering: bool
+    retry_for_s: float
+
+
+NOTIFICATIONS = web.AppKey("notifications_api", NotificationsApi)
+
+
+class WebhookCreate(BaseModel):
+    """`POST /api/v1/notifications/webhooks`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
+    description: str = Field("", max_length=MAX_DESCRIPTION_LENGTH)
+
+
+class WebhookView(BaseModel):
+    """An endpoint as listed (never its secret)."""
+
+    id: str
+    url: str
+    description: str
+    created_at: datetime
+    disabled_at: datetime | None
+    disabled_reason: str | None
+
+
+class WebhookCreated(BaseModel):
+    """The new endpoint with its secret: the only time the secret is shown."""
+
+    id: str
+    url: str
+    description: str
+    secret: str
+    created_at: datetime
+
+
+class WebhookList(BaseModel):
+    """Every endpoint."""
+
+    webhooks: list[WebhookView]
+
+
+class TrialQueued(BaseModel):
+    """A test event waiting in the outbox for one endpoint."""
+
+    id: str
+    webhook_id: str
+    type: str
+
+
+class DeliveryView(BaseModel):
+    """One delivery (`id` is what the endpoint receives as `webhook-id`)."""
+
+    id: str
+    webhook_id: str | None
+    type: str
+    status: Status
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    channel: Channel
+    recipient: str | None
+    audience: str
+    user_id: str | None
+    notification_id: str
+    last_status: int | None
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    """The newest deliveries first."""
+
+    deliveries: list[DeliveryView]
+
+
+class ChannelPending(BaseModel):
+    """Pending deliveries of one channel."""
+
+    pending: int
+    oldest_pending_age_seconds: float | None
+
+
+class NotificationsStatus(BaseModel):
+    """What is configured and what waits."""
+
+    delivering: bool
+    webhooks: int
+    email_configured: bool
+    email_from: str | None
+    admin_emails: int
+    retry_for_seconds: float
+    channels: dict[str, ChannelPending]
+
+
+@asynccontextmanager
+async def _database() -> AsyncIterator[None]:
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise DependencyUnavailable(
+            "the notifications database is unavailable; retry shortly", detail=type(exc).__name__
+        ) from exc
+
+
+def _webhook_id(request: web.Request) -> str:
+    return storable_text(request.match_info["webhook_id"], "webhook_id", max_length=_ID_LENGTH)
+
+
+@requires(Role.ADMIN)
+async def add_webhook(request: web.Request) -> web.Response:
+    """Register an endpoint; the answer holds its signing secret, shown this once."""
+    api = request.app[NOTIFICATIONS]
+    body = await read_json(request)
+    try:
+        create = WebhookCreate.model_validate(body)
+    except ValidationError as exc:
+        raise Unprocessable(
+            validation_message(exc), detail=exc.errors(include_url=False, include_context=False)
+        ) from exc
+    try:
+        url = check_webhook_url(create.url, api.policy)
+    except ValueError as exc:
+        raise Unprocessable(f"url: {exc}", detail={"field": "url"}) from exc
+    try:
+        description = check_description(create.description)
+    except ValueError as exc:
+        raise Unprocessable(f"description: {exc}", detail={"field": "description"}) from exc
+    async with _database():
+        if len(await api.store.webhooks()) >= MAX_WEBHOOKS:
+            raise Conflict(f"at most {MAX_WEBHOOKS} webhook endpoints; delete one first")
+        hook = await api.store.add_webhook(url, description)
+    return json_response(
+        {
+            "id": hook.id,
+            "url": hook.url,
+            "description": hook.description,
+            "secret": hook.secret,
+            "created_at": hook.created_at,
+        },
+        status=201,
+    )
+
+
+@requires(Role.ADMIN)
+async def list_webhooks(request: web.Request) -> web.Response:
+    """Every endpoint, without secrets."""
+    api = request.app[NOTIFICATIONS]
+    async with _database():
+        hooks = await api.store.webhooks()
+    return json_response({"webhooks": [h.view() for h in hooks]})
+
+
+@requires(Role.ADMIN)
+async def delete_webhook(request: web.Request) -> web.Response:
+    """Stop sending to an endpoint; what was pending for it fails."""
+    api = request.app[NOTIFICATIONS]
+    webhook_id = _webhook_id(request)
+    async with _database():
+        if not await api.store.delete_webhook(webhook_id):
+            raise NotFound(f"webhook {webhook_id!r} does not exist")
+    return web.Response(status=204)
+
+
+@requires(Role.ADMIN)
+async def send_trial(request: web.Request) -> web.Response:
+    """Queue a signed test event for one endpoint, delivered like any notification."""
+    api = request.app[NOTIFICATIONS]
+    webhook_id = _webhook_id(request)
+    async with _database():
+        delivery_id = await api.store.queue_trial(
+            webhook_id, trial_body(webhook_id, datetime.now(UTC))
+        )
+    if delivery_id is None:
+        raise NotFound(f"webhook {webhook_id!r} does not exist or is disabled")
+    return json_response(
+        {"id": f"msg_{delivery_id.hex}", "webhook_id": webhook_id, "type": "webhook.test"},
+        status=202,
+    )
+
+
+_DELIVERY_PARAMS: Final = ("status", "channel", "user_id", "limit")
+
+
+def _one(request: web.Request, name: str) -> str | None:
+    found = request.rel_url.query.getall(name, [])
+    if len(found) > 1:
+        raise BadRequest(f"{name}: given {len(found)} times; give it once")
+    value = found[0] if found else ""
+    return value or None
+
+
+@requires(Role.ADMIN)
+async def list_deliveries(request: web.Request) -> web.Response:
+    """The newest deliveries, optionally by status, channel and user."""
+    api = request.app[NOTIFICATIONS]
+    unknown = sorted(set(request.rel_url.query) - set(_DELIVERY_PARAMS))
+    if unknown:
+        raise BadRequest(
+            f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+            f"this route takes {', '.join(_DELIVERY_PARAMS)}"
+        )
+    status = _one(request, "status")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status: must be one of {', '.join(STATUSES)}")
+    channel = _one(request, "channel")
+    if channel is not None and channel not in CHANNELS:
+        raise BadRequest(f"channel: must be one of {', '.join(CHANNELS)}")
+    user_id = _one(request, "user_id")
+    if user_id is not None:
+        storable_text(user_id, "user_id", max_length=_ID_LENGTH, error=BadRequest)
+    raw_limit = _one(request, "limit")
+    limit = DEFAULT_DELIVERIES_PAGE
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or len(raw_limit) > 6:
+            raise BadRequest(f"limit: must be a whole number from 1 to {MAX_DELIVERIES_PAGE}")
+        limit = int(raw_limit)
+        if not 1 <= limit <= MAX_DELIVERIES_PAGE:
+            raise BadRequest(f"limit: must be a whole number from 1 to {MAX_DELIVERIES_PAGE}")
+    async with _database():
+        found = await api.store.deliveries(
+            status=status,
+            channel=channel,
+            user_id=user_id,
+            limit=limit,
+        )
+    return json_response({"deliveries": [d.view() for d in found]})
+
+
+@requires(Role.ADMIN)
+async def get_status(request: web.Request) -> web.Response:
+    """Endpoints, email configuration and what waits in the outbox."""
+    api = request.app[NOTIFICATIONS]
+    async with _database():
+        hooks = await api.store.webhooks()
+        pending = await api.store.pending()
+    now = datetime.now(UTC)
+    channels = {}
+    for channel in CHANNELS:
+        stats = pending.get(channel)
+        oldest = stats.oldest_created_at if stats is not None else None
+        channels[channel] = {
+            "pending": stats.count if stats is not None else 0,
+            "oldest_pending_age_seconds": (
+                round(max(0.0, (now - oldest).total_seconds()), 3) if oldest else None
+            ),
+        }
+    return json_response(
+        {
+            "delivering": api.delivering,
+            "webhooks": len(hooks),
+            "email_configured": api.email_from is not None,
+            "email_from": api.email_from,
+            "admin_emails": api.admin_emails,
+            "retry_for_seconds": api.retry_for_s,
+            "channels": channels,
+        }
+    )
+
+
+def add_notification_routes(app: web.Application, openapi: OpenApi) -> None:
+    """Register the handlers and describe them in the OpenAPI document."""
+    base = "/api/v1/notifications"
+    app.router.add_post(f"{base}/webhooks", add_webhook)
+    app.router.add_get(f"{base}/webhooks", list_webhooks)
+    app.router.add_delete(f"{base}/webhooks/{{webhook_id}}", delete_webhook)
+    app.router.add_post(f"{base}/webhooks/{{webhook_id}}/test", send_trial)
+    app.router.add_get(f"{base}/deliveries", list_deliveries)
+    app.router.add_get(f"{base}/status", get_status)
+    tag = "notifications"
+    openapi.add(
+        "post",
+        f"{base}/webhooks",
+        summary="Register a webhook endpoint (its secret is in this answer only)",
+        request=WebhookCreate,
+        responses={201: WebhookCreated, 409: None, 503: None},
+        admin=True,
+        tag=tag,
+    )
+    openapi.add(
+        "get",
+        f"{base}/webhooks",
+        summary="Webhook endpoints, without their secrets",
+        responses={200: WebhookList, 503: None},
+        admin=True,
+        tag=tag,
+    )
+    openapi.add(
+        "delete",
+        f"{base}/webhooks/{{webhook_id}}",
+        summary="Delete a webhook endpoint",
+        responses={204: None, 404: None, 422: None, 503: None},
+        admin=True,
+        tag=tag,
+    )
+    openapi.add(
+        "post",
+        f"{base}/webhooks/{{webhook_id}}/test",
+        summary="Send a signed test event to one endpoint",
+        responses={202: TrialQueued, 404: None, 422: None, 503: None},
+        admin=True,
+        tag=tag,
+    )
+    openapi.add(
+        "get",
+        f"{base}/deliveries",
+        summary="Recent deliveries: pending, delivered or failed, with attempts and last error",
+        parameters=[
+            {
+                "name": "status",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": list(STATUSES)},
+            },
+            {
+                "name": "channel",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": list(CHANNELS)},
+            },
+            {
+                "name": "user_id",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "maxLength": _ID_LENGTH},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERIES_PAGE},
+            },
+        ],
+        responses={200: DeliveryList, 400: None, 503: None},
+        admin=True,
+        tag=tag,
+    )
+    openapi.add(
+        "get",
+        f"{base}/status",
+        summary="Notification channels: what is configured and what waits",
+        responses={200: NotificationsStatus, 503: None},
+        admin=True,
+        tag=tag,
+    )

@@ -1,0 +1,160 @@
+"""The notifications admin API on an in-memory store: endpoints, secrets, test events, deliveries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from services.reports.app import build_app
+from services.reports.config import ReportsSettings
+from services.reports.notifications.storage import InMemoryNotificationAdmin
+from services.reports.storage import InMemoryReportStore
+
+ADMIN = {"Authorization": "Bearer admin"}
+EMITTER = {"Authorization": "Bearer emit"}
+HOOKS = "/api/v1/notifications/webhooks"
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[Client, InMemoryNotificationAdmin]]:
+    """Reports on in-memory stores, with the default (public addresses only) webhook policy."""
+    settings = ReportsSettings(
+        DATABASE_URL="postgresql://unused",
+        TOLLGATE_EMITTER_TOKENS="emit",
+        TOLLGATE_ADMIN_TOKENS="admin",
+        TOLLGATE_WEBHOOK_ALLOW_NETWORKS="10.9.0.0/16",
+    )
+    admin = InMemoryNotificationAdmin()
+    app = build_app(
+        settings, store=InMemoryReportStore(), registry=CollectorRegistry(), notifications=admin
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client, admin
+    finally:
+        await client.close()
+
+
+async def test_a_new_endpoint_shows_its_secret_once(
+    api: tuple[Client, InMemoryNotificationAdmin],
+) -> None:
+    """POST answers 201 with a `whsec_` secret; the list never shows it."""
+    client, _ = api
+    resp = await client.post(
+        HOOKS, json={"url": "https://hooks.example.com/t", "description": "ops"}, headers=ADMIN
+    )
+    assert resp.status == 201
+    created = await resp.json()
+    assert set(created) == {"id", "url", "description", "secret", "created_at"}
+    assert created["secret"].startswith("whsec_")
+    listed = await (await client.get(HOOKS, headers=ADMIN)).json()
+    assert [w["id"] for w in listed["webhooks"]] == [created["id"]]
+    assert "secret" not in listed["webhooks"][0]
+    assert created["secret"] not in str(listed)
+
+
+async def test_private_addresses_are_refused_unless_their_network_is_allowed(
+    api: tuple[Client, InMemoryNotificationAdmin],
+) -> None:
+    """Loopback and metadata addresses are 422 naming `url`; an allowed network passes."""
+    client, _ = api
+    for url in (
+        "http://127.0.0.1/x",
+        "http://169.254.169.254/latest",
+        "http://localhost/x",
+        "gopher://x.example/",
+    ):
+        resp = await client.post(HOOKS, json={"url": url}, headers=ADMIN)
+        assert resp.status == 422, url
+        assert (await resp.json())["message"].startswith("url: ")
+    resp = await client.post(HOOKS, json={"url": "http://10.9.3.4:8080/hook"}, headers=ADMIN)
+    assert resp.status == 201
+
+
+async def test_only_admins_manage_endpoints(api: tuple[Client, InMemoryNotificationAdmin]) -> None:
+    """An emitter token gets 403 on every notifications route, no token 401."""
+    client, _ = api
+    for method, path in (
+        ("GET", HOOKS),
+        ("POST", HOOKS),
+        ("GET", "/api/v1/notifications/deliveries"),
+        ("GET", "/api/v1/notifications/status"),
+        ("DELETE", f"{HOOKS}/wh_1"),
+        ("POST", f"{HOOKS}/wh_1/test"),
+    ):
+        assert (await client.request(method, path, headers=EMITTER)).status == 403, path
+        assert (await client.request(method, path)).status == 401, path
+
+
+async def test_test_events_and_deletes_name_unknown_endpoints(
+    api: tuple[Client, InMemoryNotificationAdmin],
+) -> None:
+    """A test event for an endpoint is queued (202); an unknown or deleted one is 404."""
+    client, admin = api
+    created = await (
+        await client.post(HOOKS, json={"url": "https://h.example/x"}, headers=ADMIN)
+    ).json()
+    resp = await client.post(f"{HOOKS}/{created['id']}/test", headers=ADMIN)
+    assert resp.status == 202
+    queued = await resp.json()
+    assert queued["id"].startswith("msg_")
+    deliveries = await (
+        await client.get("/api/v1/notifications/deliveries?status=pending", headers=ADMIN)
+    ).json()
+    assert [d["id"] for d in deliveries["deliveries"]] == [queued["id"]]
+    assert deliveries["deliveries"][0]["type"] == "webhook.test"
+    assert (await client.delete(f"{HOOKS}/{created['id']}", headers=ADMIN)).status == 204
+    assert (await client.delete(f"{HOOKS}/{created['id']}", headers=ADMIN)).status == 404
+    assert (await client.post(f"{HOOKS}/{created['id']}/test", headers=ADMIN)).status == 404
+    failed = await (
+        await client.get("/api/v1/notifications/deliveries?status=failed", headers=ADMIN)
+    ).json()
+    assert failed["deliveries"][0]["last_error"] == "the endpoint was deleted before delivery"
+    status = await (await client.get("/api/v1/notifications/status", headers=ADMIN)).json()
+    assert status["webhooks"] == 0
+    assert status["email_configured"] is False
+    assert status["channels"]["webhook"]["pending"] == 0
+    assert admin.deleted == {created["id"]}
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("status=sent", "status: must be one of"),
+        ("channel=sms", "channel: must be one of"),
+        ("limit=0", "limit:"),
+        ("limit=-1", "limit:"),
+        ("limit=1e9", "limit:"),
+        ("limit=99999999999999999999", "limit:"),
+        ("user_id=%00x", "user_id:"),
+        ("user_id=a%0Ab", "user_id:"),
+        ("status=pending&status=failed", "give it once"),
+        ("order=asc", "unknown query parameter"),
+    ],
+)
+async def test_bad_delivery_queries_are_400_naming_the_parameter(
+    api: tuple[Client, InMemoryNotificationAdmin], query: str, problem: str
+) -> None:
+    """Each bad filter is a 400 whose message names the parameter."""
+    client, _ = api
+    resp = await client.get(f"/api/v1/notifications/deliveries?{query}", headers=ADMIN)
+    assert resp.status == 400
+    assert problem in (await resp.json())["message"]
+
+
+async def test_a_store_that_does_not_answer_is_503(
+    api: tuple[Client, InMemoryNotificationAdmin],
+) -> None:
+    """A database outage answers 503 with Retry-After, never 500."""
+    client, admin = api
+    admin.down = True
+    resp = await client.get(HOOKS, headers=ADMIN)
+    assert resp.status == 503
+    assert "Retry-After" in resp.headers
