@@ -8,8 +8,9 @@ topic), never through teardown.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +20,42 @@ from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from libs.service.kafka import ensure_topics
 from tests.support import Infra, ServiceProcess, StartService, service_ports
+
+#: Where a test's started services are kept, so a failure report can show their logs.
+SERVICES_KEY = pytest.StashKey[list[ServiceProcess]]()
+#: Lines of each service's log a failure report shows: its warnings and errors, and its end.
+LOG_PROBLEMS = 40
+LOG_TAIL = 15
+LINE_CHARS = 600
+_PROBLEM = re.compile(r'"level": ?"(warning|error|critical)"')
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that started services reports what they logged (CI keeps nothing else)."""
+    report = yield
+    services = item.stash.get(SERVICES_KEY, [])
+    if report.failed and call.when == "call" and services:
+        report.sections.append(("service logs", "\n".join(_log_excerpt(s) for s in services)))
+    return report
+
+
+def _log_excerpt(svc: ServiceProcess) -> str:
+    try:
+        lines = svc.logs().splitlines()
+    except OSError as exc:
+        return f"--- {svc.name} ({svc.log_path.name}): unreadable: {exc}"
+    problems = [line for line in lines[:-LOG_TAIL] if _PROBLEM.search(line)][-LOG_PROBLEMS:]
+    return "\n".join(
+        [
+            f"--- {svc.name} ({svc.log_path.name}, {len(lines)} lines): problems, then the end",
+            *(line[:LINE_CHARS] for line in problems),
+            "...",
+            *(line[:LINE_CHARS] for line in lines[-LOG_TAIL:]),
+        ]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +104,12 @@ def unique(prefix: str = "id") -> str:
 
 
 @pytest.fixture
-def service_factory(infra: Infra, tmp_path: Path) -> Iterator[StartService]:
+def service_factory(
+    infra: Infra, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StartService]:
     """Start services as processes; every one started is stopped after the test."""
     started: list[ServiceProcess] = []
+    request.node.stash[SERVICES_KEY] = started
 
     def start(name: str, *, port: int | None = None, **env: str) -> ServiceProcess:
         api_port, metrics_port, port_env = service_ports(name)

@@ -192,7 +192,12 @@ async def test_50_90_110_cents_notify_once_each_across_two_replicas_and_a_sigkil
         async def both_delivered() -> bool:
             return len(receiver.delivered_ids()) >= 2 and len(smtp.mails) >= 8
 
-        await eventually(both_delivered, timeout_s=60)
+        try:
+            await eventually(both_delivered, timeout_s=60)
+        except AssertionError as exc:
+            seen = [(h.webhook_id, h.answered) for h in receiver.hooks]
+            mailed = [(m.rcpt_tos, m.subject) for m in smtp.mails]
+            raise AssertionError(f"{exc}; webhooks: {seen}; mails: {mailed}") from exc
         await eventually(lambda: everywhere(110), timeout_s=60)
         # Whatever either replica re-evaluates after the restart adds nothing.
         await asyncio.sleep(2)
