@@ -125,7 +125,7 @@ export async function render(main, { api }) {
       (data) => {
         endpoints = data.webhooks;
         return table({
-          caption: "Webhook endpoints",
+          caption: h("span", { class: "sr-only" }, "Webhook endpoints"),
           columns: [
             { name: "url", label: "URL", render: (r) => r.url, value: (r) => r.url },
             { name: "description", label: "Description", render: (r) => r.description || "—", value: (r) => r.description },
@@ -158,7 +158,7 @@ export async function render(main, { api }) {
     return deliveries.load(
       () => api("GET", "notifications/deliveries", { params: { status: filter.value, limit: 50 } }),
       (data) => table({
-        caption: "Recent deliveries",
+        caption: h("span", { class: "sr-only" }, "Recent deliveries"),
         columns: [
           { name: "created_at", label: "Created", render: (r) => dateTime(r.created_at), value: (r) => r.created_at },
           { name: "type", label: "Notification", render: (r) => TYPES[r.type] || r.type, value: (r) => r.type },
@@ -182,7 +182,7 @@ export async function render(main, { api }) {
     statusBox,
     secretBox,
     form,
-    hookBox,
+    h("section", { class: "panel", "aria-labelledby": "webhooks-title" }, h("h2", { id: "webhooks-title" }, "Webhook endpoints"), hookBox),
     h(
       "section",
       { class: "panel", "aria-labelledby": "deliveries-title" },
