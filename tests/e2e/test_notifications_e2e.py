@@ -167,6 +167,16 @@ async def test_50_90_110_cents_notify_once_each_across_two_replicas_and_a_sigkil
             person(f"{user}-admin", f"admin-{user}@example.com", ["member", "user-admin"]),
         )
 
+        async def directory_known() -> bool:
+            # Admins are those the directory holds when a notification is rendered: the three
+            # entries (on different partitions) are projected before any spend.
+            async with http.get(
+                f"{reports.url}/api/v1/directory/users", params={"q": user}, headers=ADMIN
+            ) as r:
+                return r.status == 200 and (await r.json())["count"] == 3
+
+        await eventually(directory_known, timeout_s=30)
+
         async def everywhere(cents: int) -> bool:
             spent = [
                 await _spent(http, r, user)
