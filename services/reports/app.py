@@ -85,6 +85,7 @@ def notifier_options(settings: ReportsSettings) -> NotifierOptions:
         concurrency=settings.notify_concurrency,
         claim_s=settings.notify_claim_timeout_s,
         retry_for_s=settings.notify_retry_for.total_seconds(),
+        retention_s=settings.notify_retention.total_seconds(),
         backoff_base_s=settings.notify_backoff_base.total_seconds(),
         backoff_max_s=settings.notify_backoff_max.total_seconds(),
         directory_wait_s=settings.notify_directory_wait_s,
@@ -102,6 +103,7 @@ def _notifications_api(settings: ReportsSettings, store: NotificationAdmin) -> N
         admin_emails=len(settings.notify_admin_emails),
         delivering=settings.notify_deliver,
         retry_for_s=settings.notify_retry_for.total_seconds(),
+        retention_s=settings.notify_retention.total_seconds(),
     )
 
 
@@ -138,6 +140,7 @@ async def _notifier(
         async with (
             background(notifier.run_forever(), name="notifier"),
             background(notifier.refresh_gauges_forever(), name="notifier-gauges"),
+            background(notifier.prune_forever(), name="notifier-prune"),
         ):
             yield
 

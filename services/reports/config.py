@@ -13,6 +13,10 @@ from libs.service.settings import CommonSettings, split_csv
 from services.reports.notifications.domain import check_address, one_line, parse_networks
 from services.reports.notifications.senders import SmtpServer, envelope_sender
 
+#: Never less: a notification outlives the period it belongs to (a month at most), so that its
+#: unique key keeps a replay of that period from recording it twice.
+MIN_NOTIFY_RETENTION = timedelta(days=62)
+
 TextList = Annotated[tuple[str, ...], NoDecode]
 
 
@@ -69,6 +73,10 @@ class ReportsSettings(CommonSettings):
     # Deliveries are retried for at least this long, then given up ("failed").
     notify_retry_for: Duration = Field(
         timedelta(hours=24), alias="TOLLGATE_NOTIFY_RETRY_FOR", gt=timedelta(0)
+    )
+    # Settled notifications are forgotten (with their deliveries) after this long.
+    notify_retention: Duration = Field(
+        timedelta(days=90), alias="TOLLGATE_NOTIFY_RETENTION", ge=MIN_NOTIFY_RETENTION
     )
     notify_backoff_base: Duration = Field(
         timedelta(seconds=10), alias="TOLLGATE_NOTIFY_BACKOFF_BASE", gt=timedelta(0)
@@ -130,6 +138,10 @@ class ReportsSettings(CommonSettings):
         if self.notify_claim_timeout_s < 2 * self.notify_timeout_s:
             raise ValueError(
                 "TOLLGATE_NOTIFY_CLAIM_TIMEOUT must be at least twice TOLLGATE_NOTIFY_TIMEOUT"
+            )
+        if self.notify_retention <= self.notify_retry_for:
+            raise ValueError(
+                "TOLLGATE_NOTIFY_RETENTION must be longer than TOLLGATE_NOTIFY_RETRY_FOR"
             )
         if self.notify_backoff_max < self.notify_backoff_base:
             raise ValueError("TOLLGATE_NOTIFY_BACKOFF_MAX must not be below the base")

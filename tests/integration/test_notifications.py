@@ -387,3 +387,53 @@ async def test_deleting_an_endpoint_and_test_events(pool: asyncpg.Pool) -> None:
         (failed,) = await store.deliveries(status="failed", channel=None, user_id="ed", limit=5)
         assert failed.last_error == "the endpoint was deleted before delivery"
         assert await store.webhooks() == []
+
+
+async def test_settled_notifications_past_the_retention_are_pruned_with_their_deliveries(
+    pool: asyncpg.Pool,
+) -> None:
+    """Old and settled goes (with deleted endpoints nothing names); pending or recent stays."""
+    store = PostgresNotificationStore(pool)
+    kept_hook = await store.add_webhook("https://kept.example/hook", "")
+    await PostgresCrossingStore(pool).record(
+        [
+            crossing(u, kind)
+            for u in ("old-a", "old-b", "old-pending", "new")
+            for kind in (WARNING, LIMIT_REACHED)
+        ]
+    )
+    gone_hook = await store.add_webhook("https://gone.example/hook", "")
+    await store.delete_webhook(gone_hook.id)
+    await pool.execute("UPDATE notifications SET prepared_at = now(), payload = '{}'")
+    await pool.execute(
+        "UPDATE notification_deliveries SET status = 'delivered' WHERE user_id <> 'old-pending'"
+    )
+    await pool.execute(
+        "UPDATE notifications SET created_at = now() - interval '100 days' WHERE user_id <> 'new'"
+    )
+    await pool.execute(
+        "UPDATE notification_webhooks SET deleted_at = now() - interval '100 days' WHERE id = $1",
+        gone_hook.id,
+    )
+    # The notifier's loop delivers nothing here (the endpoint is unreachable) but prunes.
+    options = replace(FAST, retention_s=90 * 86400, prune_batch=1, prune_every_s=3600)
+    async with notifier(pool, options) as (running, registry):
+        assert await running.prune() == 4
+        assert await running.prune() == 0
+    left = await pool.fetch("SELECT user_id, type FROM notifications ORDER BY seq")
+    assert sorted({r["user_id"] for r in left}) == ["new", "old-pending"]
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM notification_deliveries WHERE user_id IN ('old-a', 'old-b')"
+        )
+        == 0
+    )
+    assert await pool.fetchval("SELECT count(*) FROM notification_deliveries") == 4
+    assert [w.id for w in await store.webhooks()] == [kept_hook.id]
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM notification_webhooks WHERE id = $1", gone_hook.id
+        )
+        == 0
+    )
+    assert registry.get_sample_value("tollgate_notifications_pruned_total") == 4

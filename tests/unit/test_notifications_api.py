@@ -121,6 +121,7 @@ async def test_test_events_and_deletes_name_unknown_endpoints(
     assert status["webhooks"] == 0
     assert status["email_configured"] is False
     assert status["channels"]["webhook"]["pending"] == 0
+    assert status["retention_seconds"] == 90 * 86400
     assert admin.deleted == {created["id"]}
 
 
@@ -158,3 +159,22 @@ async def test_a_store_that_does_not_answer_is_503(
     resp = await client.get(HOOKS, headers=ADMIN)
     assert resp.status == 503
     assert "Retry-After" in resp.headers
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"TOLLGATE_NOTIFY_RETENTION": "30d"}, "TOLLGATE_NOTIFY_RETENTION"),
+        ({"TOLLGATE_NOTIFY_RETENTION": "-90d"}, "TOLLGATE_NOTIFY_RETENTION"),
+        (
+            {"TOLLGATE_NOTIFY_RETENTION": "70d", "TOLLGATE_NOTIFY_RETRY_FOR": "80d"},
+            "longer than TOLLGATE_NOTIFY_RETRY_FOR",
+        ),
+    ],
+)
+def test_a_retention_shorter_than_a_period_or_the_retry_window_is_refused(
+    env: dict[str, str], problem: str
+) -> None:
+    """Pruning a notification before its period ends would let a replay record it again."""
+    with pytest.raises(ValueError, match=problem):
+        ReportsSettings.model_validate({"DATABASE_URL": "postgresql://unused", **env})

@@ -59,6 +59,7 @@ class NotificationsApi:
     admin_emails: int
     delivering: bool
     retry_for_s: float
+    retention_s: float
 
 
 NOTIFICATIONS = web.AppKey("notifications_api", NotificationsApi)
@@ -150,6 +151,7 @@ class NotificationsStatus(BaseModel):
     email_from: str | None
     admin_emails: int
     retry_for_seconds: float
+    retention_seconds: float
     channels: dict[str, ChannelPending]
 
 
@@ -313,6 +315,7 @@ async def get_status(request: web.Request) -> web.Response:
             "email_from": api.email_from,
             "admin_emails": api.admin_emails,
             "retry_for_seconds": api.retry_for_s,
+            "retention_seconds": api.retention_s,
             "channels": channels,
         }
     )

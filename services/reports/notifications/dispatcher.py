@@ -17,6 +17,10 @@ Every reports replica runs one. Each pass:
    `TOLLGATE_NOTIFY_RETRY_FOR` (24 hours by default). A receiver that answered 2xx but whose
    answer was lost gets the delivery again with the same `webhook-id`: deliveries are at
    least once, and the id is what a receiver deduplicates by.
+4. *Prune*: notifications older than `TOLLGATE_NOTIFY_RETENTION` (90 days) whose deliveries
+   are all settled are deleted with their deliveries, at start and hourly. The retention is
+   never below 62 days: a notification outlives its period (a month at most), so its unique
+   key keeps a replay of that period from recording it again.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ class NotifierOptions:
     backoff_max_s: float = 3600.0
     directory_wait_s: float = 30.0
     gauge_refresh_s: float = 5.0
+    #: Settled notifications older than this are forgotten (see `prune_forever`).
+    retention_s: float = 90 * 86400.0
+    prune_every_s: float = 3600.0
+    prune_batch: int = 1000
     email_from: str | None = None
     admin_emails: tuple[str, ...] = ()
     console_url: str | None = None
@@ -307,6 +315,30 @@ class Notifier:
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def prune(self) -> int:
+        """Forget every notification past the retention whose deliveries are all settled."""
+        total = 0
+        while True:
+            count = await self.outbox.prune(
+                older_than_s=self.options.retention_s, limit=self.options.prune_batch
+            )
+            total += count
+            if count < self.options.prune_batch:
+                break
+        if total:
+            self.metrics.pruned.inc(total)
+            log.info("notifications_pruned", notifications=total)
+        return total
+
+    async def prune_forever(self) -> None:
+        """Prune at start and then every `prune_every_s`; a failed pass waits for the next."""
+        while True:
+            try:
+                await self.prune()
+            except Exception as exc:
+                log.warning("notifications_prune_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.options.prune_every_s)
 
     async def refresh_gauges_forever(self) -> None:
         """Pending count and oldest pending age per channel, from the shared outbox."""

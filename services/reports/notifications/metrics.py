@@ -30,7 +30,7 @@ CAUSES: Final = (
 
 @dataclass(frozen=True)
 class NotificationMetrics:
-    """Due, delivered, failed, attempts, errors, pending and age, per channel."""
+    """Due, delivered, failed, attempts, errors, pending and age, per channel; pruned."""
 
     due: Counter
     delivered: Counter
@@ -40,6 +40,7 @@ class NotificationMetrics:
     pending: Gauge
     oldest_pending_age: Gauge
     attempt_seconds: Histogram
+    pruned: Counter
 
     @classmethod
     def build(cls, registry: CollectorRegistry) -> NotificationMetrics:
@@ -94,6 +95,11 @@ class NotificationMetrics:
                 ["channel"],
                 registry=registry,
                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            ),
+            pruned=Counter(
+                "tollgate_notifications_pruned_total",
+                "Notifications forgotten with their deliveries after TOLLGATE_NOTIFY_RETENTION",
+                registry=registry,
             ),
         )
         for channel in CHANNELS:

@@ -251,6 +251,12 @@ class Outbox(Protocol):
         """Pending deliveries per channel."""
         ...
 
+    async def prune(self, *, older_than_s: float, limit: int) -> int:
+        """Forget up to `limit` notifications older than `older_than_s` with nothing pending,
+        with their deliveries (and deleted endpoints nothing refers to any more); returns how
+        many notifications went."""
+        ...
+
 
 # -- PostgreSQL --------------------------------------------------------------------------------
 
@@ -397,6 +403,26 @@ SET status = CASE
     claimed_by = NULL
 WHERE id = $1 AND claimed_by = $8 AND status = 'pending'
 RETURNING status
+"""
+
+# Old notifications whose deliveries are all settled, oldest first; rows another replica is
+# pruning are skipped.
+SELECT_PRUNABLE = """
+SELECT n.id FROM notifications n
+WHERE n.created_at < now() - make_interval(secs => $1) AND n.prepared_at IS NOT NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM notification_deliveries d
+      WHERE d.notification_id = n.id AND d.status = 'pending')
+ORDER BY n.created_at, n.seq
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+DELETE_DELIVERIES_OF = "DELETE FROM notification_deliveries WHERE notification_id = ANY($1::uuid[])"
+DELETE_NOTIFICATIONS = "DELETE FROM notifications WHERE id = ANY($1::uuid[])"
+DELETE_FORGOTTEN_WEBHOOKS = """
+DELETE FROM notification_webhooks w
+WHERE w.deleted_at < now() - make_interval(secs => $1)
+  AND NOT EXISTS (SELECT 1 FROM notification_deliveries d WHERE d.webhook_id = w.id)
 """
 
 _TIMEOUT_S: Final = 10.0
@@ -653,6 +679,21 @@ class PostgresNotificationStore:
                 FAIL_PENDING_OF_WEBHOOK, webhook_id, reason, sparing, timeout=self.timeout_s
             )
         return int(status.rsplit(" ", 1)[-1])
+
+    async def prune(self, *, older_than_s: float, limit: int) -> int:
+        """Delete old settled notifications and their deliveries, one transaction."""
+        async with self.pool.acquire(timeout=self.timeout_s) as conn, conn.transaction():
+            ids = [
+                r["id"]
+                for r in await conn.fetch(
+                    SELECT_PRUNABLE, older_than_s, limit, timeout=self.timeout_s
+                )
+            ]
+            if ids:
+                await conn.execute(DELETE_DELIVERIES_OF, ids, timeout=self.timeout_s)
+                await conn.execute(DELETE_NOTIFICATIONS, ids, timeout=self.timeout_s)
+            await conn.execute(DELETE_FORGOTTEN_WEBHOOKS, older_than_s, timeout=self.timeout_s)
+        return len(ids)
 
 
 def _unprepared(row: asyncpg.Record) -> Unprepared:

@@ -23,6 +23,7 @@ function statusPanel(s) {
     ["Webhook deliveries", waiting(s.channels.webhook)],
     ["Email deliveries", waiting(s.channels.email)],
     ["Retried for", age(s.retry_for_seconds)],
+    ["Kept for", age(s.retention_seconds)],
   ];
   return h(
     "section",
