@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -62,7 +63,7 @@ def start_cli(
             cwd=cwd,
         )
     deadline = time.monotonic() + timeout_s
-    while not port_open("127.0.0.1", port):
+    while not (port_open("127.0.0.1", port) and listens(process.pid, port) is not False):
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace")[-4000:]
             raise RuntimeError(f"{name} exited with {process.returncode} at start:\n{tail}")
@@ -72,6 +73,41 @@ def start_cli(
             raise RuntimeError(f"{name} did not listen on port {port} within {timeout_s}s")
         time.sleep(0.05)
     return process
+
+
+def listens(pid: int, port: int) -> bool | None:
+    """Whether process `pid` itself holds the listening TCP socket on `port` (another process
+    may have taken a port that looked free); None where `/proc` cannot tell."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEX_IP:HEX_PORT, state 0A is LISTEN, the inode is the 10th field.
+            if (
+                len(fields) > _INODE
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                inodes.add(fields[_INODE])
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
+_INODE: Final = 9
 
 
 def tansu_binary() -> Path:
