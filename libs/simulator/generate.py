@@ -36,6 +36,7 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
+from libs.events.pricing import ModelPrice
 from libs.simulator.catalog import (
     APPS,
     FIRST_NAMES,
@@ -48,7 +49,6 @@ from libs.simulator.catalog import (
     TEMPLATES,
     TUNNEL_DETAILS,
 )
-from services.ingest.domain import ModelPrice
 
 __all__ = ["SimUser", "Simulation", "SimulationConfig", "window"]
 

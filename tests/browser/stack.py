@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 
 from libs.events.models import ChatUsageRecorded, Envelope
+from libs.events.pricing import price_event
 from libs.simulator.generate import Simulation, SimulationConfig
-from services.ingest.domain import price_event
 from tests.support import ADMIN, EMITTER, Infra, ServiceProcess, service_ports, unique
 
 PORTAL_SECRET = "browser-tests-portal-secret-0123456789abcdef"  # test-only
