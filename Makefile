@@ -25,7 +25,7 @@ lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(STAMP) ## mypy --strict over libs, services and tests
+typecheck: $(STAMP) ## mypy --strict over libs, services, tools, tests and bench
 	$(VENV)/bin/mypy
 
 deploy-tools: $(STAMP) ## install helm, promtool and kubernetes-validate for the deploy checks

@@ -136,7 +136,7 @@ class System:
             if name in ports:
                 self.env[f"TOLLGATE_{name.upper()}_URL"] = f"http://127.0.0.1:{ports[name]}"
         self.env["TOLLGATE_PORTAL_SECRET"] = secrets.token_hex(32)
-        if importlib.util.find_spec("services.publisher.sink") is not None:
+        if importlib.util.find_spec("tools.billing_sink") is not None:
             sink_port = free_port()
             self.env["BILLING_URL"] = f"http://127.0.0.1:{sink_port}"
             self.env["LICENSE_KEY"] = "bench-license-key"

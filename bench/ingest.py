@@ -28,8 +28,8 @@ from libs.events.models import ChatUsageRecorded, Envelope
 from libs.events.pricing import ModelPrice, price_event
 from libs.service.embedded import free_port
 from libs.service.kafka import bounded, ensure_topics, make_producer
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import register_prices
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import register_prices
 
 __all__ = ["Payloads", "run"]
 

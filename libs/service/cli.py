@@ -38,10 +38,10 @@ from libs.service.supervisor import (
 
 #: Further subcommands, each `module:function` taking the remaining arguments.
 TOOLS: dict[str, str] = {
-    "billing-sink": "services.publisher.sink:main",
+    "billing-sink": "tools.billing_sink:main",
     "events": "libs.service.events_tool:main",
     "publisher": "services.publisher.tools:main",
-    "simulate": "libs.simulator.cli:main",
+    "simulate": "tools.simulator.cli:main",
 }
 
 T = TypeVar("T")

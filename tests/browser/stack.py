@@ -21,8 +21,8 @@ import orjson
 
 from libs.events.models import ChatUsageRecorded, Envelope
 from libs.events.pricing import price_event
-from libs.simulator.generate import Simulation, SimulationConfig
 from tests.support import ADMIN, EMITTER, Infra, ServiceProcess, service_ports, unique
+from tools.simulator.generate import Simulation, SimulationConfig
 
 PORTAL_SECRET = "browser-tests-portal-secret-0123456789abcdef"  # test-only
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

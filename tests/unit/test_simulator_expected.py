@@ -26,8 +26,8 @@ from libs.events.models import (
     WorkspaceBuilt,
 )
 from libs.events.pricing import ModelPrice, price_event
-from libs.simulator.expected import Tally, bucket_starts, period_starts
-from libs.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.expected import Tally, bucket_starts, period_starts
+from tools.simulator.generate import Simulation, SimulationConfig
 
 PRICE = ModelPrice(
     input_price_per_million=Decimal("3.00"),

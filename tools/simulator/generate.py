@@ -37,7 +37,7 @@ from libs.events.models import (
     WorkspaceBuilt,
 )
 from libs.events.pricing import ModelPrice
-from libs.simulator.catalog import (
+from tools.simulator.catalog import (
     APPS,
     FIRST_NAMES,
     IDE_DETAILS,
