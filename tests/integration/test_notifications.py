@@ -253,7 +253,15 @@ async def test_emails_go_to_the_user_and_each_admin_once_per_notification(
                 return len(smtp.mails) >= 8 and len(hooks.delivered_ids()) >= 2
 
             await eventually(all_sent)
-            await asyncio.sleep(0.3)
+
+            async def all_settled() -> bool:
+                # A message is in the sink a moment before its delivery is recorded.
+                pending = await store.deliveries(
+                    status="pending", channel=None, user_id="ann", limit=50
+                )
+                return not pending
+
+            await eventually(all_settled)
     finally:
         smtp.stop()
     assert sorted(
@@ -311,9 +319,16 @@ async def test_a_refusing_smtp_server_is_retried_until_it_accepts(pool: asyncpg.
                 return len(smtp.to("bo@example.com")) == 1
 
             await eventually(arrived)
+
+            async def settled() -> list[Delivery]:
+                # The message is in the sink a moment before its delivery is recorded.
+                return await store.deliveries(
+                    status="delivered", channel="email", user_id="bo", limit=5
+                )
+
+            (delivery,) = await eventually(settled)
     finally:
         smtp.stop()
-    (delivery,) = await store.deliveries(status="delivered", channel="email", user_id="bo", limit=5)
     assert delivery.attempts >= 3
 
 
