@@ -179,10 +179,11 @@ async def test_prometheus_loads_the_rules_and_their_queries_return_series(
             }
         )
     )
+    prometheus = tool("prometheus")  # before anything is opened: it raises when missing
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
         [
-            tool("prometheus"),
+            prometheus,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
