@@ -23,6 +23,7 @@ from services.publisher.domain import (
     heartbeat_id,
 )
 from services.publisher.storage.protocol import (
+    MAX_ERROR_CHARS,
     STATUS_OF_KIND,
     AgentHourReport,
     Claimed,
@@ -152,7 +153,7 @@ class InMemoryQueue:
             self.health,
             consecutive_failures=self.health.consecutive_failures + 1,
             failing_since=self.health.failing_since or now,
-            last_error=error,
+            last_error=error[:MAX_ERROR_CHARS],
             last_error_cause=cause,
             last_error_at=now,
             last_attempt_at=now,

@@ -26,6 +26,7 @@ from services.publisher.domain import (
     heartbeat_id,
 )
 from services.publisher.storage.protocol import (
+    MAX_ERROR_CHARS,
     STATUS_OF_KIND,
     AgentHourReport,
     Claimed,
@@ -165,7 +166,7 @@ class PostgresQueue:
         """Rows back with their backoff, and one more failure in the streak."""
         async with self.pool.acquire() as conn, conn.transaction():
             await self._apply(conn, outcomes, claimant)
-            streak = await conn.fetchval(RECORD_FAILURE, self.queue, error[:2000], cause)
+            streak = await conn.fetchval(RECORD_FAILURE, self.queue, error[:MAX_ERROR_CHARS], cause)
         return int(streak or 0)
 
     async def discard(self, outcomes: Sequence[Outcome], *, claimant: str) -> None:

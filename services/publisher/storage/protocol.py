@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from services.publisher.domain import (
     BillingEvent,
@@ -13,6 +13,8 @@ from services.publisher.domain import (
 )
 
 Status = Literal["pending", "published", "rejected", "expired"]
+#: How much of a failure's error text the health row keeps.
+MAX_ERROR_CHARS: Final = 2000
 STATUS_OF_KIND: dict[str, Status] = {
     "accepted": "published",
     "rejected": "rejected",
