@@ -229,7 +229,9 @@ class InMemoryReportStore:
             ),
             key=lambda p: (p.username, p.user_id),
         )
-        return ProfilePage(count=len(found), users=found[offset : offset + limit])
+        page = found[offset : offset + limit]
+        # As PostgreSQL counts (in the page's own rows): a page past the end counts nothing.
+        return ProfilePage(count=len(found) if page else 0, users=page)
 
     async def directory_groups(self) -> list[GroupInfo]:
         """The latest state of every group."""
