@@ -6,22 +6,50 @@ the PostgreSQL implementation on the test session's database (that case is marke
 where they differ, the PostgreSQL store is the truth and the fake is mended.
 
 The database is shared by the whole session: a suite keeps to ids of its own (`unique`),
-asserts on its own rows only, and puts back whatever global setting it changes.
+asserts on its own rows only, and puts back whatever global setting it changes. Stores of
+notifications and webhook endpoints take `own_pool` instead: a database of the module's own,
+so that no other test's notifier acts on their rows, nor their endpoints on other tests'.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import asyncpg
 import pytest
 
+from tests.support import Infra, create_database, unique
+
 MEMORY = "memory"
 POSTGRES = "postgres"
+IMPLEMENTATIONS = [MEMORY, pytest.param(POSTGRES, marks=pytest.mark.integration)]
 
 
-@pytest.fixture(params=[MEMORY, pytest.param(POSTGRES, marks=pytest.mark.integration)])
+@pytest.fixture(params=IMPLEMENTATIONS)
 def pool(request: pytest.FixtureRequest) -> asyncpg.Pool | None:
     """None for the in-memory fake, the session's PostgreSQL pool for its twin."""
     if request.param == MEMORY:
         return None
     db: asyncpg.Pool = request.getfixturevalue("db")
     return db
+
+
+@pytest.fixture(scope="module")
+async def module_database(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a migrated database of this module's own."""
+    url = await create_database(infra, unique("contracts").replace("-", "_"))
+    own = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    assert own is not None
+    try:
+        yield own
+    finally:
+        await own.close()
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def own_pool(request: pytest.FixtureRequest) -> asyncpg.Pool | None:
+    """Like `pool`, but PostgreSQL is a database of the module's own."""
+    if request.param == MEMORY:
+        return None
+    own: asyncpg.Pool = request.getfixturevalue("module_database")
+    return own

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -26,6 +26,7 @@ from services.limits.storage import (
     Snapshot,
     SnapshotStore,
 )
+from services.reports.notifications.storage import PostgresNotificationStore
 from tests.support import unique
 
 # -- configuration -----------------------------------------------------------------------------
@@ -232,10 +233,39 @@ async def test_the_newest_snapshot_of_another_epoch_is_the_last_taken(
 # -- crossings ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Crossings:
+    """A crossing store, and how many active webhook endpoints its notifications go to."""
+
+    store: CrossingStore
+    endpoints: Callable[[int], Awaitable[None]]
+
+
 @pytest.fixture
-def crossings(pool: asyncpg.Pool | None) -> CrossingStore:
-    """The crossing store under test."""
-    return InMemoryCrossingStore() if pool is None else PostgresCrossingStore(pool)
+async def crossings(own_pool: asyncpg.Pool | None) -> AsyncIterator[Crossings]:
+    """The crossing store under test; in PostgreSQL, on a database of its own."""
+    if own_pool is None:
+        memory = InMemoryCrossingStore(webhooks=0)
+
+        async def set_memory(n: int) -> None:
+            memory.webhooks = n
+
+        yield Crossings(memory, set_memory)
+        return
+    admin = PostgresNotificationStore(own_pool)
+
+    async def set_endpoints(n: int) -> None:
+        hooks = await admin.webhooks()
+        for hook in hooks[n:]:
+            await admin.delete_webhook(hook.id)
+        for i in range(len(hooks), n):
+            await admin.add_webhook(f"https://hooks-{i}.example.com/", "contract")
+
+    await set_endpoints(0)
+    try:
+        yield Crossings(PostgresCrossingStore(own_pool), set_endpoints)
+    finally:
+        await set_endpoints(0)
 
 
 def crossing(user_id: str, kind: Kind = "budget.warning", org_id: str | None = None) -> Crossing:
@@ -256,27 +286,40 @@ def crossing(user_id: str, kind: Kind = "budget.warning", org_id: str | None = N
     )
 
 
-async def test_a_crossing_is_recorded_once(crossings: CrossingStore) -> None:
+async def test_a_crossing_is_recorded_once(crossings: Crossings) -> None:
     """The first call records a crossing; the same key again, however it was decided, does not."""
     user = unique("u")
-    first = await crossings.record([crossing(user)])
+    first = await crossings.store.record([crossing(user)])
     assert [r.crossing.key for r in first] == [crossing(user).key]
     again = replace(crossing(user), spent_micros=9_500_000, threshold_percent=90)
-    assert await crossings.record([again]) == []
+    assert await crossings.store.record([again]) == []
 
 
 async def test_only_the_new_crossings_of_a_batch_are_returned_in_order(
-    crossings: CrossingStore,
+    crossings: Crossings,
 ) -> None:
     """A batch with one recorded and two new crossings returns the new two, in the batch's order."""
     user = unique("u")
-    await crossings.record([crossing(user)])
+    await crossings.store.record([crossing(user)])
     batch = [
         crossing(user, "budget.limit_reached"),
         crossing(user),
         crossing(user, org_id="acme"),
     ]
-    recorded = await crossings.record(batch)
+    recorded = await crossings.store.record(batch)
     assert [r.crossing for r in recorded] == [batch[0], batch[2]]
     assert len({r.notification_id for r in recorded}) == 2
-    assert await crossings.record([]) == []
+    assert await crossings.store.record([]) == []
+
+
+async def test_each_new_crossing_gets_a_delivery_per_active_endpoint(crossings: Crossings) -> None:
+    """A recorded crossing is queued for every webhook endpoint there is when it is recorded."""
+    await crossings.endpoints(2)
+    recorded = await crossings.store.record([crossing(unique("u")), crossing(unique("u"))])
+    assert [r.webhooks for r in recorded] == [2, 2]
+    await crossings.endpoints(1)
+    (one,) = await crossings.store.record([crossing(unique("u"))])
+    assert one.webhooks == 1
+    await crossings.endpoints(0)
+    (none,) = await crossings.store.record([crossing(unique("u"))])
+    assert none.webhooks == 0

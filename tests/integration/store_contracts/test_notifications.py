@@ -17,10 +17,10 @@ from tests.support import unique
 
 
 @pytest.fixture
-async def admin(pool: asyncpg.Pool | None) -> AsyncIterator[NotificationAdmin]:
+async def admin(own_pool: asyncpg.Pool | None) -> AsyncIterator[NotificationAdmin]:
     """The admin store; endpoints a test leaves behind are deleted, so no later test sends there."""
     store: NotificationAdmin = (
-        InMemoryNotificationAdmin() if pool is None else PostgresNotificationStore(pool)
+        InMemoryNotificationAdmin() if own_pool is None else PostgresNotificationStore(own_pool)
     )
     before = {h.id for h in await store.webhooks()}
     try:
