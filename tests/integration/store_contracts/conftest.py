@@ -18,38 +18,35 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.support import Infra, create_database, unique
+from tests.support import Infra, database_pool
 
 MEMORY = "memory"
 POSTGRES = "postgres"
 IMPLEMENTATIONS = [MEMORY, pytest.param(POSTGRES, marks=pytest.mark.integration)]
 
 
+def _implementation(request: pytest.FixtureRequest, database: str) -> asyncpg.Pool | None:
+    """None for the in-memory case, else the pool of the `database` fixture."""
+    if request.param == MEMORY:
+        return None
+    found: asyncpg.Pool = request.getfixturevalue(database)
+    return found
+
+
 @pytest.fixture(params=IMPLEMENTATIONS)
 def pool(request: pytest.FixtureRequest) -> asyncpg.Pool | None:
     """None for the in-memory fake, the session's PostgreSQL pool for its twin."""
-    if request.param == MEMORY:
-        return None
-    db: asyncpg.Pool = request.getfixturevalue("db")
-    return db
+    return _implementation(request, "db")
 
 
 @pytest.fixture(scope="module")
 async def module_database(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
     """A pool on a migrated database of this module's own."""
-    url = await create_database(infra, unique("contracts").replace("-", "_"))
-    own = await asyncpg.create_pool(url, min_size=1, max_size=4)
-    assert own is not None
-    try:
+    async with database_pool(infra, "contracts", max_size=4) as own:
         yield own
-    finally:
-        await own.close()
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def own_pool(request: pytest.FixtureRequest) -> asyncpg.Pool | None:
     """Like `pool`, but PostgreSQL is a database of the module's own."""
-    if request.param == MEMORY:
-        return None
-    own: asyncpg.Pool = request.getfixturevalue("module_database")
-    return own
+    return _implementation(request, "module_database")
