@@ -1,7 +1,7 @@
 """`InMemoryReportStore`: every figure computed directly from the events themselves.
 
 It backs the unit tests and states, in plain Python, what each figure means; the shared
-store suite (`tests/integration/test_store_contracts.py`) holds it to the PostgreSQL store.
+store suite (`tests/integration/store_contracts/test_reports.py`) holds it to PostgreSQL.
 """
 
 from __future__ import annotations
