@@ -24,6 +24,8 @@ Every replica folds the whole log into a `Ledger` and answers checks from it thr
   carries no organisation counts in every one (see `Ledger.spent_in_org`).
 - Most users spend in one organisation, so the ledger keeps one organisation per user beside
   its totals and splits a user's spend by organisation only once they spend in a second one.
+- The snapshot format (writing a ledger, reading one back, the format versions) lives in
+  `services.limits.snapshot`.
 """
 
 from __future__ import annotations
