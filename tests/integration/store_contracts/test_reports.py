@@ -260,6 +260,21 @@ async def test_a_user_never_seen_has_no_cost_and_a_known_one_has_zero(reports: R
     assert (known.figures.messages, known.by_model, known.by_chat) == (0, [], [])
 
 
+async def test_chat_at_any_time_makes_a_user_known_to_every_window(reports: Reports) -> None:
+    """Without a directory entry, chat outside the window still makes a user known: zero, not None."""
+    user = f"{reports.prefix}-u"
+    await reports.feed([reports.chat(user, at=40, cost=10)])
+    before = await reports.store.cost_user(Window(reports.at(0), reports.at(30)), user)
+    assert before is not None
+    assert (before.profile, before.figures.messages) == (None, 0)
+    found = await reports.store.cost_user(Window(reports.at(0), reports.at(50)), user)
+    assert found is not None
+    assert found.figures.cost_micros == 10
+    titled = f"{reports.prefix}-titles"
+    await reports.feed([reports.chat(titled, at=1, cost=5, purpose="title")])
+    assert await reports.store.cost_user(Window(reports.at(0), reports.at(50)), titled) is None
+
+
 async def test_the_cost_list_orders_searches_and_pages(reports: Reports) -> None:
     """Users by spend (either way), found by name or id, with distinct root chats and a count."""
     p = reports.prefix
