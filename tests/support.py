@@ -227,3 +227,17 @@ async def create_database(infra: Infra, name: str) -> str:
     url = urlunsplit(parts._replace(path=f"/{name}"))
     await migrate(url)
     return url
+
+
+@asynccontextmanager
+async def database_pool(
+    infra: Infra, prefix: str, *, max_size: int = 8
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a new, migrated database of the caller's own (named from `prefix`)."""
+    url = await create_database(infra, unique(prefix).replace("-", "_"))
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size)
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -28,14 +28,15 @@ import structlog
 
 from libs.events.models import ChatUsageRecorded
 from libs.service.consumer import Batch, Consumed
-from services.limits.domain import (
+from services.limits.domain import Ledger, Limiter
+from services.limits.metrics import LimitsMetrics
+from services.limits.snapshot import (
     READABLE_SNAPSHOT_FORMATS,
     SNAPSHOT_FORMAT,
-    Ledger,
     LedgerImage,
-    Limiter,
+    decode,
+    image,
 )
-from services.limits.metrics import LimitsMetrics
 from services.limits.storage import ChatArchive, Snapshot, SnapshotStore
 
 log = structlog.get_logger(__name__)
@@ -143,7 +144,7 @@ class LimitsSink:
         """Put a snapshot's ledger in force; one of another epoch keeps no positions."""
         try:
             raw = await asyncio.to_thread(zlib.decompress, snapshot.state)
-            ledger = Ledger.load(raw, dedup_window_ms=self.dedup_window_ms)
+            ledger = decode(raw, dedup_window_ms=self.dedup_window_ms)
         except (zlib.error, ValueError, KeyError, TypeError) as exc:
             self._log.warning(
                 "limits_snapshot_unreadable",
@@ -316,22 +317,22 @@ class Snapshotter:
         ledger.prune(self.limiter.current_periods(self.clock()))
         # Copied without awaiting, so the state and its positions are one instant; the
         # encoding and compression then run in a thread while checks go on.
-        image = ledger.image()
+        taken = image(ledger)
         taken_at = self.clock()
         paused_ms = (time.perf_counter() - started) * 1000
-        raw, state = await asyncio.to_thread(_encode, image)
+        raw, state = await asyncio.to_thread(_encode, taken)
         saved = await self.store.save(
             Snapshot(
                 topic=self.topic,
                 epoch=self.epoch,
                 format=SNAPSHOT_FORMAT,
-                positions=image.positions,
-                events_applied=image.applied,
+                positions=taken.positions,
+                events_applied=taken.applied,
                 state=state,
             ),
             keep=self.keep,
         )
-        positions = image.positions
+        positions = taken.positions
         elapsed = time.perf_counter() - started
         self.status.newest_at = taken_at
         self.status.newest_positions = positions

@@ -24,23 +24,20 @@ Every replica folds the whole log into a `Ledger` and answers checks from it thr
   carries no organisation counts in every one (see `Ledger.spent_in_org`).
 - Most users spend in one organisation, so the ledger keeps one organisation per user beside
   its totals and splits a user's spend by organisation only once they spend in a second one.
+- The snapshot format (writing a ledger, reading one back, the format versions) lives in
+  `services.limits.snapshot`.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import heapq
 import sys
-from array import array
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from itertools import islice
 from operator import itemgetter
-from typing import Any, Final, Literal, NamedTuple
-
-import orjson
+from typing import Final, Literal, NamedTuple
 
 from libs.events.bounds import MAX_TOTAL
 from libs.events.models import ChatUsageRecorded, Event, GroupUpdated
@@ -62,10 +59,8 @@ _ORDINAL_1970: Final = date(1970, 1, 1).toordinal()
 _NO_FLOOR: Final = -(2**62)
 _HOUR_MS: Final = 3_600_000
 
-#: Format 3 adds organisations (of spend and of groups) and keeps each model's newest use;
-#: format 2 (event identities, no organisations) and format 1 (ids alone) still load.
-SNAPSHOT_FORMAT: Final = 3
-READABLE_SNAPSHOT_FORMATS: Final = (1, 2, 3)
+#: How long a partition remembers an event identity, in log time, unless configured.
+DEFAULT_DEDUP_WINDOW_MS: Final = 48 * _HOUR_MS
 #: `Ledger.user_orgs` value of a user whose spend is split by organisation in `org_spend`.
 SPLIT: Final = ""
 #: Users `Ledger.prune` looks at per call after a month went (about a millisecond's worth).
@@ -333,23 +328,18 @@ class RecentIds:
     def __len__(self) -> int:
         return sum(len(b) for b in self.buckets.values())
 
-    @classmethod
-    def load(cls, doc: Mapping[str, Any], window_ms: int) -> RecentIds:
-        """Rebuild from `dump()`; a shorter window than the snapshot's evicts at once."""
-        recent = cls(window_ms)
-        recent.watermark_ms = int(doc["watermark_ms"])
-        open_hour = recent.watermark_ms // _HOUR_MS
-        for hour_text, encoded in doc["buckets"].items():
-            ids = array("Q")
-            ids.frombytes(base64.b64decode(encoded))
-            hour = int(hour_text)
+    def restore(self, watermark_ms: int, buckets: Mapping[int, Iterable[int]]) -> None:
+        """Take over a snapshot's watermark and hours of id digests; a shorter window than the
+        snapshot's evicts at once."""
+        self.watermark_ms = watermark_ms
+        self.open = None
+        self.buckets = {}
+        open_hour = watermark_ms // _HOUR_MS
+        for hour, ids in buckets.items():
+            self.buckets[hour] = dict.fromkeys(ids)
             if hour == open_hour:
-                recent.open = dict.fromkeys(ids)
-                recent.buckets[hour] = recent.open
-            else:
-                recent.buckets[hour] = dict.fromkeys(ids)
-        recent._evict()
-        return recent
+                self.open = self.buckets[hour]
+        self._evict()
 
 
 def _compact(ids: dict[int, None]) -> dict[int, None]:
@@ -393,7 +383,7 @@ class Ledger:
         "user_orgs",
     )
 
-    def __init__(self, *, dedup_window_ms: int = 48 * _HOUR_MS) -> None:
+    def __init__(self, *, dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS) -> None:
         self.dedup_window_ms = dedup_window_ms
         # spend[DAY|WEEK|MONTH][period key][user id] -> micro-dollars
         self.spend: tuple[dict[int, dict[str, int]], ...] = ({}, {}, {})
@@ -661,179 +651,6 @@ class Ledger:
     def dedup_ids(self) -> int:
         """How many event ids the dedup window holds."""
         return sum(len(r) for r in self.recent.values())
-
-    # -- snapshots ---------------------------------------------------------------------------
-
-    def image(self) -> LedgerImage:
-        """A copy consistent at this instant, cheap enough to take on the event loop.
-
-        Only what keeps changing is copied (spend buckets, where users spent, the open hour
-        of ids, the models); closed hours of ids and group member sets never change and are
-        shared. Encoding the image (`LedgerImage.encode`) can then run in a thread.
-        """
-        return LedgerImage(
-            positions=dict(self.positions),
-            applied=self.applied,
-            floors=list(self.floors),
-            spend=tuple(
-                {key: bucket.copy() for key, bucket in kind.items()} for kind in self.spend
-            ),
-            org_spend=tuple(
-                {
-                    key: {user: dict(parts) for user, parts in bucket.items()}
-                    for key, bucket in kind.items()
-                }
-                for kind in self.org_spend
-            ),
-            user_orgs=dict(self.user_orgs),
-            groups=dict(self.groups),
-            group_orgs=dict(self.group_orgs),
-            models=dict(self.models),
-            recent={
-                partition: (
-                    r.watermark_ms,
-                    {hour: ids.copy() if ids is r.open else ids for hour, ids in r.buckets.items()},
-                )
-                for partition, r in self.recent.items()
-            },
-        )
-
-    def dump(self) -> bytes:
-        """The whole ledger as compact JSON (see `load`)."""
-        return self.image().encode()
-
-    @classmethod
-    def load(cls, raw: bytes, *, dedup_window_ms: int = 48 * _HOUR_MS) -> Ledger:
-        """Rebuild a ledger from `dump()` of this or an earlier format; `ValueError` otherwise.
-
-        Format 2 and 1 snapshots knew no organisations: their spend is spend that named
-        none (it counts in every organisation, as it did when it was recorded), their groups
-        belong to none until their next directory event, and each model's newest use is the
-        newer of its priced and unpriced ones.
-        """
-        doc = orjson.loads(raw)
-        if not isinstance(doc, dict) or doc.get("format") not in READABLE_SNAPSHOT_FORMATS:
-            raise ValueError("unknown snapshot format")
-        fmt = doc["format"]
-        ledger = cls(dedup_window_ms=dedup_window_ms)
-        ledger.positions = {int(p): int(o) for p, o in doc["positions"].items()}
-        ledger.applied = int(doc["applied"])
-        ledger.floors = [int(f) for f in doc["floors"]]
-        ledger.spend = tuple(
-            {int(key): dict(bucket) for key, bucket in kind.items()} for kind in doc["spend"]
-        )
-        for group, entry in doc["groups"].items():
-            occurred_ms, partition, offset, members = entry[:4]
-            org_id = entry[4] if len(entry) > 4 else None
-            ledger.set_group(group, members, (occurred_ms, partition, offset), org_id=org_id)
-        if fmt >= 3:
-            ledger.models = {m: int(at) for m, at in doc["models"].items()}
-            ledger.user_orgs = {str(u): str(where) for u, where in doc["orgs"].items()}
-            ledger.org_spend = tuple(
-                {
-                    int(key): {
-                        user: {org: int(n) for org, n in parts.items()}
-                        for user, parts in bucket.items()
-                    }
-                    for key, bucket in kind.items()
-                }
-                for kind in doc["org_spend"]
-            )
-        else:
-            ledger.models = {m: max(int(u), int(p)) for m, (u, p) in doc["models"].items()}
-        if fmt >= 2:
-            ledger.recent = {
-                int(p): RecentIds.load(r, dedup_window_ms) for p, r in doc["recent"].items()
-            }
-        # Format 1 remembered bare ids, which identities can never match: its spend,
-        # groups and positions carry over, its ids do not.
-        return ledger
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerImage:
-    """A ledger's state at one instant, detached from the live ledger, ready to encode."""
-
-    positions: dict[int, int]
-    applied: int
-    floors: list[int]
-    spend: tuple[dict[int, dict[str, int]], ...]
-    org_spend: tuple[dict[int, dict[str, dict[str, int]]], ...]
-    user_orgs: dict[str, str]
-    groups: dict[str, tuple[GroupOrder, frozenset[str]]]
-    group_orgs: dict[str, str]
-    models: dict[str, int]
-    recent: dict[int, tuple[int, dict[int, dict[int, None]]]]
-
-    def encode(self) -> bytes:
-        """Compact JSON, built in pieces so that no single step holds the GIL for long.
-
-        It runs in a thread beside the event loop, and the loop waits for whichever C call
-        holds the GIL: big maps are therefore written in chunks.
-        """
-        spend = b",".join(
-            b"{" + b",".join(b'"%d":' % key + _dump_map(b) for key, b in kind.items()) + b"}"
-            for kind in self.spend
-        )
-        org_spend = b",".join(
-            b"{" + b",".join(b'"%d":' % key + _dump_map(b) for key, b in kind.items()) + b"}"
-            for kind in self.org_spend
-        )
-        group_orgs = self.group_orgs
-        groups = b",".join(
-            _dumps(group)
-            + b":"
-            + _dumps([order[0], order[1], order[2], list(members), group_orgs.get(group)])
-            for group, (order, members) in self.groups.items()
-        )
-        recent = {
-            partition: {
-                "watermark_ms": watermark_ms,
-                "buckets": {
-                    hour: base64.b64encode(array("Q", ids).tobytes()).decode()
-                    for hour, ids in buckets.items()
-                },
-            }
-            for partition, (watermark_ms, buckets) in self.recent.items()
-        }
-        return b"".join(
-            (
-                b'{"format":%d,"applied":%d,"positions":' % (SNAPSHOT_FORMAT, self.applied),
-                _dumps(self.positions),
-                b',"floors":',
-                _dumps(self.floors),
-                b',"spend":[',
-                spend,
-                b'],"org_spend":[',
-                org_spend,
-                b'],"orgs":',
-                _dump_map(self.user_orgs),
-                b',"groups":{',
-                groups,
-                b'},"models":',
-                _dumps(self.models),
-                b',"recent":',
-                _dumps(recent),
-                b"}",
-            )
-        )
-
-
-_CHUNK: Final = 20_000
-
-
-def _dump_map(mapping: Mapping[str, object]) -> bytes:
-    if len(mapping) <= _CHUNK:
-        return _dumps(mapping)
-    items = iter(mapping.items())
-    chunks = []
-    while chunk := dict(islice(items, _CHUNK)):
-        chunks.append(_dumps(chunk)[1:-1])
-    return b"{" + b",".join(chunks) + b"}"
-
-
-def _dumps(value: object) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 # -- answering checks ------------------------------------------------------------------------

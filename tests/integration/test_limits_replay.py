@@ -20,8 +20,9 @@ from libs.events.models import ChatUsage, ChatUsageRecorded, DirectoryGroup, Env
 from libs.service.consumer import Consumed, ConsumerLoop
 from libs.service.kafka import ensure_topics, home_partition, make_producer
 from services.limits.consumer import LimitsSink, SnapshotStatus, Snapshotter
-from services.limits.domain import DAY, MONTH, SNAPSHOT_FORMAT, WEEK, Ledger, Limiter
+from services.limits.domain import DAY, MONTH, WEEK, Ledger, Limiter
 from services.limits.metrics import LimitsMetrics
+from services.limits.snapshot import SNAPSHOT_FORMAT
 from services.limits.storage import (
     ChatArchive,
     InMemorySnapshotStore,

@@ -27,7 +27,7 @@ from services.reports.notifications.metrics import NotificationMetrics
 from services.reports.notifications.senders import EmailSender, SmtpServer, WebhookSender
 from services.reports.notifications.storage import Delivery, PostgresNotificationStore
 from tests.notify_support import SmtpSink, WebhookReceiver
-from tests.support import Infra, create_database, eventually, unique
+from tests.support import Infra, database_pool, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +45,8 @@ FAST = NotifierOptions(
 @pytest.fixture
 async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
     """A pool on a database of this test's own."""
-    url = await create_database(infra, unique("notify").replace("-", "_"))
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=8)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    async with database_pool(infra, "notify") as own:
+        yield own
 
 
 def crossing(user: str, kind: Kind, *, spent: int = 900_000, group: str | None = None) -> Crossing:

@@ -108,6 +108,13 @@ async def _get(
 
 async def read_topic(bootstrap: str, topic: str, *, idle_s: float = 3.0) -> list[bytes | None]:
     """Every record value of `topic`, read from the beginning until the end is reached."""
+    return [value for _, value in await read_records(bootstrap, topic, idle_s=idle_s)]
+
+
+async def read_records(
+    bootstrap: str, topic: str, *, idle_s: float = 3.0
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of `topic` as (key, value), read from the beginning until the end."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -116,7 +123,7 @@ async def read_topic(bootstrap: str, topic: str, *, idle_s: float = 3.0) -> list
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     await asyncio.wait_for(consumer.start(), 15)
-    values: list[bytes | None] = []
+    values: list[tuple[bytes | None, bytes | None]] = []
     try:
         partitions = [TopicPartition(topic, p) for p in range(USAGE_EVENTS_PARTITIONS)]
         consumer.assign(partitions)
@@ -125,7 +132,7 @@ async def read_topic(bootstrap: str, topic: str, *, idle_s: float = 3.0) -> list
         while time.monotonic() - last_data < idle_s:
             batch = await asyncio.wait_for(consumer.getmany(timeout_ms=300), 30)
             for records in batch.values():
-                values.extend(r.value for r in records)
+                values.extend((r.key, r.value) for r in records)
             if any(batch.values()):
                 last_data = time.monotonic()
             ends = [consumer.highwater(tp) for tp in partitions]

@@ -10,8 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from libs.events.models import ChatUsage, ChatUsageRecorded
 from services.limits.consumer import LimitsSink, SnapshotStatus
-from services.limits.domain import MONTH, SNAPSHOT_FORMAT, Ledger, Limiter, period_key
+from services.limits.domain import MONTH, Ledger, Limiter, period_key
 from services.limits.metrics import LimitsMetrics
+from services.limits.snapshot import SNAPSHOT_FORMAT, image
 from services.limits.storage import (
     ArchivedChat,
     InMemoryChatArchive,
@@ -71,15 +72,15 @@ async def previous_epoch(store: InMemorySnapshotStore, *events: ChatUsageRecorde
     for offset, event in enumerate(events):
         ledger.apply(event, partition=3, offset=offset, log_ms=now_ms)
         ledger.positions[3] = offset + 1
-    image = ledger.image()
+    taken = image(ledger)
     return await store.save(
         Snapshot(
             topic="t",
             epoch="old",
             format=SNAPSHOT_FORMAT,
-            positions=image.positions,
-            events_applied=image.applied,
-            state=zlib.compress(image.encode()),
+            positions=taken.positions,
+            events_applied=taken.applied,
+            state=zlib.compress(taken.encode()),
         ),
         keep=3,
     )
@@ -140,11 +141,11 @@ async def test_the_same_epochs_snapshot_wins_over_an_older_epoch() -> None:
     ledger = Ledger(dedup_window_ms=WINDOW_MS)
     ledger.apply(chat("n1", "ann", 9), partition=0, offset=0, log_ms=int(time.time() * 1000))
     ledger.positions[0] = 1
-    image = ledger.image()
+    taken = image(ledger)
     await store.save(
         Snapshot(
-            topic="t", epoch="new", format=SNAPSHOT_FORMAT, positions=image.positions,
-            events_applied=image.applied, state=zlib.compress(image.encode()),
+            topic="t", epoch="new", format=SNAPSHOT_FORMAT, positions=taken.positions,
+            events_applied=taken.applied, state=zlib.compress(taken.encode()),
         ),
         keep=3,
     )  # fmt: skip
