@@ -21,11 +21,12 @@ venv: $(STAMP) ## create .venv and install the project with its pinned dependenc
 run: $(STAMP) ## start broker, PostgreSQL and every service (Ctrl-C stops them all)
 	$(VENV)/bin/tollgate run
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff lint and format check; import contracts (libs <- services <- tools)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
-typecheck: $(STAMP) ## mypy --strict over libs, services and tests
+typecheck: $(STAMP) ## mypy --strict over libs, services, tools, tests and bench
 	$(VENV)/bin/mypy
 
 deploy-tools: $(STAMP) ## install helm, promtool and kubernetes-validate for the deploy checks

@@ -43,7 +43,7 @@ from bench import (
 )
 from bench.cpus import own_cpu
 from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
-from libs.service.cli import available_services
+from libs.service.cli import BILLING_SINK, available_services, find_tool
 from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from libs.service.kafka import ensure_topics
@@ -131,12 +131,10 @@ class System:
         metrics_ports = {s.name: free_port() for s in specs}
         for spec in specs:
             self.env[spec.port_env] = str(ports[spec.name])
-            self.env[f"TOLLGATE_{spec.name.upper()}_METRICS_PORT"] = str(metrics_ports[spec.name])
-        for name in ("ingest", "limits", "publisher"):
-            if name in ports:
-                self.env[f"TOLLGATE_{name.upper()}_URL"] = f"http://127.0.0.1:{ports[name]}"
+            self.env[spec.metrics_port_env] = str(metrics_ports[spec.name])
+            self.env[spec.url_env] = f"http://127.0.0.1:{ports[spec.name]}"
         self.env["TOLLGATE_PORTAL_SECRET"] = secrets.token_hex(32)
-        if importlib.util.find_spec("services.publisher.sink") is not None:
+        if find_tool(BILLING_SINK) is not None:
             sink_port = free_port()
             self.env["BILLING_URL"] = f"http://127.0.0.1:{sink_port}"
             self.env["LICENSE_KEY"] = "bench-license-key"

@@ -22,8 +22,8 @@ import orjson
 
 from bench import BenchContext, Figure, not_available, percentile
 from libs.events.models import ChatUsage, ChatUsageRecorded
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import IngestSender, register_prices
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import IngestSender, register_prices
 
 __all__ = ["run"]
 

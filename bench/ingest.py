@@ -25,11 +25,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bench import BenchContext, Figure, percentile, wait_ready
 from libs.events.codec import encode
 from libs.events.models import ChatUsageRecorded, Envelope
+from libs.events.pricing import ModelPrice, price_event
 from libs.service.embedded import free_port
 from libs.service.kafka import bounded, ensure_topics, make_producer
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import register_prices
-from services.ingest.domain import ModelPrice, price_event
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import register_prices
 
 __all__ = ["Payloads", "run"]
 

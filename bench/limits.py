@@ -34,8 +34,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import IngestSender, register_prices
 from services.limits.domain import (
     DAY,
     MONTH,
@@ -45,6 +43,8 @@ from services.limits.domain import (
     LimitsConfig,
     RecentIds,
 )
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import IngestSender, register_prices
 
 CHECK_PATH = "/api/v1/limits/check"
 

@@ -24,6 +24,7 @@ from libs.events.models import Envelope
 from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, start_cli
 from libs.service.kafka import make_producer
+from libs.service.spec import find_service
 from libs.service.web import create_metrics_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,9 +103,9 @@ def _children(pid: int) -> list[int]:
 
 def service_ports(name: str) -> tuple[int, int, dict[str, str]]:
     """Free API and metrics ports for a service, and the environment that assigns them."""
+    spec = find_service(name)
     port, metrics_port = free_port(), free_port()
-    prefix = f"TOLLGATE_{name.upper()}"
-    env = {f"{prefix}_PORT": str(port), f"{prefix}_METRICS_PORT": str(metrics_port)}
+    env = {spec.port_env: str(port), spec.metrics_port_env: str(metrics_port)}
     return port, metrics_port, env
 
 

@@ -21,11 +21,12 @@ from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres
 from libs.service.kafka import ensure_topics
-from libs.service.local import SERVICES, ServiceSpec, kafka_bootstrap, local_host
+from libs.service.local import kafka_bootstrap, local_host
 from libs.service.local import state_dir as configured_state_dir
 from libs.service.logging import configure_logging
 from libs.service.portal import MIN_SECRET_LENGTH
 from libs.service.settings import EXTERNAL_EPOCH
+from libs.service.spec import ServiceSpec, ToolSpec, find_service, services, tools
 from libs.service.supervisor import (
     Child,
     PortClaim,
@@ -36,13 +37,8 @@ from libs.service.supervisor import (
     port_from_env,
 )
 
-#: Further subcommands, each `module:function` taking the remaining arguments.
-TOOLS: dict[str, str] = {
-    "billing-sink": "services.publisher.sink:main",
-    "events": "libs.service.events_tool:main",
-    "publisher": "services.publisher.tools:main",
-    "simulate": "libs.simulator.cli:main",
-}
+#: The tool `tollgate run --with-billing-sink` starts beside the services.
+BILLING_SINK: Final = "billing-sink"
 
 T = TypeVar("T")
 
@@ -51,12 +47,17 @@ DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105
 
 
 def available_services() -> list[ServiceSpec]:
-    """The services whose package has an entry point in this checkout."""
-    return [s for s in SERVICES if importlib.util.find_spec(f"services.{s.name}.__main__")]
+    """The declared services whose package has an entry point (`__main__`) in this build."""
+    return [s for s in services() if importlib.util.find_spec(s.main_module)]
+
+
+def find_tool(name: str) -> ToolSpec | None:
+    """The tool called `name` in this build, if there is one."""
+    return next((tool for tool in tools() if tool.name == name), None)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"services.{args.service}.__main__")
+    module = importlib.import_module(find_service(args.service).main_module)
     main: Callable[[], None] = module.main
     main()
     return 0
@@ -151,11 +152,15 @@ class Runner:
             port = port_from_env(env, spec.metrics_port_env, spec.default_metrics_port)
             claims.append(PortClaim(f"{spec.name} metrics", spec.metrics_port_env, port, host))
         if self.with_billing_sink:
-            port = port_from_env(env, "TOLLGATE_BILLING_SINK_PORT", 8090)
+            sink = find_tool(BILLING_SINK)
+            if sink is None or sink.port_env is None or sink.default_port is None:
+                raise SetupError(
+                    "the local billing sink is not part of this build (its tools package is "
+                    "not installed); run without --with-billing-sink or TOLLGATE_RUN_BILLING_SINK"
+                )
+            port = port_from_env(env, sink.port_env, sink.default_port)
             sink_host = env.get("TOLLGATE_BILLING_SINK_HOST", "127.0.0.1")
-            claims.append(
-                PortClaim("the billing sink", "TOLLGATE_BILLING_SINK_PORT", port, sink_host)
-            )
+            claims.append(PortClaim("the billing sink", sink.port_env, port, sink_host))
         return claims
 
     def _infrastructure(self, env: dict[str, str]) -> None:
@@ -210,9 +215,8 @@ class Runner:
         by_name = {claim.what: claim for claim in claims}
         host = local_host(env["TOLLGATE_HOST"])
         ports = {spec.name: by_name[spec.name].port for spec in services}
-        for name in ("ingest", "limits", "publisher"):
-            if name in ports:
-                env.setdefault(f"TOLLGATE_{name.upper()}_URL", f"http://{host}:{ports[name]}")
+        for spec in services:
+            env.setdefault(spec.url_env, f"http://{host}:{ports[spec.name]}")
         if not env.get("TOLLGATE_PORTAL_SECRET"):
             env["TOLLGATE_PORTAL_SECRET"] = portal_secret(self.state_dir)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -233,8 +237,8 @@ class Runner:
                 billing_sink_env(env, f"http://{local_host(sink.host)}:{sink.port}")
                 supervisor.add(
                     Child(
-                        "billing-sink",
-                        ["billing-sink", "--port", str(sink.port)],
+                        BILLING_SINK,
+                        [BILLING_SINK, "--port", str(sink.port)],
                         ready_url=f"{env['BILLING_URL']}/healthz",
                         port=sink,
                     )
@@ -403,30 +407,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
     serve = sub.add_parser("serve", help="serve one service")
-    serve.add_argument("service", choices=[s.name for s in SERVICES])
+    serve.add_argument("service", choices=[s.name for s in services()])
     serve.set_defaults(func=_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     sub.add_parser("create-topics", help="create the Kafka topics").set_defaults(
         func=_create_topics
     )
-    for tool in TOOLS:
-        sub.add_parser(tool, help=f"see `tollgate {tool} --help`", add_help=False)
+    for tool in tools():
+        sub.add_parser(tool.name, help=f"{tool.summary} (see `tollgate {tool.name} --help`)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tollgate` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TOOLS:
+    spec = find_tool(argv[0]) if argv else None
+    if spec is not None:
         # A tool's standard output is its result (an export, JSON lines): logs go to stderr.
         configure_logging(os.environ.get("TOLLGATE_LOG_LEVEL", "info"), "console")
-        module_name, _, func_name = TOOLS[argv[0]].partition(":")
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            print(f"tollgate: {argv[0]} is not available in this build", file=sys.stderr)
+            tool = spec.load()
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not spec.module.startswith(exc.name):
+                raise
+            print(f"tollgate: {spec.name} is not available in this build", file=sys.stderr)
             return 2
-        tool: Callable[[list[str]], int] = getattr(module, func_name)
         return tool(argv[1:])
     args = _parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -12,16 +12,15 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from libs.service.spec import find_service
 
 __all__ = [
     "DEFAULT_KAFKA_PORT",
     "DEFAULT_STATE_DIR",
-    "SERVICES",
     "NoDatabaseError",
-    "ServiceSpec",
     "database_url",
     "kafka_bootstrap",
     "local_host",
@@ -31,27 +30,6 @@ __all__ = [
 
 DEFAULT_STATE_DIR: Final = ".tollgate"
 DEFAULT_KAFKA_PORT: Final = 9092
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """A service the runner can start, and where it listens by default."""
-
-    name: str
-    port_env: str
-    default_port: int
-    metrics_port_env: str
-    default_metrics_port: int
-
-
-SERVICES: Final = (
-    ServiceSpec("ingest", "TOLLGATE_INGEST_PORT", 8081, "TOLLGATE_INGEST_METRICS_PORT", 9081),
-    ServiceSpec("limits", "TOLLGATE_LIMITS_PORT", 8082, "TOLLGATE_LIMITS_METRICS_PORT", 9082),
-    ServiceSpec("reports", "TOLLGATE_REPORTS_PORT", 8083, "TOLLGATE_REPORTS_METRICS_PORT", 9083),
-    ServiceSpec(
-        "publisher", "TOLLGATE_PUBLISHER_PORT", 8084, "TOLLGATE_PUBLISHER_METRICS_PORT", 9084
-    ),
-)
 
 
 def state_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -79,10 +57,8 @@ def kafka_bootstrap(env: Mapping[str, str] = os.environ) -> str:
 
 def service_url(name: str, env: Mapping[str, str] = os.environ) -> str:
     """`TOLLGATE_<NAME>_URL`, else the service's port (`TOLLGATE_<NAME>_PORT`) on this machine."""
-    spec = next((s for s in SERVICES if s.name == name), None)
-    if spec is None:
-        raise ValueError(f"unknown service {name!r}")
-    configured = env.get(f"TOLLGATE_{name.upper()}_URL", "").strip()
+    spec = find_service(name)
+    configured = env.get(spec.url_env, "").strip()
     if configured:
         return configured.rstrip("/")
     port = env.get(spec.port_env, "").strip() or str(spec.default_port)

@@ -12,19 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from libs.events.codec import EventValidationError, encode, parse_event
 from libs.events.models import ChatUsageRecorded, Envelope
+from libs.events.pricing import CostTooHighError, ModelPrice, price_event
 from libs.events.registry import EVENT_TYPES
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
 from libs.service.kafka import BrokerUnavailableError
 from libs.service.openapi import OpenApi
 from libs.service.web import Role, json_response, read_json, read_model, requires, storable_text
 from services.ingest.config import IngestSettings
-from services.ingest.domain import (
-    CostTooHighError,
-    ModelPrice,
-    Rejection,
-    check_time,
-    price_event,
-)
+from services.ingest.domain import Rejection, check_time
 from services.ingest.metrics import IngestMetrics
 from services.ingest.prices import PriceCache
 from services.ingest.producer import EventLog

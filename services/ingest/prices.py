@@ -6,7 +6,7 @@ import asyncio
 
 import structlog
 
-from services.ingest.domain import ModelPrice
+from libs.events.pricing import ModelPrice
 from services.ingest.storage import PriceStore
 
 log = structlog.get_logger(__name__)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import asyncpg
 
-from services.ingest.domain import ModelPrice
+from libs.events.pricing import ModelPrice
 
 
 class PriceStore(Protocol):

@@ -7,13 +7,16 @@ from datetime import timedelta
 from pydantic import Field
 
 from libs.service.settings import CommonSettings
+from services.limits import SERVICE
 
 
 class LimitsSettings(CommonSettings):
     """What the limits service needs beyond the shared settings."""
 
-    port: int = Field(8082, alias="TOLLGATE_LIMITS_PORT", ge=1, le=65535)
-    metrics_port: int = Field(9082, alias="TOLLGATE_LIMITS_METRICS_PORT", ge=1, le=65535)
+    port: int = Field(SERVICE.default_port, alias=SERVICE.port_env, ge=1, le=65535)
+    metrics_port: int = Field(
+        SERVICE.default_metrics_port, alias=SERVICE.metrics_port_env, ge=1, le=65535
+    )
     snapshot_interval_s: float = Field(30.0, alias="TOLLGATE_LIMITS_SNAPSHOT_INTERVAL", gt=0)
     snapshots_kept: int = Field(3, alias="TOLLGATE_LIMITS_SNAPSHOTS_KEPT", ge=1, le=100)
     config_refresh_s: float = Field(0.25, alias="TOLLGATE_LIMITS_CONFIG_REFRESH", gt=0, le=1)

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from libs.service.durations import Duration
 from libs.service.settings import CommonSettings
+from services.publisher import SERVICE
 from services.publisher.domain import MAX_BATCH
 
 
@@ -25,8 +26,10 @@ def _blank_is_none(value: object) -> object:
 class PublisherSettings(CommonSettings):
     """What the publisher needs beyond the shared settings."""
 
-    port: int = Field(8084, alias="TOLLGATE_PUBLISHER_PORT", ge=1, le=65535)
-    metrics_port: int = Field(9084, alias="TOLLGATE_PUBLISHER_METRICS_PORT", ge=1, le=65535)
+    port: int = Field(SERVICE.default_port, alias=SERVICE.port_env, ge=1, le=65535)
+    metrics_port: int = Field(
+        SERVICE.default_metrics_port, alias=SERVICE.metrics_port_env, ge=1, le=65535
+    )
     group: str = Field("publisher", alias="TOLLGATE_PUBLISHER_GROUP", min_length=1)
     queue: str = Field("default", alias="TOLLGATE_PUBLISHER_QUEUE", min_length=1, max_length=128)
     billing_url: str | None = Field(None, alias="BILLING_URL")

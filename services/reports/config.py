@@ -10,6 +10,7 @@ from pydantic_settings import NoDecode
 
 from libs.service.durations import Duration, Seconds
 from libs.service.settings import CommonSettings, split_csv
+from services.reports import SERVICE
 from services.reports.notifications.domain import check_address, one_line, parse_networks
 from services.reports.notifications.senders import SmtpServer, envelope_sender
 
@@ -23,8 +24,10 @@ TextList = Annotated[tuple[str, ...], NoDecode]
 class ReportsSettings(CommonSettings):
     """What reports needs beyond the shared settings."""
 
-    port: int = Field(8083, alias="TOLLGATE_REPORTS_PORT", ge=1, le=65535)
-    metrics_port: int = Field(9083, alias="TOLLGATE_REPORTS_METRICS_PORT", ge=1, le=65535)
+    port: int = Field(SERVICE.default_port, alias=SERVICE.port_env, ge=1, le=65535)
+    metrics_port: int = Field(
+        SERVICE.default_metrics_port, alias=SERVICE.metrics_port_env, ge=1, le=65535
+    )
     consumer_group: str = Field("reports", alias="TOLLGATE_REPORTS_GROUP", min_length=1)
     batch_max_events: int = Field(5000, alias="TOLLGATE_REPORTS_BATCH", ge=1, le=100_000)
     # A fetch is answered once this much is there or the wait is over: the projection's target

@@ -20,10 +20,10 @@ from playwright.async_api import Page, async_playwright
 from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from libs.service.kafka import ensure_topics
-from libs.simulator.send import register_prices
 from tests.browser.stack import CHROMIUM, CHROMIUM_ARGS, feed, running_stack, simulation
 from tests.notify_support import SmtpSink, WebhookReceiver
 from tests.support import ADMIN, ADMIN_TOKEN, EMITTER, Infra
+from tools.simulator.send import register_prices
 
 SEED = 20_261_127
 PAGES = (

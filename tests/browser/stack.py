@@ -20,9 +20,9 @@ import aiohttp
 import orjson
 
 from libs.events.models import ChatUsageRecorded, Envelope
-from libs.simulator.generate import Simulation, SimulationConfig
-from services.ingest.domain import price_event
+from libs.events.pricing import price_event
 from tests.support import ADMIN, EMITTER, Infra, ServiceProcess, service_ports, unique
+from tools.simulator.generate import Simulation, SimulationConfig
 
 PORTAL_SECRET = "browser-tests-portal-secret-0123456789abcdef"  # test-only
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -13,6 +13,7 @@ import pytest
 
 from libs.service.runtime import SHUTDOWN_TIMEOUT_S
 from libs.service.settings import CommonSettings
+from libs.service.spec import services
 from services.limits.app import FINAL_SNAPSHOT_TIMEOUT_S
 from tests.deploy.support import (
     CHART,
@@ -860,3 +861,12 @@ def test_no_ingress_by_default_and_the_portal_secret_is_kept_in_the_secret(
 def test_a_short_portal_secret_is_refused() -> None:
     """The schema refuses a portal secret under 32 characters."""
     _render_fails("--set", "secrets.portalSecret=too-short")
+
+
+def test_the_chart_serves_every_declared_service_on_its_declared_ports() -> None:
+    """values.yaml's services and their ports are the ones each service package declares."""
+    values = load_yaml(CHART / "values.yaml")
+    declared = {s.name: (s.default_port, s.default_metrics_port) for s in services()}
+    assert set(SERVICES) == set(declared)
+    charted = {name: (values[name]["port"], values[name]["metricsPort"]) for name in SERVICES}
+    assert charted == declared

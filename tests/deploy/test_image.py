@@ -74,6 +74,20 @@ def test_build_context_keeps_every_copied_path() -> None:
             )
 
 
+def test_image_leaves_the_development_tools_out() -> None:
+    """The production image copies no development tool: `tools/` is neither copied nor let in."""
+    ignore = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    assert not [line for line in ignore if line.startswith("!tools")], ignore
+    sources = [
+        source.rstrip("/")
+        for copy in _instructions("COPY")
+        if not any(p.startswith("--from=") for p in copy.split())
+        for source in copy.split()[:-1]
+    ]
+    assert sources, "the Dockerfile copies nothing from the context"
+    assert not [s for s in sources if s == "tools" or s.startswith("tools/")], sources
+
+
 def test_image_points_migrations_at_the_copied_directory() -> None:
     """TOLLGATE_MIGRATIONS_DIR names the folder the migrations are copied to."""
     text = DOCKERFILE.read_text()

@@ -18,9 +18,6 @@ import pytest
 
 from libs.events.models import WorkspaceBuilt
 from libs.service.embedded import free_port, port_open
-from libs.simulator.expected import Tally
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import IngestSender
 from services.publisher.domain import agent_time_id, build_billing_id, rfc3339
 from tests.support import (
     ADMIN,
@@ -33,6 +30,9 @@ from tests.support import (
     eventually,
     unique,
 )
+from tools.simulator.expected import Tally
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import IngestSender
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from libs.events.models import Envelope
-from libs.simulator.expected import Tally
 from tests.integration.test_reports_stream import Getter, assert_figures_match, simulated_stream
 from tests.support import ADMIN, EMITTER, ServiceProcess, StartService, eventually, unique
+from tools.simulator.expected import Tally
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from libs.service.embedded import free_port
-from services.publisher.sink import BillingSink
+from tools.billing_sink import BillingSink
 
 
 @pytest.fixture

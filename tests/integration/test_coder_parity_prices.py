@@ -15,7 +15,7 @@ from typing import Final
 import asyncpg
 import pytest
 
-from services.ingest.domain import ModelPrice
+from libs.events.pricing import ModelPrice
 from services.ingest.storage import PostgresPriceStore
 from services.limits.domain import unpriced_models
 from services.limits.storage import PostgresConfigStore

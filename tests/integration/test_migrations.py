@@ -8,8 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from libs.events.pricing import ModelPrice
 from libs.service.db import MIGRATIONS_DIR, create_pool, migrate, quote_ident
-from services.ingest.domain import ModelPrice
 from services.ingest.storage import PostgresPriceStore
 from tests.support import Infra, unique
 

@@ -9,13 +9,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from libs.events.models import ChatUsage, ChatUsageRecorded, Envelope
-from libs.simulator.expected import Tally
-from libs.simulator.generate import Simulation, SimulationConfig
 from services.publisher.app import build_app
 from services.publisher.config import PublisherSettings
 from services.publisher.domain import HB_AGENT_RUNTIME, agent_time_id, rfc3339
-from services.publisher.sink import BillingSink
 from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, produce, scrape, unique
+from tools.billing_sink import BillingSink
+from tools.simulator.expected import Tally
+from tools.simulator.generate import Simulation, SimulationConfig
 
 pytestmark = pytest.mark.integration
 

@@ -29,8 +29,8 @@ from services.publisher.domain import (
     heartbeat_id,
     rfc3339,
 )
-from services.publisher.sink import BillingSink
 from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, produce, unique
+from tools.billing_sink import BillingSink
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,9 @@ from services.publisher.config import PublisherSettings
 from services.publisher.domain import DC_MANAGED_AGENTS, BillingEvent
 from services.publisher.metrics import PublisherMetrics
 from services.publisher.sender import HttpBillingClient, Sender, SendError
-from services.publisher.sink import BillingSink
 from services.publisher.storage import PostgresQueue
 from tests.support import ADMIN, ADMIN_TOKEN, Infra, eventually, scrape, unique
+from tools.billing_sink import BillingSink
 
 pytestmark = pytest.mark.integration
 

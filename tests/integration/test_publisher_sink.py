@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from libs.service.embedded import free_port, port_open
-from services.publisher.sink import BillingSink
+from tools.billing_sink import BillingSink
 
 pytestmark = pytest.mark.integration
 

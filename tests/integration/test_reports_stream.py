@@ -23,13 +23,13 @@ from aiokafka import AIOKafkaConsumer
 
 from libs.events.codec import encode
 from libs.events.models import ChatUsage, ChatUsageRecorded, Envelope
+from libs.events.pricing import price_event
 from libs.service.kafka import make_producer
-from libs.simulator.expected import Tally
-from libs.simulator.generate import Simulation, SimulationConfig
-from services.ingest.domain import price_event
 from services.reports.app import build_app
 from services.reports.config import ReportsSettings
 from tests.support import ADMIN, ADMIN_TOKEN, EMITTER_TOKEN, Infra, eventually, scrape, unique
+from tools.simulator.expected import Tally
+from tools.simulator.generate import Simulation, SimulationConfig
 
 pytestmark = pytest.mark.integration
 

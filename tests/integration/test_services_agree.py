@@ -45,11 +45,11 @@ from libs.events.bounds import (
 )
 from libs.events.codec import encode, parse_event
 from libs.events.models import ChatUsageRecorded
+from libs.events.pricing import ModelPrice, price_event
 from libs.service.kafka import home_partition, make_producer
 from libs.service.settings import CommonSettings
 from services.ingest.app import build_app as ingest_app
 from services.ingest.config import IngestSettings
-from services.ingest.domain import ModelPrice, price_event
 from services.ingest.storage import InMemoryPriceStore
 from services.limits.app import build_app as limits_app
 from services.limits.config import LimitsSettings

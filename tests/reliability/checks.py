@@ -20,11 +20,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from libs.events.codec import DecodeError, decode
 from libs.events.models import ChatUsageRecorded, Envelope
+from libs.events.pricing import price_event
 from libs.events.topics import USAGE_EVENTS_PARTITIONS
-from libs.simulator.expected import Tally
-from libs.simulator.generate import Simulation
-from services.ingest.domain import price_event
 from tests.reliability.stack import Stack, admin_headers
+from tools.simulator.expected import Tally
+from tools.simulator.generate import Simulation
 
 MAX_SHOWN: Final = 12
 

@@ -25,9 +25,6 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
-from libs.simulator.expected import Tally, period_starts
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import IngestSender, SendReport, register_prices
 from services.limits.domain import LimitsConfig, Period
 from tests.reliability.checks import (
     Check,
@@ -42,6 +39,9 @@ from tests.reliability.checks import (
 )
 from tests.reliability.stack import NOTIFY_ADMIN_EMAIL, Stack, admin_headers, existing_services
 from tests.support import ADMIN_TOKEN, EMITTER_TOKEN, Infra
+from tools.simulator.expected import Tally, period_starts
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import IngestSender, SendReport, register_prices
 
 
 @dataclass(frozen=True)

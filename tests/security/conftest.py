@@ -17,9 +17,6 @@ from datetime import UTC, datetime
 import pytest
 
 from libs.events.models import Envelope
-from libs.simulator.expected import Tally
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import IngestSender, register_prices
 from tests.reliability.checks import (
     CheckResult,
     check_limits,
@@ -30,6 +27,9 @@ from tests.reliability.checks import (
 )
 from tests.reliability.stack import Stack, existing_services
 from tests.support import ADMIN_TOKEN, EMITTER_TOKEN, Infra
+from tools.simulator.expected import Tally
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import IngestSender, register_prices
 
 #: Tokens that look real but are configured nowhere.
 WRONG_TOKENS = (f"tok-{uuid.uuid4().hex}", ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1], "")

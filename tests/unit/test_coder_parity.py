@@ -27,7 +27,7 @@ import pytest
 from pydantic import ValidationError
 
 from libs.events.models import ChatUsage, ChatUsageRecorded
-from services.ingest.domain import ModelPrice, price_event
+from libs.events.pricing import ModelPrice, price_event
 from services.limits.domain import Ledger, Limiter, LimitsConfig, Period, period_bounds
 
 README: Final = Path(__file__).resolve().parents[2] / "README.md"

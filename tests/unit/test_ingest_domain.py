@@ -12,13 +12,8 @@ from pydantic import ValidationError
 
 from libs.events.bounds import MAX_EVENT_COST_MICROS
 from libs.events.models import ChatUsage, ChatUsageRecorded
-from services.ingest.domain import (
-    CostTooHighError,
-    ModelPrice,
-    check_time,
-    cost_micros,
-    price_event,
-)
+from libs.events.pricing import CostTooHighError, ModelPrice, cost_micros, price_event
+from services.ingest.domain import check_time
 
 SONNET = ModelPrice(
     input_price_per_million=Decimal("3.00"),

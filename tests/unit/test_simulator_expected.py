@@ -25,9 +25,9 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
-from libs.simulator.expected import Tally, bucket_starts, period_starts
-from libs.simulator.generate import Simulation, SimulationConfig
-from services.ingest.domain import ModelPrice, price_event
+from libs.events.pricing import ModelPrice, price_event
+from tools.simulator.expected import Tally, bucket_starts, period_starts
+from tools.simulator.generate import Simulation, SimulationConfig
 
 PRICE = ModelPrice(
     input_price_per_million=Decimal("3.00"),

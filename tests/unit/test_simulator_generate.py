@@ -15,8 +15,8 @@ from libs.events.models import (
     StorageSampled,
     WorkspaceBuilt,
 )
-from libs.simulator.catalog import PROVIDER_BILLED_MODEL
-from libs.simulator.generate import Simulation, SimulationConfig, window
+from tools.simulator.catalog import PROVIDER_BILLED_MODEL
+from tools.simulator.generate import Simulation, SimulationConfig, window
 
 END = datetime(2026, 11, 4, 15, 30, 12, 345_678, tzinfo=UTC)
 

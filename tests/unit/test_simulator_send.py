@@ -12,9 +12,9 @@ import pytest
 from libs.events.client import EmitError, EmitResult, Rejection
 from libs.events.codec import decode
 from libs.events.models import ChatUsageRecorded, Envelope
-from libs.simulator.cli import _parser, main
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import IngestSender, KafkaSender, RateLimiter, chunked
+from tools.simulator.cli import _parser, main
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import IngestSender, KafkaSender, RateLimiter, chunked
 
 END = datetime(2026, 11, 4, 12, 0, tzinfo=UTC)
 

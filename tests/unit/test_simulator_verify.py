@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from rich.console import Console
 
-from libs.simulator.verify import Services, compare, main, report
+from tools.simulator.verify import Services, compare, main, report
 
 MONTH = "2026-11-01T00:00:00Z"
 

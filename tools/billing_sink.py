@@ -52,6 +52,7 @@ from services.publisher.domain import (
     EVENT_DATA,
     INGEST_PATH,
 )
+from tools import BILLING_SINK_DEFAULT_PORT, BILLING_SINK_PORT_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -147,7 +148,7 @@ class BillingSink:
         self,
         *,
         host: str = "127.0.0.1",
-        port: int = 8090,
+        port: int = BILLING_SINK_DEFAULT_PORT,
         control_port: int | None = None,
         control_port_optional: bool = False,
         license_key: str | None = None,
@@ -548,7 +549,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=os.environ.get("TOLLGATE_BILLING_SINK_HOST", "127.0.0.1"))
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("TOLLGATE_BILLING_SINK_PORT", "8090"))
+        "--port",
+        type=int,
+        default=int(os.environ.get(BILLING_SINK_PORT_ENV, "") or BILLING_SINK_DEFAULT_PORT),
     )
     parser.add_argument(
         "--control-port",

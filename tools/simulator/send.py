@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry
 from libs.events.client import EmitError, EmitResult, Rejection, TollgateClient
 from libs.events.codec import encode
 from libs.events.models import ChatUsageRecorded, Envelope
+from libs.events.pricing import ModelPrice, price_event
 from libs.service.kafka import BrokerUnavailableError, bounded, make_producer
-from services.ingest.domain import ModelPrice, price_event
 
 __all__ = [
     "DEFAULT_BATCH",

@@ -36,7 +36,8 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
-from libs.simulator.catalog import (
+from libs.events.pricing import ModelPrice
+from tools.simulator.catalog import (
     APPS,
     FIRST_NAMES,
     IDE_DETAILS,
@@ -48,7 +49,6 @@ from libs.simulator.catalog import (
     TEMPLATES,
     TUNNEL_DETAILS,
 )
-from services.ingest.domain import ModelPrice
 
 __all__ = ["SimUser", "Simulation", "SimulationConfig", "window"]
 

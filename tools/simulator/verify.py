@@ -1,7 +1,7 @@
 """`tollgate simulate verify`: compare a simulation's expected figures with what the services show.
 
 `tollgate simulate` writes, next to what it sends, every figure the services must then show
-(`libs.simulator.expected`). This reads that file back, asks limits, reports and (on request)
+(`tools.simulator.expected`). This reads that file back, asks limits, reports and (on request)
 the publisher the same questions over their public APIs, and prints a table of every figure
 that differs. Only the simulation's own users, teams and hours are compared, so other usage
 in the same system never shows up as a difference (Agent Time is the exception: an hour's
@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from libs.service.local import service_url
-from libs.simulator.cli import default_expected_path, first_token
-from libs.simulator.expected import ChatTotals
+from tools.simulator.cli import default_expected_path, first_token
+from tools.simulator.expected import ChatTotals
 
 __all__ = ["PARTS", "Comparison", "Difference", "compare", "main"]
 

@@ -35,16 +35,16 @@ from libs.events.models import Envelope
 from libs.events.topics import USAGE_EVENTS
 from libs.service.events_tool import reader_went_away
 from libs.service.local import kafka_bootstrap, service_url, state_dir
-from libs.simulator.expected import INTERVALS, Tally
-from libs.simulator.generate import Simulation, SimulationConfig
-from libs.simulator.send import (
+from services.limits.domain import LimitsConfig
+from tools.simulator.expected import INTERVALS, Tally
+from tools.simulator.generate import Simulation, SimulationConfig
+from tools.simulator.send import (
     DEFAULT_BATCH,
     IngestSender,
     KafkaSender,
     SendReport,
     register_prices,
 )
-from services.limits.domain import LimitsConfig
 
 __all__ = ["default_expected_path", "first_token", "main", "summary_table", "write_expected"]
 
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["verify"]:
-        from libs.simulator.verify import main as verify_main  # noqa: PLC0415
+        from tools.simulator.verify import main as verify_main  # noqa: PLC0415
 
         return verify_main(arguments[1:])
     args = _parser().parse_args(arguments)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Final
 
-from services.ingest.domain import ModelPrice
+from libs.events.pricing import ModelPrice
 
 __all__ = [
     "APPS",

@@ -31,7 +31,7 @@ from libs.events.models import (
     UserUpdated,
     WorkspaceBuilt,
 )
-from services.ingest.domain import ModelPrice, priced_cost
+from libs.events.pricing import ModelPrice, priced_cost
 from services.limits.crossings import LIMIT_PERCENT, LIMIT_REACHED, WARNING, warning_reached
 from services.limits.domain import LimitsConfig, period_bounds, resolve_limit
 from services.publisher.domain import HB_AGENT_RUNTIME, agent_hour, agent_time_id

@@ -1,8 +1,8 @@
 """The usage simulator: seeded realistic events, senders, and the totals they must produce."""
 
-from libs.simulator.expected import ChatTotals, Tally, bucket_starts, period_starts
-from libs.simulator.generate import Simulation, SimulationConfig, SimUser, window
-from libs.simulator.send import IngestSender, KafkaSender, RateLimiter, SendReport, register_prices
+from tools.simulator.expected import ChatTotals, Tally, bucket_starts, period_starts
+from tools.simulator.generate import Simulation, SimulationConfig, SimUser, window
+from tools.simulator.send import IngestSender, KafkaSender, RateLimiter, SendReport, register_prices
 
 __all__ = [
     "ChatTotals",
