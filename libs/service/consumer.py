@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.events.codec import DecodeError, decode, encode
 from libs.events.models import Event
-from libs.service.db import Connection
+from libs.service.db import DATABASE_UNAVAILABLE, Connection
 from libs.service.kafka import BrokerUnavailableError, bounded, home_partition
 
 log = structlog.get_logger(__name__)
@@ -97,17 +97,12 @@ class EarlierBatchFailedError(Exception):
 # Faults of the infrastructure rather than of an event: retrying the same batch later can
 # succeed, so they are never blamed on an event. Anything else a sink raises is.
 _TRANSIENT: tuple[type[BaseException], ...] = (
+    *DATABASE_UNAVAILABLE,
     EarlierBatchFailedError,
-    OSError,
-    TimeoutError,
     BrokerUnavailableError,
     KafkaError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.OperatorInterventionError,
+    # A serialization failure or a deadlock: the same batch succeeds when tried again.
     asyncpg.TransactionRollbackError,
-    asyncpg.PostgresSystemError,
 )
 
 

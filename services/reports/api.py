@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
-import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from libs.service.errors import BadRequest, DependencyUnavailable, NotFound
+from libs.service.errors import BadRequest, NotFound
 from libs.service.openapi import OpenApi
 from libs.service.web import Role, json_response, portal_scoped, requires, storable_text
 from services.reports.domain import (
@@ -52,18 +51,6 @@ DEFAULT_PAGE: Final = 25
 MAX_OFFSET: Final = 2**31 - 1
 MAX_TEXT: Final = 256
 _30_DAYS: Final = timedelta(days=30)
-
-# A store that does not answer is a 503 the caller may retry, never a 500.
-UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.QueryCanceledError,
-    asyncpg.TooManyConnectionsError,
-)
-
 
 # -- query string ------------------------------------------------------------------------------
 
@@ -189,10 +176,6 @@ async def _timed(request: web.Request, endpoint: str) -> AsyncIterator[None]:
     started = time.perf_counter()
     try:
         yield
-    except UNAVAILABLE as exc:
-        raise DependencyUnavailable(
-            "the reports database is unavailable; retry shortly", detail=type(exc).__name__
-        ) from exc
     except InvalidQueryError as exc:
         raise BadRequest(exc.message, detail={"field": exc.field}) from exc
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -69,6 +69,26 @@ async def unstorable(_: web.Request) -> web.Response:
     raise asyncpg.CharacterNotInRepertoireError("invalid byte sequence for encoding UTF8: 0x00")
 
 
+#: What a handler may meet when PostgreSQL is away; the middleware answers each with 503.
+OUTAGES: dict[str, BaseException] = {
+    "refused": ConnectionRefusedError("connect call failed ('10.0.0.7', 5432)"),
+    "timeout": TimeoutError(),
+    "pool-closed": asyncpg.InterfaceError("pool is closing"),
+    "connection-lost": asyncpg.ConnectionDoesNotExistError("connection was closed"),
+    "starting": asyncpg.CannotConnectNowError("the database system is starting up"),
+    "too-many": asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+    "cancelled": asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+    "shutdown": asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+}
+
+
+def _raising(exc: BaseException) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_: web.Request) -> web.Response:
+        raise exc
+
+    return handler
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """An app built on the skeleton with a route per case."""
@@ -92,6 +112,9 @@ async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app.router.add_get("/down", down)
     app.router.add_get("/boom", boom)
     app.router.add_get("/unstorable", unstorable)
+    for name, exc in OUTAGES.items():
+        app.router.add_get(f"/outage/{name}", _raising(exc))
+    app.router.add_get("/duplicate", _raising(asyncpg.UniqueViolationError("duplicate key")))
     openapi.add("post", "/emit", summary="emit", request=Body, responses={200: Body})
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -296,3 +319,28 @@ async def test_a_value_the_database_refuses_is_422_not_a_server_error(
     assert resp.status == 422
     assert "Retry-After" not in resp.headers
     assert (await resp.json())["message"].startswith("a value in this request cannot be stored")
+
+
+@pytest.mark.parametrize("outage", sorted(OUTAGES))
+async def test_a_database_outage_is_503_answered_by_the_middleware(
+    client: TestClient[web.Request, web.Application], outage: str
+) -> None:
+    """Every kind of database outage a handler lets through is one 503 naming the service's database, without its text."""
+    resp = await client.get(f"/outage/{outage}", headers={"Authorization": "Bearer e1"})
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    body = await resp.json()
+    assert body == {
+        "message": "the t database is unavailable; retry shortly",
+        "detail": type(OUTAGES[outage]).__name__,
+    }
+
+
+async def test_a_database_error_that_is_no_outage_stays_a_server_error(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """A constraint violation no handler expected is a 500, not an outage to retry."""
+    resp = await client.get("/duplicate", headers={"Authorization": "Bearer e1"})
+    assert resp.status == 500
+    assert "Retry-After" not in resp.headers
+    assert "duplicate" not in await resp.text()
