@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from libs.events.bounds import MAX_EVENT_COST_MICROS, MAX_PRICE_PER_MILLION
 from libs.events.models import ChatUsage, ChatUsageRecorded, Envelope
+from libs.events.rejections import RejectReason
 
 # Dollars per million tokens as a decimal string: "3.00", "0.075". At most 6 places keeps
 # a price exact in micro-dollars per token; the cap comes from `libs.events.bounds`.
@@ -154,11 +155,17 @@ class Rejection:
     index: int
     id: str | None
     message: str
-    reason: str
+    reason: RejectReason
 
     def as_json(self) -> dict[str, object]:
-        """The contract's shape (plus the index, for events without an id)."""
-        return {"id": self.id, "index": self.index, "message": self.message, "permanent": True}
+        """The contract's shape (plus the index, for events without an id, and the code)."""
+        return {
+            "id": self.id,
+            "index": self.index,
+            "message": self.message,
+            "permanent": True,
+            "reason": self.reason.value,
+        }
 
 
 def check_time(event: Envelope, now: datetime, max_skew: timedelta) -> str | None:
