@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -376,6 +376,92 @@ async def evaluate_health(app: web.Application) -> tuple[bool, dict[str, bool], 
     ready = all(checks.values())
     app[HEALTH_METRICS_KEY].observe(ready=ready, dependencies=dependencies)
     return ready, checks, dependencies
+
+
+class Probe:
+    """A dependency asked in the background; `/readyz` reads its last answer and never waits.
+
+    `ask` raises, or answers False, when the dependency is down; it gets `timeout_s`. Call
+    the probe (`probe()`) for its last answer; `run_forever` asks every `every_s` seconds.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ask: Callable[[], Awaitable[object]],
+        *,
+        every_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.ask = ask
+        self.every_s = every_s
+        self.timeout_s = timeout_s
+        self.up = False
+        self._asking: asyncio.Future[object] | None = None
+
+    def __call__(self) -> bool:
+        """The last answer."""
+        return self.up
+
+    async def once(self) -> bool:
+        """Ask now (or go on waiting for the last question); the answer is kept.
+
+        The question runs as a task of its own that is cancelled, never awaited, when it takes
+        too long: cancelling a query to a frozen PostgreSQL waits for the server, and the probe
+        must say "down" on time all the same.
+        """
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self.ask())
+            self._asking.add_done_callback(_consume_outcome)
+        asking = self._asking
+        try:
+            done, _ = await asyncio.wait({asking}, timeout=self.timeout_s)
+        except asyncio.CancelledError:
+            asking.cancel()
+            raise
+        if not done:
+            asking.cancel()
+            self.up = False
+        elif asking.cancelled() or asking.exception() is not None:
+            self.up = False
+        else:
+            self.up = asking.result() is not False
+        return self.up
+
+    async def run_forever(self) -> None:
+        """Ask every `every_s` seconds until cancelled."""
+        while True:
+            await self.once()
+            await asyncio.sleep(self.every_s)
+
+
+def _consume_outcome(task: asyncio.Future[object]) -> None:
+    # A question given up on ends later; what it ended with was already answered as "down".
+    if not task.cancelled():
+        task.exception()
+
+
+def declare_readiness(
+    app: web.Application,
+    *,
+    needs: Mapping[str, Callable[[], bool]],
+    reports: Mapping[str, Callable[[], bool]] | None = None,
+) -> None:
+    """Name what the service needs to do its job (`needs`: `/readyz` is 200 only when all hold)
+    and the dependencies it reports without needing them (`reports`: in `/readyz` and as
+    `tollgate_dependency_up`). Each is a cheap synchronous look at state kept elsewhere (a
+    `Probe`, a consumer's progress), so that a probe of `/readyz` never waits on a dependency.
+    """
+
+    def check(name: str, holds: Callable[[], bool]) -> Check:
+        async def evaluate() -> tuple[bool, str]:
+            return holds(), name
+
+        return evaluate
+
+    app[READINESS_KEY].extend(check(name, holds) for name, holds in needs.items())
+    app[DEPENDENCIES_KEY].extend(check(name, holds) for name, holds in (reports or {}).items())
 
 
 def _words(results: dict[str, bool]) -> dict[str, str]:

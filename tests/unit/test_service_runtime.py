@@ -19,10 +19,11 @@ from libs.service.openapi import OpenApi
 from libs.service.runtime import expose_metrics
 from libs.service.settings import CommonSettings
 from libs.service.web import (
-    DEPENDENCIES_KEY,
     READINESS_KEY,
+    Probe,
     Role,
     create_app,
+    declare_readiness,
     json_response,
     read_model,
     requires,
@@ -200,15 +201,11 @@ async def test_dependencies_are_reported_without_deciding_readiness() -> None:
         service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
     )
     up = {"broker": True, "database": False}
-
-    async def broker() -> tuple[bool, str]:
-        return up["broker"], "broker"
-
-    async def database() -> tuple[bool, str]:
-        return up["database"], "database"
-
-    app[READINESS_KEY].append(broker)
-    app[DEPENDENCIES_KEY].extend([broker, database])
+    declare_readiness(
+        app,
+        needs={"broker": lambda: up["broker"]},
+        reports={"broker": lambda: up["broker"], "database": lambda: up["database"]},
+    )
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/readyz")
         assert resp.status == 200
@@ -344,3 +341,64 @@ async def test_a_database_error_that_is_no_outage_stays_a_server_error(
     assert resp.status == 500
     assert "Retry-After" not in resp.headers
     assert "duplicate" not in await resp.text()
+
+
+async def test_a_probe_keeps_the_last_answer_and_says_down_for_errors_false_and_silence() -> None:
+    """An answer is up, an exception or False is down, and a question that hangs is down on
+    time, with the hung question cancelled and never asked twice at once."""
+    answers: list[object] = [True]
+    started = 0
+    hang = asyncio.Event()
+
+    async def ask() -> object:
+        nonlocal started
+        started += 1
+        answer = answers[0]
+        if answer == "hang":
+            await hang.wait()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    probe = Probe("thing", ask, every_s=0.01, timeout_s=0.05)
+    assert probe() is False
+    assert await probe.once() is True
+    answers[0] = OSError("refused")
+    assert await probe.once() is False
+    answers[0] = 0
+    assert await probe.once() is True
+    answers[0] = False
+    assert await probe.once() is False
+    answers[0] = "hang"
+    before = started
+    assert await probe.once() is False
+    assert started == before + 1
+    answers[0] = True
+    # The next look finds the given-up question ending (cancelled): still down; then it asks anew.
+    assert await probe.once() is False
+    assert started == before + 1
+    assert await probe.once() is True
+    assert (started, probe()) == (before + 2, True)
+
+
+async def test_a_probe_stops_when_cancelled_even_while_a_question_hangs() -> None:
+    """Cancelling `run_forever` ends it at once and cancels the question in flight."""
+    asked = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def ask() -> object:
+        asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return True
+
+    probe = Probe("thing", ask, every_s=0.01, timeout_s=60)
+    task = asyncio.create_task(probe.run_forever())
+    await asked.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
+    await asyncio.wait_for(cancelled.wait(), 1)
