@@ -45,6 +45,7 @@ from libs.events.models import (
     WorkspaceBuilt,
 )
 from libs.events.registry import EVENT_TYPES, UnknownEventTypeError, event_class
+from libs.events.rejections import RejectReason
 from libs.events.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ, USAGE_EVENTS_PARTITIONS
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "GroupUpdated",
     "LimitDecision",
     "ProjectUpdated",
+    "RejectReason",
     "Rejection",
     "StorageSample",
     "StorageSampled",

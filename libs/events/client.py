@@ -69,12 +69,15 @@ log = structlog.get_logger(__name__)
 class Rejection:
     """An event ingest refused; permanent rejections will fail the same way again.
 
-    `id` is None only when the rejected element carried no string id.
+    `id` is None only when the rejected element carried no string id. `reason` is the
+    code to match on (a `RejectReason` value; a string, so that codes added to a newer ingest
+    still read), None only from an ingest that sends none.
     """
 
     id: str | None
     message: str
     permanent: bool = True
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +255,9 @@ class TollgateClient:
             try:
                 valid.append(parse_event(dict(event) if isinstance(event, Mapping) else event))
             except EventValidationError as exc:
-                rejected.append(Rejection(exc.event_id, exc.message, permanent=True))
+                rejected.append(
+                    Rejection(exc.event_id, exc.message, permanent=True, reason=exc.code)
+                )
         for start in range(0, len(valid), self._batch_size):
             chunk = valid[start : start + self._batch_size]
             # Serialised once, so every retry carries byte-identical events and ids.

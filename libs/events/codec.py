@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 from libs.events.bounds import find_unstorable, may_hold_unstorable
 from libs.events.models import Envelope, Event
 from libs.events.registry import EVENT_TYPES
+from libs.events.rejections import RejectReason
 
 __all__ = [
     "DEFAULT_UPCASTERS",
@@ -39,12 +40,19 @@ _MAX_REPORTED_ERRORS: Final = 10
 
 
 class DecodeError(ValueError):
-    """Raw input is not a valid event; `reason` says why in one line."""
+    """Raw input is not a valid event; `reason` says why in one line, `code` as a stable code."""
 
-    def __init__(self, reason: str, *, event_id: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        event_id: str | None = None,
+        code: RejectReason = RejectReason.INVALID,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.event_id = event_id
+        self.code = code
 
 
 class EventValidationError(DecodeError):
@@ -108,11 +116,12 @@ def decode(raw: bytes | None, *, upcasters: Upcasters = DEFAULT_UPCASTERS) -> Ev
     # A record without a value (a tombstone) is as undecodable as garbage, and
     # must reach the dead-letter topic rather than stop a consumer.
     if raw is None:
-        raise DecodeError("record has no value")
+        raise DecodeError("record has no value", code=RejectReason.NO_VALUE)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError(_json_failure(raw, exc)) from None
+        reason, code = _json_failure(raw, exc)
+        raise DecodeError(reason, code=code) from None
     # Most records hold no escape at all, and then no character that text cannot store.
     return parse_event(obj, upcasters=upcasters, check_text=may_hold_unstorable(raw))
 
@@ -127,20 +136,26 @@ def parse_event(
     walk for input known to hold none.
     """
     if not isinstance(obj, dict):
-        raise EventValidationError("an event must be a JSON object")
+        raise EventValidationError(
+            "an event must be a JSON object", code=RejectReason.NOT_AN_OBJECT
+        )
     raw_id = obj.get("id")
     event_id = raw_id if isinstance(raw_id, str) else None
     if check_text:
         problem = find_unstorable(obj)
         if problem is not None:
-            raise EventValidationError(problem, event_id=event_id)
+            raise EventValidationError(
+                problem, event_id=event_id, code=RejectReason.UNSTORABLE_TEXT
+            )
     type_name = obj.get("type")
     if type_name in upcasters:
         try:
             obj = upcasters.upcast(obj)
         except Exception as exc:
             raise EventValidationError(
-                f"type: cannot upgrade {type_name!r} events: {exc}", event_id=event_id
+                f"type: cannot upgrade {type_name!r} events: {exc}",
+                event_id=event_id,
+                code=RejectReason.NOT_UPGRADABLE,
             ) from exc
         type_name = obj.get("type")
     if type_name is None:
@@ -149,7 +164,11 @@ def parse_event(
         raise EventValidationError("type: Input should be a valid string", event_id=event_id)
     cls = EVENT_TYPES.get(type_name)
     if cls is None:
-        raise EventValidationError(f"type: unknown event type {type_name!r}", event_id=event_id)
+        raise EventValidationError(
+            f"type: unknown event type {type_name!r}",
+            event_id=event_id,
+            code=RejectReason.UNKNOWN_TYPE,
+        )
     try:
         event = cls.model_validate(obj)
     except ValidationError as exc:
@@ -186,10 +205,10 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _json_failure(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+def _json_failure(raw: bytes, exc: orjson.JSONDecodeError) -> tuple[str, RejectReason]:
     # Only failed input pays for finding out whether the bytes were the problem.
     try:
         bytes(raw).decode()
     except UnicodeDecodeError as utf8:
-        return f"invalid UTF-8 at byte {utf8.start}"
-    return f"invalid JSON: {exc}"
+        return f"invalid UTF-8 at byte {utf8.start}", RejectReason.INVALID_UTF8
+    return f"invalid JSON: {exc}", RejectReason.INVALID_JSON

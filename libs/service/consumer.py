@@ -40,7 +40,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.events.codec import DecodeError, decode, encode
 from libs.events.models import Event
-from libs.service.db import Connection
+from libs.events.rejections import RejectReason
+from libs.service.db import DATABASE_UNAVAILABLE, Connection
+from libs.service.deadletter import DeadLetter, DeadLetterWriter
 from libs.service.kafka import BrokerUnavailableError, bounded, home_partition
 
 log = structlog.get_logger(__name__)
@@ -97,17 +99,12 @@ class EarlierBatchFailedError(Exception):
 # Faults of the infrastructure rather than of an event: retrying the same batch later can
 # succeed, so they are never blamed on an event. Anything else a sink raises is.
 _TRANSIENT: tuple[type[BaseException], ...] = (
+    *DATABASE_UNAVAILABLE,
     EarlierBatchFailedError,
-    OSError,
-    TimeoutError,
     BrokerUnavailableError,
     KafkaError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.OperatorInterventionError,
+    # A serialization failure or a deadlock: the same batch succeeds when tried again.
     asyncpg.TransactionRollbackError,
-    asyncpg.PostgresSystemError,
 )
 
 
@@ -353,7 +350,6 @@ class ConsumerLoop:
         self.name = name
         self.bootstrap = bootstrap
         self.topic = topic
-        self.dlq_topic = dlq_topic
         self.sink = sink
         # Also produces misplaced events to their home partition when `forward_misplaced`.
         self.dlq_producer = dlq_producer
@@ -371,6 +367,14 @@ class ConsumerLoop:
         self.yield_every = yield_every
         self.metrics = _Metrics.build(registry)
         self.metrics.failures.labels(name).set(0)
+        self.dead_letters = DeadLetterWriter(
+            dlq_producer,
+            topic=dlq_topic,
+            source_topic=topic,
+            consumer=name,
+            counter=self.metrics.dlq,
+            timeout_s=timeout_s,
+        )
         self.caught_up = asyncio.Event()
         self.last_error: str | None = None
         self.consecutive_failures = 0
@@ -567,10 +571,16 @@ class ConsumerLoop:
             reason=reason,
         )
         value = item.raw if item.raw is not None else encode(item.event)
-        await self._send_dead_letter(
-            item.partition, item.offset, value, item.event.partition_key.encode(), reason
+        await self.dead_letters.write(
+            DeadLetter(
+                item.partition,
+                item.offset,
+                value,
+                item.event.partition_key.encode(),
+                reason,
+                RejectReason.REFUSED,
+            )
         )
-        self.metrics.dlq.labels(self.name, "refused").inc()
         self._handled.add(position)
 
     async def _failed(self, exc: Exception) -> None:
@@ -617,7 +627,7 @@ class ConsumerLoop:
                 try:
                     event = decode(raw)
                 except DecodeError as exc:
-                    await self._dead_letter(tp, record, exc.reason)
+                    await self._dead_letter(tp, record, exc.reason, exc.code)
                     dead += 1
                     continue
                 offset: int = record.offset  # type: ignore[attr-defined]
@@ -664,38 +674,26 @@ class ConsumerLoop:
             home=home,
         )
 
-    async def _dead_letter(self, tp: TopicPartition, record: object, reason: str) -> None:
+    async def _dead_letter(
+        self, tp: TopicPartition, record: object, reason: str, code: RejectReason
+    ) -> None:
         offset: int = record.offset  # type: ignore[attr-defined]
         self._log.warning(
             "event_dead_lettered", partition=tp.partition, offset=offset, reason=reason
         )
         if (tp.partition, offset) in self._handled:
             return
-        await self._send_dead_letter(
-            tp.partition,
-            offset,
-            record.value,  # type: ignore[attr-defined]
-            record.key,  # type: ignore[attr-defined]
-            reason,
+        await self.dead_letters.write(
+            DeadLetter(
+                tp.partition,
+                offset,
+                record.value,  # type: ignore[attr-defined]
+                record.key,  # type: ignore[attr-defined]
+                reason,
+                code,
+            )
         )
-        self.metrics.dlq.labels(self.name, _reason_label(reason)).inc()
         self._handled.add((tp.partition, offset))
-
-    async def _send_dead_letter(
-        self, partition: int, offset: int, value: bytes | None, key: bytes | None, reason: str
-    ) -> None:
-        headers = [
-            ("reason", reason.encode()[:1024]),
-            ("source_topic", self.topic.encode()),
-            ("source_partition", str(partition).encode()),
-            ("source_offset", str(offset).encode()),
-            ("consumer", self.name.encode()),
-        ]
-        await bounded(
-            self.dlq_producer.send_and_wait(self.dlq_topic, value=value, key=key, headers=headers),
-            self.timeout_s,
-            "dead-letter produce",
-        )
 
     def _measure(self, consumer: AIOKafkaConsumer) -> None:
         state = self._state
@@ -717,12 +715,6 @@ class ConsumerLoop:
                 self.caught_up.set()
                 self.metrics.caught_up.labels(self.name).set(1)
                 self._log.info("consumer_caught_up", partitions=len(assigned))
-
-
-def _reason_label(reason: str) -> str:
-    # Low-cardinality label: the reason's leading category (`invalid json`, `unknown type`, …).
-    head = reason.split(":", 1)[0].strip().lower()
-    return head[:40] if head else "undecodable"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

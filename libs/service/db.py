@@ -16,6 +16,24 @@ log = structlog.get_logger(__name__)
 #: A connection as handlers receive it: plain, or borrowed from a pool.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
+#: What "the database is unavailable" looks like, whichever call met it: no route to it or a
+#: dropped connection (`OSError`), no answer in time, a pool or connection already closed
+#: (`InterfaceError`), a lost connection (`PostgresConnectionError`), a server that refuses
+#: work for now (`OperatorInterventionError`: starting, shutting down, a statement cancelled by
+#: its timeout), one out of resources (`InsufficientResourcesError`: too many clients, a full
+#: disk) or failing below SQL (`PostgresSystemError`). Retrying later can succeed; the request
+#: or event was not at fault. The error middleware answers these with 503 (handlers never
+#: catch them), consumers retry the batch, and background loops keep their last state.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.PostgresSystemError,
+)
+
 MIGRATIONS_DIR = Path(
     os.environ.get(
         "TOLLGATE_MIGRATIONS_DIR", Path(__file__).resolve().parents[2] / "deploy" / "migrations"

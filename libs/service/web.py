@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -18,9 +18,11 @@ from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel, ValidationError
 
 from libs.events.bounds import text_problem
+from libs.service.db import DATABASE_UNAVAILABLE
 from libs.service.errors import (
     ApiError,
     BadRequest,
+    DependencyUnavailable,
     Forbidden,
     PayloadTooLarge,
     RequestTimeout,
@@ -222,6 +224,45 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def database_unavailable(service: str, exc: BaseException) -> DependencyUnavailable:
+    """The 503 for a database that did not answer (one of `db.DATABASE_UNAVAILABLE`).
+
+    The detail names the kind of failure only: the exception's text can hold addresses.
+    """
+    return DependencyUnavailable(
+        f"the {service} database is unavailable; retry shortly", detail=type(exc).__name__
+    )
+
+
+def error_response(request: web.Request, service: str, exc: Exception) -> web.Response:
+    """The one error shape for whatever a handler raised; the one place errors become statuses."""
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        # Handlers let a database outage through: it is answered here, always the same way.
+        exc = database_unavailable(service, exc)
+    if isinstance(exc, ApiError):
+        if exc.status >= 500:
+            log.warning("request_failed", status=exc.status, reason=exc.message, error=exc.detail)
+        return json_response(
+            error_body(exc.message, exc.detail), status=exc.status, headers=exc.headers
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        limit = request.app[SETTINGS_KEY].max_body_bytes
+        return json_response(
+            error_body(f"request body too large: the limit is {limit} bytes"), status=413
+        )
+    if isinstance(exc, web.HTTPException):
+        return json_response(error_body(exc.reason), status=exc.status)
+    if isinstance(exc, asyncpg.DataError):
+        # A value the database cannot hold that no check caught: the request's fault,
+        # and resending it never helps, so never a 5xx.
+        log.warning("request_value_unstorable", path=request.path, error=type(exc).__name__)
+        return json_response(
+            error_body(f"a value in this request cannot be stored: {exc}"), status=422
+        )
+    log.error("unhandled_error", path=request.path, exc_info=exc)
+    return json_response(error_body("internal error"), status=500)
+
+
 def _make_middlewares(service: str, registry: CollectorRegistry) -> list[Any]:
     latency = Histogram(
         "tollgate_http_request_duration_seconds",
@@ -246,38 +287,16 @@ def _make_middlewares(service: str, registry: CollectorRegistry) -> list[Any]:
         started = time.perf_counter()
         status = 500
         try:
-            response = await handler(request)
+            try:
+                response: web.StreamResponse = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:  # a redirect is an answer, not an error
+                    status = exc.status
+                    raise
+                response = error_response(request, service, exc)
+            except Exception as exc:  # every failure gets the one error shape
+                response = error_response(request, service, exc)
             status = response.status
-        except ApiError as exc:
-            status = exc.status
-            if status >= 500:
-                log.warning("request_failed", status=status, reason=exc.message)
-            return json_response(
-                error_body(exc.message, exc.detail), status=status, headers=exc.headers
-            )
-        except web.HTTPRequestEntityTooLarge:
-            status = 413
-            limit = request.app[SETTINGS_KEY].max_body_bytes
-            return json_response(
-                error_body(f"request body too large: the limit is {limit} bytes"), status=413
-            )
-        except web.HTTPException as exc:
-            status = exc.status
-            if status < 400:
-                raise
-            return json_response(error_body(exc.reason), status=status)
-        except asyncpg.DataError as exc:
-            # A value the database cannot hold that no check caught: the request's fault,
-            # and resending it never helps, so never a 5xx.
-            status = 422
-            log.warning("request_value_unstorable", path=request.path, error=type(exc).__name__)
-            return json_response(
-                error_body(f"a value in this request cannot be stored: {exc}"), status=422
-            )
-        except Exception:
-            log.exception("unhandled_error", path=request.path)
-            return json_response(error_body("internal error"), status=500)
-        else:
             return response
         finally:
             method = request.method if request.method in _METHODS else "other"
@@ -357,6 +376,92 @@ async def evaluate_health(app: web.Application) -> tuple[bool, dict[str, bool], 
     ready = all(checks.values())
     app[HEALTH_METRICS_KEY].observe(ready=ready, dependencies=dependencies)
     return ready, checks, dependencies
+
+
+class Probe:
+    """A dependency asked in the background; `/readyz` reads its last answer and never waits.
+
+    `ask` raises, or answers False, when the dependency is down; it gets `timeout_s`. Call
+    the probe (`probe()`) for its last answer; `run_forever` asks every `every_s` seconds.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ask: Callable[[], Awaitable[object]],
+        *,
+        every_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.ask = ask
+        self.every_s = every_s
+        self.timeout_s = timeout_s
+        self.up = False
+        self._asking: asyncio.Future[object] | None = None
+
+    def __call__(self) -> bool:
+        """The last answer."""
+        return self.up
+
+    async def once(self) -> bool:
+        """Ask now (or go on waiting for the last question); the answer is kept.
+
+        The question runs as a task of its own that is cancelled, never awaited, when it takes
+        too long: cancelling a query to a frozen PostgreSQL waits for the server, and the probe
+        must say "down" on time all the same.
+        """
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self.ask())
+            self._asking.add_done_callback(_consume_outcome)
+        asking = self._asking
+        try:
+            done, _ = await asyncio.wait({asking}, timeout=self.timeout_s)
+        except asyncio.CancelledError:
+            asking.cancel()
+            raise
+        if not done:
+            asking.cancel()
+            self.up = False
+        elif asking.cancelled() or asking.exception() is not None:
+            self.up = False
+        else:
+            self.up = asking.result() is not False
+        return self.up
+
+    async def run_forever(self) -> None:
+        """Ask every `every_s` seconds until cancelled."""
+        while True:
+            await self.once()
+            await asyncio.sleep(self.every_s)
+
+
+def _consume_outcome(task: asyncio.Future[object]) -> None:
+    # A question given up on ends later; what it ended with was already answered as "down".
+    if not task.cancelled():
+        task.exception()
+
+
+def declare_readiness(
+    app: web.Application,
+    *,
+    needs: Mapping[str, Callable[[], bool]],
+    reports: Mapping[str, Callable[[], bool]] | None = None,
+) -> None:
+    """Name what the service needs to do its job (`needs`: `/readyz` is 200 only when all hold)
+    and the dependencies it reports without needing them (`reports`: in `/readyz` and as
+    `tollgate_dependency_up`). Each is a cheap synchronous look at state kept elsewhere (a
+    `Probe`, a consumer's progress), so that a probe of `/readyz` never waits on a dependency.
+    """
+
+    def check(name: str, holds: Callable[[], bool]) -> Check:
+        async def evaluate() -> tuple[bool, str]:
+            return holds(), name
+
+        return evaluate
+
+    app[READINESS_KEY].extend(check(name, holds) for name, holds in needs.items())
+    app[DEPENDENCIES_KEY].extend(check(name, holds) for name, holds in (reports or {}).items())
 
 
 def _words(results: dict[str, bool]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from libs.events.codec import EventValidationError, encode, parse_event
 from libs.events.models import ChatUsageRecorded, Envelope
 from libs.events.pricing import CostTooHighError, ModelPrice, price_event
 from libs.events.registry import EVENT_TYPES
+from libs.events.rejections import RejectReason
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
 from libs.service.kafka import BrokerUnavailableError
 from libs.service.openapi import OpenApi
@@ -50,8 +51,9 @@ class Rejected(BaseModel):
 
     id: str | None
     index: int
-    message: str
+    message: str = Field(description="What is wrong, naming the field")
     permanent: bool
+    reason: RejectReason = Field(description="Why, as a stable code to match on")
 
 
 class BatchResult(BaseModel):
@@ -77,12 +79,6 @@ class PriceList(BaseModel):
 def _type_label(obj: object) -> str:
     kind = obj.get("type") if isinstance(obj, dict) else None
     return kind if isinstance(kind, str) and kind in _KNOWN_TYPES else "unknown"
-
-
-def _reason_of(exc: EventValidationError) -> str:
-    if exc.reason.startswith("type: unknown event type"):
-        return "unknown_type"
-    return "invalid"
 
 
 def _batch_of(body: object, max_events: int) -> list[object]:
@@ -113,31 +109,35 @@ def _validate(
     accepted: list[tuple[int, Envelope]] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
+
+    def reject(rejection: Rejection, event_type: str) -> None:
+        rejected.append(rejection)
+        metrics.events.labels(event_type, "rejected", rejection.reason).inc()
+
     for index, raw in enumerate(raw_events):
         try:
             event: Envelope = parse_event(raw)
         except EventValidationError as exc:
-            rejected.append(Rejection(index, exc.event_id, exc.message, _reason_of(exc)))
-            metrics.events.labels(_type_label(raw), "rejected", _reason_of(exc)).inc()
+            reject(Rejection(index, exc.event_id, exc.message, exc.code), _type_label(raw))
             continue
         problem = check_time(event, now, settings.max_future_skew)
-        if problem is None and event.identity in seen:
+        if problem is not None:
+            reject(Rejection(index, event.id, problem, RejectReason.FUTURE), event.type)
+            continue
+        if event.identity in seen:
             # The same id for another user or as another type is another event (see
             # `Envelope.identity`); the same event twice in one batch is a mistake.
             problem = (
                 "id: this event (same type, subject and id) appears more than once in this batch"
             )
-        if problem is not None:
-            reason = "future" if problem.startswith("occurred_at") else "duplicate_in_batch"
-            rejected.append(Rejection(index, event.id, problem, reason))
-            metrics.events.labels(event.type, "rejected", reason).inc()
+            reject(Rejection(index, event.id, problem, RejectReason.DUPLICATE_IN_BATCH), event.type)
             continue
         if isinstance(event, ChatUsageRecorded):
             try:
                 event = price_event(event, prices)
             except CostTooHighError as exc:
-                rejected.append(Rejection(index, event.id, str(exc), "cost_too_high"))
-                metrics.events.labels(event.type, "rejected", "cost_too_high").inc()
+                reason = RejectReason.COST_TOO_HIGH
+                reject(Rejection(index, event.id, str(exc), reason), event.type)
                 continue
         seen.add(event.identity)
         accepted.append((index, event))
@@ -159,8 +159,8 @@ def _encoded(
             records.append((event.partition_key.encode(), encode(event)))
         except (TypeError, ValueError, UnicodeError) as exc:
             message = f"event cannot be encoded for the log: {exc}"
-            rejected.append(Rejection(index, event.id, message, "unencodable"))
-            metrics.events.labels(event.type, "rejected", "unencodable").inc()
+            rejected.append(Rejection(index, event.id, message, RejectReason.UNENCODABLE))
+            metrics.events.labels(event.type, "rejected", RejectReason.UNENCODABLE).inc()
             continue
         kept.append(event)
     return kept, records

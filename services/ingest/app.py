@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from libs.service.db import create_pool
-from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
-from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
+from libs.service.runtime import Resources, lifecycle
+from libs.service.web import Probe, accept_portal_tokens, create_app, declare_readiness
 from services.ingest.api import EVENT_LOG, METRICS, PRICE_STORE, PRICES, SETTINGS, add_routes
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
@@ -22,26 +19,6 @@ from services.ingest.producer import EventLog, KafkaEventLog
 from services.ingest.storage import PostgresPriceStore, PriceStore
 
 log = structlog.get_logger(__name__)
-
-
-class Health:
-    """Whether the broker and the database answered the last probe."""
-
-    def __init__(self) -> None:
-        self.broker = False
-        self.database = False
-
-    async def probe_forever(self, event_log: EventLog, store: PriceStore) -> None:
-        """Ask the broker and the database every second."""
-        while True:
-            self.broker = await event_log.ping()
-            try:
-                await asyncio.wait_for(store.version(), 2)
-            except Exception:
-                self.database = False
-            else:
-                self.database = True
-            await asyncio.sleep(1)
 
 
 def build_app(
@@ -59,64 +36,55 @@ def build_app(
     app = create_app(service="ingest", settings=settings, registry=registry, openapi=openapi)
     app[SETTINGS] = settings
     app[METRICS] = IngestMetrics.build(registry)
-    health = Health()
+    # Looked up when asked: the log and the store exist once the app has started.
+    broker = Probe("broker", lambda: app[EVENT_LOG].ping())  # noqa: PLW0108
+    database = Probe("database", lambda: app[PRICE_STORE].version())  # noqa: PLW0108
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = None
-        producer = None
-        if price_store is None or event_log is None:
+    async def start(app: web.Application, resources: Resources) -> None:
+        store = price_store
+        if store is None:
             # No connection at start: a replica starting while PostgreSQL is away comes up,
             # and turns ready once it has read the price table.
-            pool = await create_pool(
+            pool = await resources.pool(
                 settings.database_url, max_size=settings.db_pool_max, min_size=0
             )
-        store = price_store or PostgresPriceStore(pool)  # type: ignore[arg-type]
-        if event_log is None:
-            producer = make_producer(
+            store = PostgresPriceStore(pool)
+        events = event_log
+        if events is None:
+            producer = await resources.producer(
                 settings.kafka_bootstrap_servers,
                 idempotent=settings.kafka_idempotent,
+                timeout_s=settings.kafka_timeout_s,
                 request_timeout_s=settings.produce_timeout_s,
             )
-            await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
-            log_: EventLog = KafkaEventLog(
+            events = KafkaEventLog(
                 producer, settings.events_topic, timeout_s=settings.produce_timeout_s
             )
-        else:
-            log_ = event_log
         app[PRICE_STORE] = store
-        app[EVENT_LOG] = log_
+        app[EVENT_LOG] = events
         cache = PriceCache(store, interval_s=settings.price_refresh_s)
         app[PRICES] = cache
         try:
             await asyncio.wait_for(cache.refresh(), settings.kafka_timeout_s)
         except Exception as exc:
             log.warning("prices_unavailable_at_start", error=f"{type(exc).__name__}: {exc}")
-        async with (
-            background(cache.refresh_forever(), name="prices"),
-            background(health.probe_forever(log_, store), name="health"),
-        ):
-            yield
-        if producer is not None:
-            await asyncio.wait_for(producer.stop(), settings.kafka_timeout_s)
-        if pool is not None:
-            await pool.close()
+        await resources.background(cache.refresh_forever(), name="prices")
+        await resources.background(broker.run_forever(), name="broker-probe")
+        await resources.background(database.run_forever(), name="database-probe")
 
-    async def broker_ready() -> tuple[bool, str]:
-        return health.broker, "broker"
-
-    async def prices_ready() -> tuple[bool, str]:
+    def prices_loaded() -> bool:
         # Until the price table was read once, chat usage would go out unpriced and escape
         # limits; after that, the cached prices carry ingest through a database outage.
         cache = app.get(PRICES)
-        return cache is not None and cache.version is not None, "prices"
+        return cache is not None and cache.loaded
 
-    async def database_up() -> tuple[bool, str]:
-        return health.database, "database"
-
-    app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(lifecycle(start))
     # Accepting an event needs the broker and the prices in memory, never PostgreSQL itself.
-    app[READINESS_KEY].extend([broker_ready, prices_ready])
-    app[DEPENDENCIES_KEY].extend([broker_ready, database_up])
+    declare_readiness(
+        app,
+        needs={"broker": broker, "prices": prices_loaded},
+        reports={"broker": broker, "database": database},
+    )
     # Portal tokens are refused here with 403 (or 401 when expired, altered or revoked).
     accept_portal_tokens(app, settings)
     add_routes(app, openapi)

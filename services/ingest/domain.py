@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from libs.events.models import Envelope
+from libs.events.rejections import RejectReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,11 +16,17 @@ class Rejection:
     index: int
     id: str | None
     message: str
-    reason: str
+    reason: RejectReason
 
     def as_json(self) -> dict[str, object]:
-        """The contract's shape (plus the index, for events without an id)."""
-        return {"id": self.id, "index": self.index, "message": self.message, "permanent": True}
+        """The contract's shape (plus the index, for events without an id, and the code)."""
+        return {
+            "id": self.id,
+            "index": self.index,
+            "message": self.message,
+            "permanent": True,
+            "reason": self.reason.value,
+        }
 
 
 def check_time(event: Envelope, now: datetime, max_skew: timedelta) -> str | None:

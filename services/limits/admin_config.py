@@ -2,49 +2,41 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import structlog
 
+from libs.service.cache import VersionedCache
 from services.limits.domain import Limiter
 from services.limits.storage import ConfigStore, StoredConfig
 
 log = structlog.get_logger(__name__)
 
 
-class ConfigCache:
+class ConfigCache(VersionedCache[StoredConfig]):
     """Puts the stored configuration into the limiter, within one poll of any change."""
 
     def __init__(self, store: ConfigStore, limiter: Limiter, *, interval_s: float) -> None:
         self.store = store
         self.limiter = limiter
-        self.interval_s = interval_s
-        self.version: int | None = None
-        self.stored: StoredConfig | None = None
-        #: Whether the last read of the configuration's version reached the database.
-        self.reachable = False
         #: Called after a newer configuration was put in force.
         self.on_change: Callable[[], None] | None = None
+        super().__init__(
+            "limits_config",
+            version=store.version,
+            load=store.load,
+            version_of=lambda stored: stored.version,
+            interval_s=interval_s,
+            on_load=self._put_in_force,
+        )
 
     @property
-    def loaded(self) -> bool:
-        """Whether a configuration was ever loaded (checks need one to be right)."""
-        return self.stored is not None
+    def stored(self) -> StoredConfig | None:
+        """The configuration in force (None until one was loaded)."""
+        return self.value
 
-    async def refresh(self) -> bool:
-        """Reload when the version moved; True when a newer configuration was put in force."""
-        version = await self.store.version()
-        self.reachable = True
-        if version == self.version:
-            return False
-        stored = await self.store.load()
-        # A slower concurrent refresh must not put an older configuration back.
-        if self.version is not None and stored.version < self.version:
-            return False
+    def _put_in_force(self, stored: StoredConfig) -> None:
         self.limiter.config = stored.to_config()
-        self.version = stored.version
-        self.stored = stored
         log.info(
             "limits_config_loaded",
             version=stored.version,
@@ -57,23 +49,3 @@ class ConfigCache:
         )
         if self.on_change is not None:
             self.on_change()
-        return True
-
-    async def refresh_forever(self) -> None:
-        """Poll the version; a database outage keeps the configuration in force and retries."""
-        failing = False
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:
-                self.reachable = False
-                if not failing:
-                    log.warning(
-                        "limits_config_refresh_failed", error=f"{type(exc).__name__}: {exc}"
-                    )
-                failing = True
-            else:
-                if failing:
-                    log.info("limits_config_refresh_recovered")
-                failing = False
-            await asyncio.sleep(self.interval_s)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, TypeVar
 
-import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,7 +44,6 @@ from services.limits.storage import (
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_ID_LENGTH = 128
@@ -297,19 +295,6 @@ async def status(request: web.Request) -> web.Response:
 # -- admin configuration ---------------------------------------------------------------------
 
 
-async def _database(call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except asyncpg.DataError as exc:
-        # The request holds a value no column takes: retrying can never help.
-        raise Unprocessable(f"a value in this request cannot be stored: {exc}") from exc
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise DependencyUnavailable(
-            "the limits database is unavailable; checks still answer from memory",
-            detail=f"{type(exc).__name__}: {exc}",
-        ) from exc
-
-
 async def _read_body(request: web.Request, model: type[M], *, ignore: frozenset[str]) -> M:
     body = await read_json(request)
     if isinstance(body, dict) and ignore:
@@ -328,8 +313,8 @@ async def _config_view(runtime: LimitsRuntime) -> dict[str, object]:
     Both are read from PostgreSQL at the time of the request, so a price set on ingest (any
     replica) takes the model off the list on every limits replica at once.
     """
-    stored = await _database(runtime.store.load())
-    priced = await _database(runtime.store.priced_models())
+    stored = await runtime.store.load()
+    priced = await runtime.store.priced_models()
     ledger = runtime.limiter.ledger
     unpriced = unpriced_models(ledger.models, priced)
     group_orgs = ledger.group_orgs
@@ -381,13 +366,11 @@ async def put_config(request: web.Request) -> web.Response:
         if "warning_threshold_percent" in update.model_fields_set
         else KEEP
     )
-    await _database(
-        runtime.store.put_config(
-            enabled=update.enabled,
-            period=update.period,
-            default_limit_micros=update.default_limit_micros,
-            warning_threshold_percent=warning,
-        )
+    await runtime.store.put_config(
+        enabled=update.enabled,
+        period=update.period,
+        default_limit_micros=update.default_limit_micros,
+        warning_threshold_percent=warning,
     )
     await _refresh(runtime)
     log.info("limits_config_set", **update.model_dump(exclude_unset=True))
@@ -406,9 +389,7 @@ def _override_handlers(
         update = await _read_body(
             request, OverrideUpdate, ignore=frozenset({"updated_at", "org_id", name})
         )
-        override = await _database(
-            runtime.store.put_override(subject, subject_id, update.limit_micros)
-        )
+        override = await runtime.store.put_override(subject, subject_id, update.limit_micros)
         await _refresh(runtime)
         log.info("limits_override_set", subject=subject, id=subject_id, limit=update.limit_micros)
         group_orgs = runtime.limiter.ledger.group_orgs if subject == "group" else None
@@ -418,7 +399,7 @@ def _override_handlers(
     async def delete_override(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         subject_id = _subject_id(request.match_info[name], name)
-        if not await _database(runtime.store.delete_override(subject, subject_id)):
+        if not await runtime.store.delete_override(subject, subject_id):
             raise NotFound(f"{subject} {subject_id!r} has no limit override")
         await _refresh(runtime)
         log.info("limits_override_deleted", subject=subject, id=subject_id)

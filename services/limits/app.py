@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 from aiohttp import web
@@ -15,12 +15,10 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from libs.service.consumer import ConsumerLoop
-from libs.service.db import create_pool
-from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.portal import RevocationStore
-from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
+from libs.service.runtime import Resources, lifecycle
+from libs.service.web import accept_portal_tokens, create_app, declare_readiness
 from services.limits.admin_config import ConfigCache
 from services.limits.api import RUNTIME, LimitsRuntime, add_routes
 from services.limits.config import LimitsSettings
@@ -125,35 +123,35 @@ def build_app(
         freeze_heap=freeze_heap,
     )
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with (
-            _stores(settings, config_store, snapshot_store, archive, crossing_store) as (
-                store,
-                snapshots,
-                tail,
-                crossings,
-            ),
-            wiring.running(app, store, snapshots, tail, crossings),
-        ):
-            yield
+    async def start(app: web.Application, resources: Resources) -> None:
+        stores = await _stores(
+            settings,
+            resources,
+            config_store=config_store,
+            snapshot_store=snapshot_store,
+            archive=archive,
+            crossing_store=crossing_store,
+        )
+        await wiring.start(app, resources, stores)
 
-    async def log_ready() -> tuple[bool, str]:
+    def log_read() -> bool:
         runtime = app.get(RUNTIME)
-        return runtime is not None and runtime.caught_up(), "log"
+        return runtime is not None and runtime.caught_up()
 
-    async def config_ready() -> tuple[bool, str]:
+    def config_loaded() -> bool:
         runtime = app.get(RUNTIME)
-        return runtime is not None and runtime.configs.loaded, "config"
+        return runtime is not None and runtime.configs.loaded
 
-    async def database_up() -> tuple[bool, str]:
+    def database_up() -> bool:
         # Checks never wait for PostgreSQL: an outage shows here and in the snapshot age.
         runtime = app.get(RUNTIME)
-        return runtime is not None and runtime.configs.reachable, "database"
+        return runtime is not None and runtime.configs.reachable
 
-    app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(lifecycle(start))
     accept_portal_tokens(app, settings, store=revocations)
-    app[READINESS_KEY].extend([log_ready, config_ready])
-    app[DEPENDENCIES_KEY].append(database_up)
+    declare_readiness(
+        app, needs={"log": log_read, "config": config_loaded}, reports={"database": database_up}
+    )
     add_routes(app, openapi)
     return app
 
@@ -172,19 +170,15 @@ class _Wiring:
     clock: Callable[[], float]
     freeze_heap: bool = False
 
-    @asynccontextmanager
-    async def running(
-        self,
-        app: web.Application,
-        store: ConfigStore,
-        snapshots: SnapshotStore,
-        archive: ChatArchive | None,
-        crossings: CrossingStore,
-    ) -> AsyncIterator[None]:
-        """Load the configuration, start the consumer, refresher and snapshots; stop them."""
+    async def start(self, app: web.Application, resources: Resources, stores: _Stores) -> None:
+        """Load the configuration, start the consumer, refresher and snapshots.
+
+        At the stop, in this order: the log is read to its end, due notifications are
+        written, the tasks stop, the final snapshot is taken, the producer stops.
+        """
         settings, limiter, metrics = self.settings, self.limiter, self.metrics
         status, clock = self.status, self.clock
-        producer: AIOKafkaProducer | None = None
+        store, snapshots, archive, crossings = stores
         configs = ConfigCache(store, limiter, interval_s=settings.config_refresh_s)
         recorder: CrossingRecorder | None = None
         if settings.notifications:
@@ -222,53 +216,49 @@ class _Wiring:
         except Exception as exc:
             # Not ready until it loads; the refresher keeps trying.
             log.warning("limits_config_unavailable", error=f"{type(exc).__name__}: {exc}")
-        try:
-            reader: Feed
-            if self.feed is None:
-                producer = make_producer(
-                    settings.kafka_bootstrap_servers, idempotent=settings.kafka_idempotent
-                )
-                await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
-                reader = _consumer_loop(settings, sink, producer, self.registry)
-            else:
-                reader = self.feed(sink)
-            app[RUNTIME] = LimitsRuntime(
-                limiter=limiter,
-                configs=configs,
-                store=store,
-                metrics=metrics,
-                clock=clock,
-                caught_up=reader.caught_up.is_set,
+        reader: Feed
+        if self.feed is None:
+            producer = await resources.producer(
+                settings.kafka_bootstrap_servers,
+                idempotent=settings.kafka_idempotent,
+                timeout_s=settings.kafka_timeout_s,
             )
-            async with (
-                background(reader.run(), name="limits-consumer"),
-                background(configs.refresh_forever(), name="limits-config"),
-                background(
-                    snapshotter.run_forever(settings.snapshot_interval_s, self.ready),
-                    name="limits-snapshots",
-                ),
-                background(
-                    _freeze_heap_when_caught_up(reader.caught_up, enabled=self.freeze_heap),
-                    name="limits-heap",
-                ),
-                background(
-                    recorder.run_forever() if recorder is not None else _idle(),
-                    name="limits-notifications",
-                ),
-            ):
-                yield
-                # A clean stop reads the log to its end before the final snapshot.
-                await reader.drain()
-                if recorder is not None:
-                    await _final_flush(recorder)
-            # The consumer has stopped: the ledger is final for this process.
-            try:
-                await asyncio.wait_for(snapshotter.take(), FINAL_SNAPSHOT_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("limits_final_snapshot_failed", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            if producer is not None:
-                await asyncio.wait_for(producer.stop(), settings.kafka_timeout_s)
+            reader = _consumer_loop(settings, sink, producer, self.registry)
+        else:
+            reader = self.feed(sink)
+        app[RUNTIME] = LimitsRuntime(
+            limiter=limiter,
+            configs=configs,
+            store=store,
+            metrics=metrics,
+            clock=clock,
+            caught_up=reader.caught_up.is_set,
+        )
+        # Once the consumer has stopped, the ledger is final for this process.
+        resources.at_stop(lambda: _final_snapshot(snapshotter))
+        await resources.background(reader.run(), name="limits-consumer")
+        await resources.background(configs.refresh_forever(), name="limits-config")
+        await resources.background(
+            snapshotter.run_forever(settings.snapshot_interval_s, self.ready),
+            name="limits-snapshots",
+        )
+        await resources.background(
+            _freeze_heap_when_caught_up(reader.caught_up, enabled=self.freeze_heap),
+            name="limits-heap",
+        )
+        if recorder is not None:
+            await resources.background(recorder.run_forever(), name="limits-notifications")
+            resources.at_stop(lambda: _final_flush(recorder))
+        # A clean stop reads the log to its end before the final snapshot.
+        resources.at_stop(reader.drain)
+
+
+async def _final_snapshot(snapshotter: Snapshotter) -> None:
+    """The last snapshot before stopping (the chart's grace period covers its timeout)."""
+    try:
+        await asyncio.wait_for(snapshotter.take(), FINAL_SNAPSHOT_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("limits_final_snapshot_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 async def _final_flush(recorder: CrossingRecorder) -> None:
@@ -283,32 +273,34 @@ async def _final_flush(recorder: CrossingRecorder) -> None:
         )
 
 
-async def _idle() -> None:
-    await asyncio.Event().wait()
+class _Stores(NamedTuple):
+    config: ConfigStore
+    snapshots: SnapshotStore
+    archive: ChatArchive | None
+    crossings: CrossingStore
 
 
-@asynccontextmanager
 async def _stores(
     settings: LimitsSettings,
+    resources: Resources,
+    *,
     config_store: ConfigStore | None,
     snapshot_store: SnapshotStore | None,
     archive: ChatArchive | None,
     crossing_store: CrossingStore | None,
-) -> AsyncIterator[tuple[ConfigStore, SnapshotStore, ChatArchive | None, CrossingStore]]:
-    """The stores given, or PostgreSQL ones on a pool that closes with them."""
+) -> _Stores:
+    """The stores given, or PostgreSQL ones on a pool that closes at the stop."""
     if config_store is not None and snapshot_store is not None:
-        yield config_store, snapshot_store, archive, crossing_store or InMemoryCrossingStore()
-        return
-    pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
-    try:
-        yield (
-            config_store or PostgresConfigStore(pool),
-            snapshot_store or PostgresSnapshotStore(pool),
-            archive or PostgresChatArchive(pool),
-            crossing_store or PostgresCrossingStore(pool),
+        return _Stores(
+            config_store, snapshot_store, archive, crossing_store or InMemoryCrossingStore()
         )
-    finally:
-        await pool.close()
+    pool = await resources.pool(settings.database_url, max_size=settings.db_pool_max)
+    return _Stores(
+        config_store or PostgresConfigStore(pool),
+        snapshot_store or PostgresSnapshotStore(pool),
+        archive or PostgresChatArchive(pool),
+        crossing_store or PostgresCrossingStore(pool),
+    )
 
 
 async def _freeze_heap_when_caught_up(caught_up: asyncio.Event, *, enabled: bool) -> None:

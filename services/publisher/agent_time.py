@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import structlog
 
 from libs.service.consumer import Progress
+from libs.service.db import DATABASE_UNAVAILABLE
 from services.publisher.domain import (
     BadAgentHourError,
     LateRuntime,
@@ -44,9 +44,6 @@ from services.publisher.metrics import PublisherMetrics
 from services.publisher.storage import BillingQueue
 
 log = structlog.get_logger(__name__)
-
-# Losing the database is not one bad hour: the pass ends and the next check tries again.
-_UNREACHABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
 
 
 @dataclass
@@ -111,7 +108,8 @@ class AgentTimeHeartbeat:
                 continue
             except asyncio.CancelledError:
                 raise
-            except _UNREACHABLE:
+            except DATABASE_UNAVAILABLE:
+                # Losing the database is not one bad hour: the pass ends, the next one retries.
                 raise
             except Exception as exc:  # one hour's failure must not stop the later ones
                 self._skip(done, hour, f"{type(exc).__name__}: {exc}")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
@@ -14,11 +12,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from libs.service.consumer import ConsumerLoop
-from libs.service.db import create_pool
-from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
-from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
+from libs.service.runtime import Resources, lifecycle
+from libs.service.web import Probe, accept_portal_tokens, create_app, declare_readiness
 from services.publisher.agent_time import AgentTimeHeartbeat, report_late
 from services.publisher.api import AGENT_TIME, METRICS, QUEUE, SETTINGS, add_routes
 from services.publisher.config import PublisherSettings
@@ -46,7 +42,7 @@ def sender_options(settings: PublisherSettings) -> SenderOptions:
 
 
 async def _http_client(
-    settings: PublisherSettings, stack: AsyncExitStack, deployment_id: str
+    settings: PublisherSettings, resources: Resources, deployment_id: str
 ) -> BillingClient | None:
     """The HTTP client to the billing server, or None (queue only) when not configured."""
     if settings.billing_url is None or settings.license_key is None:
@@ -56,7 +52,7 @@ async def _http_client(
             queue=settings.queue,
         )
         return None
-    session = await stack.enter_async_context(aiohttp.ClientSession())
+    session = await resources.enter(aiohttp.ClientSession())
     log.info(
         "publisher_configured",
         billing_url=settings.public_billing_url,
@@ -75,16 +71,18 @@ async def _http_client(
 async def _start_consumer(
     settings: PublisherSettings,
     pool: asyncpg.Pool,
-    stack: AsyncExitStack,
+    resources: Resources,
     registry: CollectorRegistry,
     *,
     agent_time: AgentTimeHeartbeat,
     metrics: PublisherMetrics,
 ) -> ConsumerLoop:
     """Join the consumer group; the loop says whether it has caught up and where it stands."""
-    producer = make_producer(settings.kafka_bootstrap_servers, idempotent=settings.kafka_idempotent)
-    await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
-    stack.push_async_callback(lambda: asyncio.wait_for(producer.stop(), settings.kafka_timeout_s))
+    producer = await resources.producer(
+        settings.kafka_bootstrap_servers,
+        idempotent=settings.kafka_idempotent,
+        timeout_s=settings.kafka_timeout_s,
+    )
     loop = make_consumer(
         settings,
         pool,
@@ -93,36 +91,10 @@ async def _start_consumer(
         runtime_since=agent_time.window_start,
         on_late=lambda late: report_late(metrics, late),
     )
-    await stack.enter_async_context(background(loop.run(), name="publisher-consumer"))
+    await resources.background(loop.run(), name="publisher-consumer")
     # Runs first at a clean stop: read the log to its end (the embedded broker's is lost).
-    stack.push_async_callback(loop.drain)
+    resources.at_stop(loop.drain)
     return loop
-
-
-class Health:
-    """Whether the database answered the last probe."""
-
-    def __init__(self) -> None:
-        self.database = False
-
-
-async def _refresh_gauges(
-    store: BillingQueue, metrics: PublisherMetrics, health: Health, every: timedelta
-) -> None:
-    """Refresh the gauges from the queue, and note whether the database answers, until cancelled."""
-    while True:
-        try:
-            # Not `wait_for`: on Python 3.11 it can swallow the cancellation that stops this
-            # loop when the status arrives at the same moment, and shutting down would then
-            # wait for this task for ever.
-            async with asyncio.timeout(5):
-                status = await store.status()
-            metrics.observe_status(status)
-        except Exception:
-            health.database = False
-        else:
-            health.database = True
-        await asyncio.sleep(every.total_seconds())
 
 
 def build_app(
@@ -149,68 +121,62 @@ def build_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     metrics.configured.set(1 if settings.configured else 0)
-    health = Health()
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            pool = None
-            if queue is None:
-                pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
-                stack.push_async_callback(pool.close)
-                store: BillingQueue = PostgresQueue(pool, settings.queue)
-            else:
-                store = queue
-            app[QUEUE] = store
-            state = await store.open()
-            health.database = True
-            deployment_id = settings.deployment_id or state.deployment_id
-            billing = client or await _http_client(settings, stack, deployment_id)
-            agent_time = AgentTimeHeartbeat(
-                store,
-                metrics,
-                topic=settings.events_topic,
-                progress=None,
-                lag=settings.agent_time_lag,
-                window=settings.agent_time_window,
-                check_every=settings.heartbeat_check,
-                clock=clock,
+    async def refresh_gauges() -> None:
+        metrics.observe_status(await app[QUEUE].status())
+
+    # The gauges' refresh is also the database's probe.
+    database = Probe(
+        "database", refresh_gauges, every_s=settings.gauge_refresh.total_seconds(), timeout_s=5
+    )
+
+    async def start(app: web.Application, resources: Resources) -> None:
+        pool = None
+        if queue is None:
+            pool = await resources.pool(settings.database_url, max_size=settings.db_pool_max)
+            store: BillingQueue = PostgresQueue(pool, settings.queue)
+        else:
+            store = queue
+        app[QUEUE] = store
+        state = await store.open()
+        database.up = True
+        deployment_id = settings.deployment_id or state.deployment_id
+        billing = client or await _http_client(settings, resources, deployment_id)
+        agent_time = AgentTimeHeartbeat(
+            store,
+            metrics,
+            topic=settings.events_topic,
+            progress=None,
+            lag=settings.agent_time_lag,
+            window=settings.agent_time_window,
+            check_every=settings.heartbeat_check,
+            clock=clock,
+        )
+        app[AGENT_TIME] = agent_time
+        ready: Callable[[], bool] = lambda: True  # noqa: E731  # no consumer: always
+        if consume and pool is not None:
+            loop = await _start_consumer(
+                settings, pool, resources, registry, agent_time=agent_time, metrics=metrics
             )
-            app[AGENT_TIME] = agent_time
-            ready: Callable[[], bool] = lambda: True  # noqa: E731  # no consumer: always
-            if consume and pool is not None:
-                loop = await _start_consumer(
-                    settings, pool, stack, registry, agent_time=agent_time, metrics=metrics
-                )
-                ready = loop.caught_up.is_set
-                agent_time.progress = loop.progress
+            ready = loop.caught_up.is_set
+            agent_time.progress = loop.progress
+        sender = Sender(
+            store,
+            billing,
+            sender_options(settings),
+            metrics,
+            not_configured=f"{' and '.join(settings.missing)} not set",
+        )
+        heartbeat = SeatHeartbeat(
+            store, metrics, ready=ready, check_every=settings.heartbeat_check, clock=clock
+        )
+        await resources.background(database.run_forever(), name="gauges")
+        await resources.background(heartbeat.run_forever(), name="heartbeat")
+        await resources.background(agent_time.run_forever(), name="agent-time")
+        await resources.background(sender.run_forever(), name="sender")
 
-            sender = Sender(
-                store,
-                billing,
-                sender_options(settings),
-                metrics,
-                not_configured=f"{' and '.join(settings.missing)} not set",
-            )
-            heartbeat = SeatHeartbeat(
-                store, metrics, ready=ready, check_every=settings.heartbeat_check, clock=clock
-            )
-
-            await stack.enter_async_context(
-                background(
-                    _refresh_gauges(store, metrics, health, settings.gauge_refresh), name="gauges"
-                )
-            )
-            await stack.enter_async_context(background(heartbeat.run_forever(), name="heartbeat"))
-            await stack.enter_async_context(background(agent_time.run_forever(), name="agent-time"))
-            await stack.enter_async_context(background(sender.run_forever(), name="sender"))
-            yield
-
-    async def database_ready() -> tuple[bool, str]:
-        return health.database, "database"
-
-    app.cleanup_ctx.append(resources)
-    app[READINESS_KEY].append(database_ready)
-    app[DEPENDENCIES_KEY].append(database_ready)
+    app.cleanup_ctx.append(lifecycle(start))
+    declare_readiness(app, needs={"database": database}, reports={"database": database})
     # Portal tokens are refused here with 403 (or 401 when expired, altered or revoked).
     accept_portal_tokens(app, settings)
     add_routes(app, openapi)

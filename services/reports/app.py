@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from libs.service.consumer import ConsumerLoop
-from libs.service.db import create_pool
-from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.portal import InMemoryRevocationStore, RevocationStore
-from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
+from libs.service.runtime import Resources, background, lifecycle
+from libs.service.web import Probe, accept_portal_tokens, create_app, declare_readiness
 from services.reports.api import LIMITS, METRICS, STORE, add_routes
 from services.reports.config import ReportsSettings
 from services.reports.console.routes import CONSOLE, add_console
@@ -47,26 +44,20 @@ from services.reports.storage import PostgresReportStore, ReportStore
 
 CONSUMER = web.AppKey("reports_consumer", ConsumerLoop)
 
-CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
-
 
 class Runtime:
     """What the readiness checks look at: the database probe and the consumer, once started."""
 
-    def __init__(self) -> None:
-        self.database = False
+    def __init__(self, database: Probe) -> None:
+        self.database = database
         self.loop: ConsumerLoop | None = None
         self.sink: ReportsSink | None = None
 
-    async def database_ready(self) -> tuple[bool, str]:
-        """The last database probe answered."""
-        return self.database, "database"
-
-    async def consumer_ready(self) -> tuple[bool, str]:
+    def consumer_ready(self) -> bool:
         """The projection has read and committed the log as it stood at start."""
         if self.loop is None or self.sink is None:
-            return True, "consumer"
-        return self.loop.caught_up.is_set() and self.sink.idle, "consumer"
+            return True
+        return self.loop.caught_up.is_set() and self.sink.idle
 
 
 def address_policy(settings: ReportsSettings) -> AddressPolicy:
@@ -145,82 +136,63 @@ async def _notifier(
             yield
 
 
-def _database(
+async def _start(  # what build_app was given, passed on once
+    app: web.Application,
+    resources: Resources,
     settings: ReportsSettings,
+    *,
     store: ReportStore | None,
+    limits: LimitsClient | None,
     registry: CollectorRegistry,
     metrics: ReportsMetrics,
     runtime: Runtime,
-    *,
     sessions_given: bool,
     notifications: NotificationAdmin | None,
-) -> CleanupCtx:
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        if store is not None:
-            app[STORE] = store
-            app[NOTIFICATIONS] = _notifications_api(
-                settings, notifications or InMemoryNotificationAdmin()
-            )
-            runtime.database = True
-            yield
-            return
-        pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+) -> None:
+    """The store, the consumer group, the notifier and the limits client.
+
+    At the stop, in this order: the limits client closes, the log is read to its end, the
+    notifier and the consumer stop, the sink closes, the producer stops, the pool closes.
+    """
+    if store is not None:
+        app[STORE] = store
+        app[NOTIFICATIONS] = _notifications_api(
+            settings, notifications or InMemoryNotificationAdmin()
+        )
+        runtime.database.up = True
+    else:
+        pool = await resources.pool(settings.database_url, max_size=settings.db_pool_max)
         reports = PostgresReportStore(pool, max_session_hours=settings.max_session_hours)
         app[STORE] = reports
         outbox = PostgresNotificationStore(pool)
         app[NOTIFICATIONS] = _notifications_api(settings, notifications or outbox)
         if not sessions_given:
             app[CONSOLE].store = PostgresSessionStore(pool)
-
-        async def probe() -> None:
-            while True:
-                runtime.database = await reports.ping()
-                await asyncio.sleep(1)
-
-        producer = make_producer(settings.kafka_bootstrap_servers, idempotent=False)
-        await bounded(producer.start(), settings.kafka_timeout_s * 3, "producer start")
+        producer = await resources.producer(
+            settings.kafka_bootstrap_servers, idempotent=False, timeout_s=settings.kafka_timeout_s
+        )
         loop, sink = build_consumer(
             settings, pool=pool, dlq_producer=producer, registry=registry, metrics=metrics
         )
         runtime.loop, runtime.sink = loop, sink
         app[CONSUMER] = loop
-        try:
-            async with (
-                background(probe(), name="db-probe"),
-                background(loop.run(), name="consumer"),
-                _notifier(settings, outbox, registry),
-            ):
-                yield
-                # A clean stop reads the log to its end first (the embedded broker's is lost).
-                await loop.drain()
-        finally:
-            await sink.close()
-            with suppress(Exception):
-                await asyncio.wait_for(producer.stop(), settings.kafka_timeout_s)
-            await pool.close()
-
-    return database
-
-
-def _limits(
-    settings: ReportsSettings, limits: LimitsClient | None, metrics: ReportsMetrics
-) -> CleanupCtx:
-    async def limits_client(app: web.Application) -> AsyncIterator[None]:
-        if limits is not None or not settings.limits_url:
-            app[LIMITS] = limits or NoLimits()
-            yield
-            return
-        async with aiohttp.ClientSession() as session:
-            app[LIMITS] = HttpLimitsClient(
-                session,
-                base_url=settings.limits_url,
-                token=settings.limits_token,
-                timeout_s=settings.limits_timeout_s,
-                on_error=lambda reason: metrics.limits_errors.labels(reason).inc(),
-            )
-            yield
-
-    return limits_client
+        resources.at_stop(sink.close)
+        await resources.background(runtime.database.run_forever(), name="db-probe")
+        await resources.background(loop.run(), name="consumer")
+        await resources.enter(_notifier(settings, outbox, registry))
+        # A clean stop reads the log to its end first (the embedded broker's is lost).
+        resources.at_stop(loop.drain)
+    if limits is not None or not settings.limits_url:
+        app[LIMITS] = limits or NoLimits()
+        return
+    session = await resources.enter(aiohttp.ClientSession())
+    app[LIMITS] = HttpLimitsClient(
+        session,
+        base_url=settings.limits_url,
+        token=settings.limits_token,
+        timeout_s=settings.limits_timeout_s,
+        on_error=lambda reason: metrics.limits_errors.labels(reason).inc(),
+    )
 
 
 def build_app(
@@ -250,32 +222,34 @@ def build_app(
     app = create_app(service="reports", settings=settings, registry=registry, openapi=openapi)
     metrics = ReportsMetrics.build(registry)
     app[METRICS] = metrics
-    runtime = Runtime()
+    runtime = Runtime(Probe("database", lambda: app[STORE].ping()))  # noqa: PLW0108
     if store is not None:
         sessions = sessions or InMemorySessionStore()
         revocations = revocations or InMemoryRevocationStore()
     add_console(app, settings, sessions or InMemorySessionStore())
-    app.cleanup_ctx.extend(
-        [
-            _database(
-                settings,
-                store,
-                registry,
-                metrics,
-                runtime,
-                sessions_given=sessions is not None,
-                notifications=notifications,
-            ),
-            _limits(settings, limits, metrics),
-        ]
-    )
+    sessions_given = sessions is not None
+
+    async def start(app: web.Application, resources: Resources) -> None:
+        await _start(
+            app,
+            resources,
+            settings,
+            store=store,
+            limits=limits,
+            registry=registry,
+            metrics=metrics,
+            runtime=runtime,
+            sessions_given=sessions_given,
+            notifications=notifications,
+        )
+
+    app.cleanup_ctx.append(lifecycle(start))
     accept_portal_tokens(app, settings, store=revocations)
-    checks: list[Callable[[], Awaitable[tuple[bool, str]]]] = [
-        runtime.database_ready,
-        runtime.consumer_ready,
-    ]
-    app[READINESS_KEY].extend(checks)
-    app[DEPENDENCIES_KEY].append(runtime.database_ready)
+    declare_readiness(
+        app,
+        needs={"database": runtime.database, "consumer": runtime.consumer_ready},
+        reports={"database": runtime.database},
+    )
     add_routes(app, openapi)
     add_portal_routes(app, openapi)
     add_notification_routes(app, openapi)

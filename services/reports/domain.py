@@ -17,6 +17,7 @@ from typing import Final, Literal
 import orjson
 
 from libs.events.bounds import MAX_SIZE_MB, capped
+from libs.service.errors import BadRequest
 
 __all__ = [
     "ACTIVITY_GRAINS",
@@ -79,13 +80,15 @@ _WEEK = timedelta(days=7)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class InvalidQueryError(ValueError):
-    """A query parameter is malformed or out of range; `field` names it."""
+class InvalidQueryError(BadRequest, ValueError):
+    """A query parameter is malformed or out of range; `field` names it.
+
+    Raised where the problem is found and answered as a 400 by the error middleware.
+    """
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field}: {message}", detail={"field": field})
         self.field = field
-        self.message = f"{field}: {message}"
 
 
 # -- times ------------------------------------------------------------------------------------

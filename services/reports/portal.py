@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,8 +28,6 @@ from libs.service.portal import (
 from libs.service.web import PORTAL_KEY, Role, json_response, read_model, requires
 
 log = structlog.get_logger(__name__)
-
-_DATABASE_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _user_id(value: str) -> str:
@@ -78,10 +75,7 @@ def _authority(request: web.Request) -> PortalAuthority:
 async def mint_token(request: web.Request) -> web.Response:
     """A token that reads only this user's status and costs, for `ttl_seconds`."""
     body = await read_model(request, PortalTokenRequest)
-    try:
-        token, claims = await _authority(request).mint(body.user_id, body.ttl_seconds)
-    except _DATABASE_DOWN as exc:
-        raise DependencyUnavailable("the database is unavailable; retry shortly") from exc
+    token, claims = await _authority(request).mint(body.user_id, body.ttl_seconds)
     expires_at = datetime.fromtimestamp(claims.expires_at, UTC)
     log.info("portal_token_minted", user_id=body.user_id, expires_at=expires_at.isoformat())
     response = json_response(
@@ -95,10 +89,7 @@ async def mint_token(request: web.Request) -> web.Response:
 async def revoke_tokens(request: web.Request) -> web.Response:
     """Every token of this user minted so far stops working, on every replica within a second."""
     body = await read_model(request, PortalRevokeRequest)
-    try:
-        generation = await _authority(request).revoke(body.user_id)
-    except _DATABASE_DOWN as exc:
-        raise DependencyUnavailable("the database is unavailable; retry shortly") from exc
+    generation = await _authority(request).revoke(body.user_id)
     log.info("portal_tokens_revoked", user_id=body.user_id, generation=generation)
     return web.Response(status=204)
 

@@ -41,6 +41,8 @@ class Run:
             # No periodic snapshot in this test: only the one at a clean stop.
             TOLLGATE_LIMITS_SNAPSHOT_INTERVAL="3600",
             **{f"TOLLGATE_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+            # Never the default metrics ports: a `make run` on this machine may hold them.
+            **{f"TOLLGATE_{name.upper()}_METRICS_PORT": str(free_port()) for name in ports},
         )
         self.ports = ports
         self.kafka_port = kafka_port

@@ -104,7 +104,11 @@ async def test_consumer_applies_events_stores_offsets_and_dead_letters_garbage(
         assert len(records) == 1
         headers = dict(records[0].headers)
         assert headers["reason"].startswith(b"invalid UTF-8")
+        assert headers["reason_code"] == b"invalid_utf8"
         assert records[0].value == b"\xff not json"
+        [metric] = loop.metrics.dlq.collect()
+        counted = {s.labels["reason"]: s.value for s in metric.samples if s.name.endswith("_total")}
+        assert counted == {"invalid_utf8": 1}
     finally:
         await dlq.stop()
 
@@ -261,6 +265,9 @@ async def test_an_event_the_sink_refuses_is_dead_lettered_once_and_the_rest_appl
     headers = {k: v.decode() for k, v in dlq[0].headers}
     assert headers["consumer"] == name
     assert headers["reason"].startswith(f"refused by {name}: DivisionByZeroError")
+    assert headers["reason_code"] == "refused"
+    labels = {"consumer": name, "reason": "refused"}
+    assert registry.get_sample_value("tollgate_consumer_dlq_total", labels) == 1
     assert dlq[0].value == encode(poison)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from libs.events import EVENT_TYPES, RejectReason
 from tests.reliability.stack import SERVICES, existing_services, missing_reason
 from tests.security.conftest import Secured
 from tests.security.operations import ADMIN, EMITTER, Operation, operations, request
@@ -240,3 +243,58 @@ async def test_runtime_and_reasoning_refuse_hostile_values_by_name(secured: Secu
         )
         assert status == 400, (raw, status, answer[:200])
         assert "message" in orjson.loads(answer)
+
+
+async def test_hostile_events_get_a_fixed_reason_code_that_never_echoes_them(
+    secured: Secured,
+) -> None:
+    """Rejected events carry a code from the fixed set (never a piece of the input), and the
+    rejection counter's `reason` and `type` labels stay within fixed sets however odd the type."""
+    if "ingest" not in existing_services():
+        pytest.skip(missing_reason("ingest"))
+    url = secured.url("ingest")
+    data: dict[str, object] = {
+        "chat_id": "c",
+        "message_id": "m",
+        "model": "m",
+        "input_tokens": 1,
+        "output_tokens": 1,
+    }
+    good: dict[str, object] = {
+        "id": "sec-code-ok",
+        "type": "chat.usage.v1",
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "user_id": "sec-codes",
+        "data": data,
+    }
+    hostile: list[tuple[object, str]] = [
+        ({**good, "id": "sec-code-1", "type": "evil\x00type"}, "unstorable_text"),
+        ({**good, "id": "sec-code-2", "type": "x" * 5000}, "unknown_type"),
+        ({**good, "id": "sec-code-3", "type": 'chat.usage.v1",reason="x'}, "unknown_type"),
+        ({**good, "id": "sec-code-4", "type": 1e308}, "invalid"),
+        ({**good, "id": "sec-code-5", "user_id": "\u0085other"}, "unstorable_text"),
+        ({**good, "id": "sec-code-6", "occurred_at": "9999-12-31T23:59:59Z"}, "future"),
+        ({**good, "id": "sec-code-7", "data": {**data, "input_tokens": -(2**63)}}, "invalid"),
+        (["not", "an", "event"], "not_an_object"),
+        (good, "duplicate_in_batch"),
+    ]
+    events = [good, *(event for event, _ in hostile)]
+    status, answer, _ = await request(
+        url, "post", "/api/v1/events", headers=EMITTER_JSON, body=orjson.dumps({"events": events})
+    )
+    assert status == 200, answer[:300]
+    result = orjson.loads(answer)
+    assert result["accepted"] == ["sec-code-ok"], result["rejected"]
+    codes = {r["index"]: r["reason"] for r in result["rejected"]}
+    assert codes == {i + 1: code for i, (_, code) in enumerate(hostile)}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(secured.stack.services["ingest"].metrics_url) as resp:
+            text = await resp.text()
+    reasons = {code.value for code in RejectReason} | {""}
+    types = set(EVENT_TYPES) | {"unknown"}
+    for family in text_string_to_metric_families(text):
+        if family.name != "tollgate_ingest_events":
+            continue
+        for sample in family.samples:
+            assert sample.labels["reason"] in reasons, sample.labels
+            assert sample.labels["type"] in types, sample.labels

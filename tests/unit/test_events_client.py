@@ -184,6 +184,7 @@ async def test_emit_takes_plain_dicts_validated_like_ingest_and_never_sends_an_i
     assert result.accepted == ["e-0", "d-1"]
     assert [(r.id, r.permanent) for r in result.rejected] == [("d-2", True)]
     assert result.rejected[0].message.startswith("data.input_tokens: Input should be greater")
+    assert result.rejected[0].reason == "invalid"
     sent = recorder.bodies[0]["events"]
     assert [e["id"] for e in sent] == ["e-0", "d-1"]
     assert sent[1]["occurred_at"] == "2026-11-02T10:15:00Z"
@@ -370,6 +371,39 @@ async def test_emit_reads_a_result_from_a_422() -> None:
         result = await tollgate.emit(events(1))
 
     assert result == EmitResult([], [Rejection("e-0", "data.count: bad")])
+
+
+async def test_emit_reads_the_reason_code_of_each_rejection() -> None:
+    """The code ingest gives a rejection reaches the caller, a code this client never heard of too."""
+
+    async def handler(request: web.Request) -> web.Response:
+        ids = [e["id"] for e in orjson.loads(await request.read())["events"]]
+        rejected = [
+            {
+                "id": ids[0],
+                "index": 0,
+                "message": "id: twice",
+                "permanent": True,
+                "reason": "duplicate_in_batch",
+            },
+            {
+                "id": ids[1],
+                "index": 1,
+                "message": "new rule",
+                "permanent": True,
+                "reason": "some_new_code",
+            },
+        ]
+        return web.json_response({"accepted": ids[2:], "rejected": rejected})
+
+    async with serve(handler) as url, client(url) as tollgate:
+        result = await tollgate.emit(events(3))
+
+    assert [(r.id, r.reason) for r in result.rejected] == [
+        ("e-0", "duplicate_in_batch"),
+        ("e-1", "some_new_code"),
+    ]
+    assert result.accepted == ["e-2"]
 
 
 async def test_emit_error_carries_the_earlier_batches() -> None:

@@ -23,6 +23,7 @@ from libs.events import (
 )
 from libs.events.bounds import MAX_EVENT_COST_MICROS, MAX_EVENT_TOKENS, may_hold_unstorable
 from libs.events.codec import format_validation_errors
+from libs.events.rejections import RejectReason
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "events"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.json"))
@@ -394,3 +395,39 @@ def test_the_text_walk_is_skipped_only_for_bytes_that_cannot_hold_such_a_charact
     decoded = decode(orjson.dumps(accented))
     assert isinstance(decoded, ChatUsageRecorded)
     assert decoded.data.model == "mod\u00e8le-\u00a0"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (None, RejectReason.NO_VALUE),
+        (b'{"id": "\xff"}', RejectReason.INVALID_UTF8),
+        (b'{"id": ', RejectReason.INVALID_JSON),
+        (b"[]", RejectReason.NOT_AN_OBJECT),
+        (b'{"id": "e", "user_id": "a\\u0000b"}', RejectReason.UNSTORABLE_TEXT),
+        (b'{"id": "e", "type": "chat.usage.v9"}', RejectReason.UNKNOWN_TYPE),
+        (b'{"id": "e", "type": "chat.usage.v1"}', RejectReason.INVALID),
+        (b'{"id": "e"}', RejectReason.INVALID),
+    ],
+)
+def test_every_decode_failure_carries_the_code_of_its_cause(
+    raw: bytes | None, code: RejectReason
+) -> None:
+    """The code is decided where decoding fails, so nothing downstream reads it from the message."""
+    with pytest.raises(DecodeError) as caught:
+        decode(raw)
+    assert caught.value.code is code
+
+
+def test_a_failing_upcaster_is_not_upgradable() -> None:
+    """An old type whose upcaster raises is refused as `not_upgradable`, naming the type."""
+    upcasters = Upcasters()
+
+    def broken(raw: dict[str, Any]) -> dict[str, Any]:
+        raise KeyError("data")
+
+    upcasters.register("chat.usage.v0", broken)
+    with pytest.raises(EventValidationError) as caught:
+        parse_event({"id": "e", "type": "chat.usage.v0"}, upcasters=upcasters)
+    assert caught.value.code is RejectReason.NOT_UPGRADABLE
+    assert caught.value.reason.startswith("type: cannot upgrade 'chat.usage.v0' events")

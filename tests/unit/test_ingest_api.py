@@ -109,27 +109,29 @@ async def test_chat_usage_is_priced_from_the_table(ingest: Harness) -> None:
 
 
 @pytest.mark.parametrize(
-    ("event", "field"),
+    ("event", "field", "reason"),
     [
-        ({**chat("x"), "type": "chat.usage.v9"}, "type"),
-        ({k: v for k, v in chat("x").items() if k != "user_id"}, "user_id"),
-        (chat("x", input_tokens=-5), "data.input_tokens"),
-        (chat("x", output_tokens="12"), "data.output_tokens"),
-        (chat("x", surprise=1), "data.surprise"),
-        ({**chat("x"), "extra": True}, "extra"),
-        ({**chat("x"), "id": "i" * 129}, "id"),
+        ({**chat("x"), "type": "chat.usage.v9"}, "type", "unknown_type"),
+        ({k: v for k, v in chat("x").items() if k != "user_id"}, "user_id", "invalid"),
+        (chat("x", input_tokens=-5), "data.input_tokens", "invalid"),
+        (chat("x", output_tokens="12"), "data.output_tokens", "invalid"),
+        (chat("x", surprise=1), "data.surprise", "invalid"),
+        ({**chat("x"), "extra": True}, "extra", "invalid"),
+        ({**chat("x"), "id": "i" * 129}, "id", "invalid"),
         (
             {**chat("x"), "occurred_at": (datetime.now(UTC) + timedelta(days=2)).isoformat()},
             "occurred_at",
+            "future",
         ),
-        ({**chat("x"), "occurred_at": "2026-11-02T10:15:00"}, "occurred_at"),
-        ("not an object", "object"),
+        ({**chat("x"), "occurred_at": "2026-11-02T10:15:00"}, "occurred_at", "invalid"),
+        ("not an object", "object", "not_an_object"),
+        ({**chat("x"), "user_id": "eve\x00"}, "user_id", "unstorable_text"),
     ],
 )
 async def test_invalid_events_are_rejected_one_by_one_naming_the_field(
-    ingest: Harness, event: object, field: str
+    ingest: Harness, event: object, field: str, reason: str
 ) -> None:
-    """Each invalid event is rejected with a message naming its field while the valid one is accepted."""
+    """Each invalid event is rejected with a message naming its field and a reason code, counted under that code, while the valid one is accepted."""
     resp = await ingest.client.post(
         "/api/v1/events", json={"events": [chat("good"), event]}, headers=EMITTER
     )
@@ -140,6 +142,10 @@ async def test_invalid_events_are_rejected_one_by_one_naming_the_field(
     assert field in rejected["message"]
     assert rejected["permanent"] is True
     assert rejected["index"] == 1
+    assert rejected["reason"] == reason
+    kind = "chat.usage.v1" if isinstance(event, dict) and event["type"] == "chat.usage.v1" else None
+    labels = {"type": kind or "unknown", "result": "rejected", "reason": reason}
+    assert ingest.registry.get_sample_value("tollgate_ingest_events_total", labels) == 1
 
 
 async def test_a_repeated_id_in_one_batch_is_accepted_once(ingest: Harness) -> None:
@@ -150,6 +156,7 @@ async def test_a_repeated_id_in_one_batch_is_accepted_once(ingest: Harness) -> N
     body = await resp.json()
     assert body["accepted"] == ["e1"]
     assert "more than once" in body["rejected"][0]["message"]
+    assert body["rejected"][0]["reason"] == "duplicate_in_batch"
 
 
 @pytest.mark.parametrize(
@@ -394,6 +401,10 @@ async def test_one_unpriceable_event_is_refused_and_the_rest_of_the_batch_accept
     assert rejected["overflow"]["message"].startswith("data.input_tokens: Input should be less")
     assert rejected["too-costly"]["message"].startswith("data: at the price of model 'sonnet'")
     assert str(MAX_EVENT_COST_MICROS) in rejected["too-costly"]["message"]
+    assert (rejected["overflow"]["reason"], rejected["too-costly"]["reason"]) == (
+        "invalid",
+        "cost_too_high",
+    )
     assert [r["index"] for r in body["rejected"]] == [1, 2]
     on_log = [orjson.loads(v) for _, v in ingest.log.records]
     assert [e["id"] for e in on_log] == ["ok", "at-cap"]

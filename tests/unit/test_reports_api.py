@@ -311,6 +311,27 @@ async def test_activity_refuses_bad_queries_with_a_clear_400(
     assert fragment in message
 
 
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        (ACTIVITY, {"interval": "2 weeks"}, "interval"),
+        (ACTIVITY, {"start": "2022-08-10", "end": "2022-08-01"}, "end"),
+        ("/api/v1/costs/users", {"start_date": "soon"}, "start_date"),
+        ("/api/v1/costs/users/u1", {"end_date": "2022-08-01T00:00:00"}, "end_date"),
+        ("/api/v1/chargeback/report", {"reportMonth": "2026-13"}, "reportMonth"),
+    ],
+)
+async def test_a_bad_query_value_is_a_400_naming_its_field_in_the_detail(
+    reports: Harness, path: str, params: dict[str, str], field: str
+) -> None:
+    """A parameter refused where it is parsed is answered 400 with `detail.field` naming it."""
+    resp = await reports.client.get(path, params=params, headers=ADMIN)
+    assert resp.status == 400, await resp.text()
+    body = await resp.json()
+    assert body["detail"] == {"field": field}
+    assert body["message"].startswith(f"{field}: ")
+
+
 async def test_tokens_and_roles(reports: Harness) -> None:
     """Emitter and admin tokens read activity and costs; chargeback is admin only; none is 401."""
     assert (await reports.client.get(ACTIVITY)).status == 401

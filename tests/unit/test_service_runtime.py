@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -19,10 +19,11 @@ from libs.service.openapi import OpenApi
 from libs.service.runtime import expose_metrics
 from libs.service.settings import CommonSettings
 from libs.service.web import (
-    DEPENDENCIES_KEY,
     READINESS_KEY,
+    Probe,
     Role,
     create_app,
+    declare_readiness,
     json_response,
     read_model,
     requires,
@@ -69,6 +70,26 @@ async def unstorable(_: web.Request) -> web.Response:
     raise asyncpg.CharacterNotInRepertoireError("invalid byte sequence for encoding UTF8: 0x00")
 
 
+#: What a handler may meet when PostgreSQL is away; the middleware answers each with 503.
+OUTAGES: dict[str, BaseException] = {
+    "refused": ConnectionRefusedError("connect call failed ('10.0.0.7', 5432)"),
+    "timeout": TimeoutError(),
+    "pool-closed": asyncpg.InterfaceError("pool is closing"),
+    "connection-lost": asyncpg.ConnectionDoesNotExistError("connection was closed"),
+    "starting": asyncpg.CannotConnectNowError("the database system is starting up"),
+    "too-many": asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+    "cancelled": asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+    "shutdown": asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+}
+
+
+def _raising(exc: BaseException) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_: web.Request) -> web.Response:
+        raise exc
+
+    return handler
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """An app built on the skeleton with a route per case."""
@@ -92,6 +113,9 @@ async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app.router.add_get("/down", down)
     app.router.add_get("/boom", boom)
     app.router.add_get("/unstorable", unstorable)
+    for name, exc in OUTAGES.items():
+        app.router.add_get(f"/outage/{name}", _raising(exc))
+    app.router.add_get("/duplicate", _raising(asyncpg.UniqueViolationError("duplicate key")))
     openapi.add("post", "/emit", summary="emit", request=Body, responses={200: Body})
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -177,15 +201,11 @@ async def test_dependencies_are_reported_without_deciding_readiness() -> None:
         service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
     )
     up = {"broker": True, "database": False}
-
-    async def broker() -> tuple[bool, str]:
-        return up["broker"], "broker"
-
-    async def database() -> tuple[bool, str]:
-        return up["database"], "database"
-
-    app[READINESS_KEY].append(broker)
-    app[DEPENDENCIES_KEY].extend([broker, database])
+    declare_readiness(
+        app,
+        needs={"broker": lambda: up["broker"]},
+        reports={"broker": lambda: up["broker"], "database": lambda: up["database"]},
+    )
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/readyz")
         assert resp.status == 200
@@ -296,3 +316,89 @@ async def test_a_value_the_database_refuses_is_422_not_a_server_error(
     assert resp.status == 422
     assert "Retry-After" not in resp.headers
     assert (await resp.json())["message"].startswith("a value in this request cannot be stored")
+
+
+@pytest.mark.parametrize("outage", sorted(OUTAGES))
+async def test_a_database_outage_is_503_answered_by_the_middleware(
+    client: TestClient[web.Request, web.Application], outage: str
+) -> None:
+    """Every kind of database outage a handler lets through is one 503 naming the service's database, without its text."""
+    resp = await client.get(f"/outage/{outage}", headers={"Authorization": "Bearer e1"})
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    body = await resp.json()
+    assert body == {
+        "message": "the t database is unavailable; retry shortly",
+        "detail": type(OUTAGES[outage]).__name__,
+    }
+
+
+async def test_a_database_error_that_is_no_outage_stays_a_server_error(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """A constraint violation no handler expected is a 500, not an outage to retry."""
+    resp = await client.get("/duplicate", headers={"Authorization": "Bearer e1"})
+    assert resp.status == 500
+    assert "Retry-After" not in resp.headers
+    assert "duplicate" not in await resp.text()
+
+
+async def test_a_probe_keeps_the_last_answer_and_says_down_for_errors_false_and_silence() -> None:
+    """An answer is up, an exception or False is down, and a question that hangs is down on
+    time, with the hung question cancelled and never asked twice at once."""
+    answers: list[object] = [True]
+    started = 0
+    hang = asyncio.Event()
+
+    async def ask() -> object:
+        nonlocal started
+        started += 1
+        answer = answers[0]
+        if answer == "hang":
+            await hang.wait()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    probe = Probe("thing", ask, every_s=0.01, timeout_s=0.05)
+    assert probe() is False
+    assert await probe.once() is True
+    answers[0] = OSError("refused")
+    assert await probe.once() is False
+    answers[0] = 0
+    assert await probe.once() is True
+    answers[0] = False
+    assert await probe.once() is False
+    answers[0] = "hang"
+    before = started
+    assert await probe.once() is False
+    assert started == before + 1
+    answers[0] = True
+    # The next look finds the given-up question ending (cancelled): still down; then it asks anew.
+    assert await probe.once() is False
+    assert started == before + 1
+    assert await probe.once() is True
+    assert (started, probe()) == (before + 2, True)
+
+
+async def test_a_probe_stops_when_cancelled_even_while_a_question_hangs() -> None:
+    """Cancelling `run_forever` ends it at once and cancels the question in flight."""
+    asked = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def ask() -> object:
+        asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return True
+
+    probe = Probe("thing", ask, every_s=0.01, timeout_s=60)
+    task = asyncio.create_task(probe.run_forever())
+    await asked.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
+    await asyncio.wait_for(cancelled.wait(), 1)

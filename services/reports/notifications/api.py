@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -14,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from libs.service.errors import (
     BadRequest,
     Conflict,
-    DependencyUnavailable,
     NotFound,
     Unprocessable,
 )
@@ -27,7 +24,6 @@ from libs.service.web import (
     storable_text,
     validation_message,
 )
-from services.reports.api import UNAVAILABLE
 from services.reports.notifications.domain import (
     CHANNELS,
     MAX_DESCRIPTION_LENGTH,
@@ -155,16 +151,6 @@ class NotificationsStatus(BaseModel):
     channels: dict[str, ChannelPending]
 
 
-@asynccontextmanager
-async def _database() -> AsyncIterator[None]:
-    try:
-        yield
-    except UNAVAILABLE as exc:
-        raise DependencyUnavailable(
-            "the notifications database is unavailable; retry shortly", detail=type(exc).__name__
-        ) from exc
-
-
 def _webhook_id(request: web.Request) -> str:
     return storable_text(request.match_info["webhook_id"], "webhook_id", max_length=_ID_LENGTH)
 
@@ -188,10 +174,9 @@ async def add_webhook(request: web.Request) -> web.Response:
         description = check_description(create.description)
     except ValueError as exc:
         raise Unprocessable(f"description: {exc}", detail={"field": "description"}) from exc
-    async with _database():
-        if len(await api.store.webhooks()) >= MAX_WEBHOOKS:
-            raise Conflict(f"at most {MAX_WEBHOOKS} webhook endpoints; delete one first")
-        hook = await api.store.add_webhook(url, description)
+    if len(await api.store.webhooks()) >= MAX_WEBHOOKS:
+        raise Conflict(f"at most {MAX_WEBHOOKS} webhook endpoints; delete one first")
+    hook = await api.store.add_webhook(url, description)
     return json_response(
         {
             "id": hook.id,
@@ -208,8 +193,7 @@ async def add_webhook(request: web.Request) -> web.Response:
 async def list_webhooks(request: web.Request) -> web.Response:
     """Every endpoint, without secrets."""
     api = request.app[NOTIFICATIONS]
-    async with _database():
-        hooks = await api.store.webhooks()
+    hooks = await api.store.webhooks()
     return json_response({"webhooks": [h.view() for h in hooks]})
 
 
@@ -218,9 +202,8 @@ async def delete_webhook(request: web.Request) -> web.Response:
     """Stop sending to an endpoint; what was pending for it fails."""
     api = request.app[NOTIFICATIONS]
     webhook_id = _webhook_id(request)
-    async with _database():
-        if not await api.store.delete_webhook(webhook_id):
-            raise NotFound(f"webhook {webhook_id!r} does not exist")
+    if not await api.store.delete_webhook(webhook_id):
+        raise NotFound(f"webhook {webhook_id!r} does not exist")
     return web.Response(status=204)
 
 
@@ -229,10 +212,7 @@ async def send_trial(request: web.Request) -> web.Response:
     """Queue a signed test event for one endpoint, delivered like any notification."""
     api = request.app[NOTIFICATIONS]
     webhook_id = _webhook_id(request)
-    async with _database():
-        delivery_id = await api.store.queue_trial(
-            webhook_id, trial_body(webhook_id, datetime.now(UTC))
-        )
+    delivery_id = await api.store.queue_trial(webhook_id, trial_body(webhook_id, datetime.now(UTC)))
     if delivery_id is None:
         raise NotFound(f"webhook {webhook_id!r} does not exist or is disabled")
     return json_response(
@@ -279,13 +259,12 @@ async def list_deliveries(request: web.Request) -> web.Response:
         limit = int(raw_limit)
         if not 1 <= limit <= MAX_DELIVERIES_PAGE:
             raise BadRequest(f"limit: must be a whole number from 1 to {MAX_DELIVERIES_PAGE}")
-    async with _database():
-        found = await api.store.deliveries(
-            status=status,
-            channel=channel,
-            user_id=user_id,
-            limit=limit,
-        )
+    found = await api.store.deliveries(
+        status=status,
+        channel=channel,
+        user_id=user_id,
+        limit=limit,
+    )
     return json_response({"deliveries": [d.view() for d in found]})
 
 
@@ -293,9 +272,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     """Endpoints, email configuration and what waits in the outbox."""
     api = request.app[NOTIFICATIONS]
-    async with _database():
-        hooks = await api.store.webhooks()
-        pending = await api.store.pending()
+    hooks = await api.store.webhooks()
+    pending = await api.store.pending()
     now = datetime.now(UTC)
     channels = {}
     for channel in CHANNELS:
