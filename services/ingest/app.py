@@ -13,8 +13,14 @@ from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
-from services.ingest.api import EVENT_LOG, METRICS, PRICE_STORE, PRICES, SETTINGS, add_routes
+from libs.service.web import (
+    DEPENDENCIES_KEY,
+    READINESS_KEY,
+    accept_portal_tokens,
+    create_app,
+    install_routes,
+)
+from services.ingest.api import EVENT_LOG, METRICS, PRICE_STORE, PRICES, ROUTES, SETTINGS
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
 from services.ingest.prices import PriceCache
@@ -119,5 +125,5 @@ def build_app(
     app[DEPENDENCIES_KEY].extend([broker_ready, database_up])
     # Portal tokens are refused here with 403 (or 401 when expired, altered or revoked).
     accept_portal_tokens(app, settings)
-    add_routes(app, openapi)
+    install_routes(app, ROUTES)
     return app

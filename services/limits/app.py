@@ -20,9 +20,15 @@ from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.portal import RevocationStore
 from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
+from libs.service.web import (
+    DEPENDENCIES_KEY,
+    READINESS_KEY,
+    accept_portal_tokens,
+    create_app,
+    install_routes,
+)
 from services.limits.admin_config import ConfigCache
-from services.limits.api import RUNTIME, LimitsRuntime, add_routes
+from services.limits.api import ROUTES, RUNTIME, LimitsRuntime
 from services.limits.config import LimitsSettings
 from services.limits.consumer import Feed, LimitsSink, SnapshotStatus, Snapshotter
 from services.limits.domain import Ledger, Limiter
@@ -154,7 +160,7 @@ def build_app(
     accept_portal_tokens(app, settings, store=revocations)
     app[READINESS_KEY].extend([log_ready, config_ready])
     app[DEPENDENCIES_KEY].append(database_up)
-    add_routes(app, openapi)
+    install_routes(app, ROUTES)
     return app
 
 

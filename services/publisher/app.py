@@ -18,9 +18,15 @@ from libs.service.db import create_pool
 from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
+from libs.service.web import (
+    DEPENDENCIES_KEY,
+    READINESS_KEY,
+    accept_portal_tokens,
+    create_app,
+    install_routes,
+)
 from services.publisher.agent_time import AgentTimeHeartbeat, report_late
-from services.publisher.api import AGENT_TIME, METRICS, QUEUE, SETTINGS, add_routes
+from services.publisher.api import AGENT_TIME, METRICS, QUEUE, ROUTES, SETTINGS
 from services.publisher.config import PublisherSettings
 from services.publisher.consumer import make_consumer
 from services.publisher.heartbeat import SeatHeartbeat
@@ -213,5 +219,5 @@ def build_app(
     app[DEPENDENCIES_KEY].append(database_ready)
     # Portal tokens are refused here with 403 (or 401 when expired, altered or revoked).
     accept_portal_tokens(app, settings)
-    add_routes(app, openapi)
+    install_routes(app, ROUTES)
     return app

@@ -16,8 +16,14 @@ from libs.service.kafka import bounded, make_producer
 from libs.service.openapi import OpenApi
 from libs.service.portal import InMemoryRevocationStore, RevocationStore
 from libs.service.runtime import background
-from libs.service.web import DEPENDENCIES_KEY, READINESS_KEY, accept_portal_tokens, create_app
-from services.reports.api import LIMITS, METRICS, STORE, add_routes
+from libs.service.web import (
+    DEPENDENCIES_KEY,
+    READINESS_KEY,
+    accept_portal_tokens,
+    create_app,
+    install_routes,
+)
+from services.reports.api import LIMITS, METRICS, ROUTES, STORE
 from services.reports.config import ReportsSettings
 from services.reports.console.routes import CONSOLE, add_console
 from services.reports.console.sessions import (
@@ -29,9 +35,9 @@ from services.reports.consumer import ReportsSink, build_consumer
 from services.reports.limits import HttpLimitsClient, LimitsClient, NoLimits
 from services.reports.metrics import ReportsMetrics
 from services.reports.notifications.api import (
+    NOTIFICATION_ROUTES,
     NOTIFICATIONS,
     NotificationsApi,
-    add_notification_routes,
 )
 from services.reports.notifications.dispatcher import Notifier, NotifierOptions
 from services.reports.notifications.domain import AddressPolicy, parse_networks
@@ -42,7 +48,7 @@ from services.reports.notifications.storage import (
     NotificationAdmin,
     PostgresNotificationStore,
 )
-from services.reports.portal import add_portal_routes
+from services.reports.portal import PORTAL_ROUTES
 from services.reports.storage import PostgresReportStore, ReportStore
 
 CONSUMER = web.AppKey("reports_consumer", ConsumerLoop)
@@ -273,7 +279,5 @@ def build_app(
     ]
     app[READINESS_KEY].extend(checks)
     app[DEPENDENCIES_KEY].append(runtime.database_ready)
-    add_routes(app, openapi)
-    add_portal_routes(app, openapi)
-    add_notification_routes(app, openapi)
+    install_routes(app, (*ROUTES, *PORTAL_ROUTES, *NOTIFICATION_ROUTES))
     return app

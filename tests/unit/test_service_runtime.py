@@ -16,16 +16,16 @@ from pydantic import BaseModel, Field, ValidationError
 from libs.service.embedded import free_port, port_open
 from libs.service.errors import Conflict, DependencyUnavailable
 from libs.service.openapi import OpenApi
+from libs.service.routes import Role, Route
 from libs.service.runtime import expose_metrics
 from libs.service.settings import CommonSettings
 from libs.service.web import (
     DEPENDENCIES_KEY,
     READINESS_KEY,
-    Role,
     create_app,
+    install_routes,
     json_response,
     read_model,
-    requires,
 )
 from services.ingest.config import IngestSettings
 from tests.support import scrape
@@ -37,7 +37,6 @@ class Body(BaseModel):
     amount: int = Field(gt=0)
 
 
-@requires(Role.ADMIN)
 async def admin_only(_: web.Request) -> web.Response:
     """Only admins get here."""
     return json_response({"ok": True})
@@ -69,6 +68,16 @@ async def unstorable(_: web.Request) -> web.Response:
     raise asyncpg.CharacterNotInRepertoireError("invalid byte sequence for encoding UTF8: 0x00")
 
 
+ROUTES = (
+    Route("GET", "/admin", admin_only, "admin", role=Role.ADMIN, responses={200: None}),
+    Route("POST", "/emit", emitter_route, "emit", request=Body, responses={200: Body}),
+    Route("GET", "/conflict", conflict, "conflict", responses={409: None}),
+    Route("GET", "/down", down, "down", responses={503: None}),
+    Route("GET", "/boom", boom, "boom", responses={200: None}),
+    Route("GET", "/unstorable", unstorable, "unstorable", responses={422: None}),
+)
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """An app built on the skeleton with a route per case."""
@@ -86,13 +95,7 @@ async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
         return ready["value"], "thing"
 
     app[READINESS_KEY].append(check)
-    app.router.add_get("/admin", admin_only)
-    app.router.add_post("/emit", emitter_route)
-    app.router.add_get("/conflict", conflict)
-    app.router.add_get("/down", down)
-    app.router.add_get("/boom", boom)
-    app.router.add_get("/unstorable", unstorable)
-    openapi.add("post", "/emit", summary="emit", request=Body, responses={200: Body})
+    install_routes(app, ROUTES)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:

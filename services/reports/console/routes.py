@@ -37,10 +37,10 @@ from libs.service.errors import (
     Unauthorized,
 )
 from libs.service.portal import PortalAuthority, PortalClaims
+from libs.service.routes import Role
 from libs.service.web import (
     PORTAL_KEY,
     SETTINGS_KEY,
-    Role,
     json_response,
     requires,
     role_of_token,
