@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.events.models import MAX_INT
+from libs.events.vocabulary import LimitSource, Period
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
 from libs.service.routes import Param, Role, Route
 from libs.service.web import (
@@ -27,8 +28,6 @@ from services.limits.domain import (
     LIMIT_EXCEEDED_MESSAGE,
     Decision,
     Limiter,
-    Period,
-    Source,
     unpriced_models,
 )
 from services.limits.metrics import LimitsMetrics
@@ -96,7 +95,7 @@ class CheckResult(BaseModel):
     period: Period
     period_start: datetime
     resets_at: datetime
-    source: Source
+    source: LimitSource
     group_id: str | None
     org_id: str | None = Field(
         description="The organisation whose limit applied and whose spend counted; null when "
@@ -121,7 +120,7 @@ class LimitStatus(BaseModel):
     spent_micros: int
     period_start: datetime
     period_end: datetime
-    source: Source
+    source: LimitSource
     group_id: str | None
     org_id: str | None
 

@@ -44,12 +44,10 @@ import orjson
 
 from libs.events.bounds import MAX_TOTAL
 from libs.events.models import ChatUsageRecorded, Event, GroupUpdated
+from libs.events.vocabulary import LimitSource, Period
 
-Period = Literal["day", "week", "month"]
-Source = Literal["user", "group", "default", "none"]
 Outcome = Literal["spend", "unpriced", "free", "title", "duplicate", "group", "stale", "ignored"]
 
-PERIODS: Final[tuple[Period, ...]] = ("day", "week", "month")
 DAY: Final = 0
 WEEK: Final = 1
 MONTH: Final = 2
@@ -193,7 +191,7 @@ class Resolution(NamedTuple):
     """
 
     limit_micros: int | None
-    source: Source
+    source: LimitSource
     group_id: str | None
     org_id: str | None
 
@@ -262,7 +260,7 @@ class Decision(NamedTuple):
     spent_micros: int
     remaining_micros: int | None
     current: CurrentPeriod
-    source: Source
+    source: LimitSource
     group_id: str | None
     org_id: str | None = None
 

@@ -20,6 +20,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from libs.events.vocabulary import ACTIVITY_CATEGORY_FILTERS, ACTIVITY_INTERVALS
 from libs.service.errors import BadRequest, DependencyUnavailable, NotFound
 from libs.service.routes import Param, Role, Route
 from libs.service.web import json_response, storable_text
@@ -806,12 +807,12 @@ ROUTES = (
             Param(
                 "interval",
                 "Bucket length",
-                values=("1 day", "1 week", "1 month", "90 day", "1 year"),
+                values=ACTIVITY_INTERVALS,
             ),
             Param(
                 "category",
                 "Activity category",
-                values=("any", "ide", "login", "app", "tunnel", "web_terminal"),
+                values=ACTIVITY_CATEGORY_FILTERS,
             ),
             Param("org", "Only activity in this organization"),
         ),

@@ -25,10 +25,11 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
+from libs.events.vocabulary import Period
 from libs.simulator.expected import Tally, period_starts
 from libs.simulator.generate import Simulation, SimulationConfig
 from libs.simulator.send import IngestSender, SendReport, register_prices
-from services.limits.domain import LimitsConfig, Period
+from services.limits.domain import LimitsConfig
 from tests.reliability.checks import (
     Check,
     CheckResult,
