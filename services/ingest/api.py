@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from libs.events.client import EMIT_PATH
 from libs.events.codec import EventValidationError, encode, parse_event
 from libs.events.models import ChatUsageRecorded, Envelope
 from libs.events.registry import EVENT_TYPES
@@ -263,7 +264,7 @@ async def delete_price(request: web.Request) -> web.Response:
 ROUTES = (
     Route(
         "POST",
-        "/api/v1/events",
+        EMIT_PATH,
         post_events,
         "Submit 1-1000 events; each is accepted or rejected on its own",
         request=EventBatch,

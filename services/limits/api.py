@@ -13,6 +13,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from libs.events.limits import (
+    LIMIT_CHECK_PATH,
+    LIMIT_EXCEEDED_MESSAGE,
+    LIMIT_STATUS_PATH,
+    LimitStatus,
+)
 from libs.events.models import MAX_INT
 from libs.events.vocabulary import LimitSource, Period
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
@@ -25,7 +31,6 @@ from libs.service.web import (
 )
 from services.limits.admin_config import ConfigCache
 from services.limits.domain import (
-    LIMIT_EXCEEDED_MESSAGE,
     Decision,
     Limiter,
     unpriced_models,
@@ -109,20 +114,6 @@ class LimitExceeded(CheckResult):
 
     message: str
     detail: None = None
-
-
-class LimitStatus(BaseModel):
-    """A user's spend status in the current period."""
-
-    is_limited: bool
-    period: Period
-    limit_micros: int | None
-    spent_micros: int
-    period_start: datetime
-    period_end: datetime
-    source: LimitSource
-    group_id: str | None
-    org_id: str | None
 
 
 class ConfigUpdate(BaseModel):
@@ -274,19 +265,18 @@ async def status(request: web.Request) -> web.Response:
     runtime = _ready_runtime(request)
     decision = runtime.limiter.decide(user_id, runtime.clock(), org_id)
     current = decision.current
-    return json_response(
-        {
-            "is_limited": decision.limited,
-            "period": current.period,
-            "limit_micros": decision.limit_micros,
-            "spent_micros": decision.spent_micros,
-            "period_start": current.start_iso,
-            "period_end": current.end_iso,
-            "source": decision.source,
-            "group_id": decision.group_id,
-            "org_id": decision.org_id,
-        }
+    answer = LimitStatus(
+        is_limited=decision.limited,
+        period=current.period,
+        limit_micros=decision.limit_micros,
+        spent_micros=decision.spent_micros,
+        period_start=current.start,
+        period_end=current.end,
+        source=decision.source,
+        group_id=decision.group_id,
+        org_id=decision.org_id,
     )
+    return json_response(answer.model_dump(mode="json"))
 
 
 # -- admin configuration ---------------------------------------------------------------------
@@ -450,7 +440,7 @@ def _override_routes(subject: Subject, view: type[BaseModel]) -> tuple[Route, Ro
 ROUTES = (
     Route(
         "POST",
-        "/api/v1/limits/check",
+        LIMIT_CHECK_PATH,
         check,
         "Whether a user may send a chat message (409 when over the limit)",
         request=CheckRequest,
@@ -459,7 +449,7 @@ ROUTES = (
     ),
     Route(
         "GET",
-        "/api/v1/limits/status/{user_id}",
+        LIMIT_STATUS_PATH,
         status,
         "A user's limit, spend and period (a portal token reads only its own user)",
         portal="user_id",

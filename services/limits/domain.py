@@ -53,8 +53,6 @@ WEEK: Final = 1
 MONTH: Final = 2
 PERIOD_INDEX: Final[Mapping[Period, int]] = {"day": DAY, "week": WEEK, "month": MONTH}
 
-LIMIT_EXCEEDED_MESSAGE: Final = "Chat usage limit exceeded."
-
 _ORDINAL_1970: Final = date(1970, 1, 1).toordinal()
 # Below any real period key: nothing has been pruned yet.
 _NO_FLOOR: Final = -(2**62)

@@ -20,6 +20,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from libs.events.limits import LimitStatus
 from libs.events.vocabulary import ACTIVITY_CATEGORY_FILTERS, ACTIVITY_INTERVALS
 from libs.service.errors import BadRequest, DependencyUnavailable, NotFound
 from libs.service.routes import Param, Role, Route
@@ -355,16 +356,16 @@ async def get_cost_user(request: web.Request) -> web.Response:
         limit_status.cancel()
         raise NotFound(f"user {user_id!r} has no directory entry and no chat usage")
     body = _summary_json(summary, window)
-    usage_limit = await limit_status
-    if usage_limit is not None:
-        usage_limit["group_name"] = None
-        if usage_limit.get("source") == "group" and usage_limit.get("group_id"):
+    status = await limit_status
+    body["usage_limit"] = None
+    if status is not None:
+        group_name = None
+        if status.source == "group" and status.group_id:
             async with _timed(request, "cost_user"):
                 groups = await request.app[STORE].directory_groups()
-            usage_limit["group_name"] = next(
-                (g.name for g in groups if g.group_id == usage_limit["group_id"]), None
-            )
-    body["usage_limit"] = usage_limit
+            group_name = next((g.name for g in groups if g.group_id == status.group_id), None)
+        usage_limit = UsageLimitStatus(**status.model_dump(), group_name=group_name)
+        body["usage_limit"] = usage_limit.model_dump(mode="json")
     return json_response(body)
 
 
@@ -637,17 +638,9 @@ class ChatBreakdown(Sums):
     root_chat_id: str
 
 
-class UsageLimitStatus(BaseModel):
-    """The limits service's status for the user, with where the limit comes from."""
+class UsageLimitStatus(LimitStatus):
+    """The limits service's status for the user, with the name of the group it comes from."""
 
-    is_limited: bool
-    period: str | None
-    limit_micros: int | None
-    spent_micros: int | None
-    period_start: str | None
-    period_end: str | None
-    source: str | None = Field(None, description="user, group or default")
-    group_id: str | None = None
     group_name: str | None = None
 
 

@@ -127,7 +127,7 @@ class FakeLimits:
         await asyncio.sleep(self.delay_s)
         body = self.statuses.get(request.match_info["user_id"])
         if body is None:
-            return web.json_response({"is_limited": False, "period": None})
+            return web.json_response({**LIMITED, "is_limited": False, "source": "none"})
         return web.json_response(body)
 
 
@@ -140,6 +140,7 @@ LIMITED = {
     "period_end": "2022-09-01T00:00:00Z",
     "source": "default",
     "group_id": None,
+    "org_id": None,
 }
 
 
