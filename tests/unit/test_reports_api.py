@@ -37,10 +37,12 @@ from libs.events.models import (
 )
 from libs.service.consumer import Consumed
 from libs.service.embedded import free_port
+from services.reports.api import ROUTES
 from services.reports.app import build_app
 from services.reports.config import ReportsSettings
 from services.reports.limits import HttpLimitsClient
 from services.reports.storage import InMemoryReportStore
+from tests.contracts import Example, failures, walk, walk_values
 
 EMITTER = {"Authorization": "Bearer emit"}
 ADMIN = {"Authorization": "Bearer admin"}
@@ -589,3 +591,42 @@ async def test_openapi_describes_every_route(reports: Harness) -> None:
     names = {p["name"] for p in paths[ACTIVITY]["get"]["parameters"]}
     assert names == {"start", "end", "interval", "category", "org"}
     assert "text/csv" in paths[COSTS]["get"]["responses"]["200"]["content"]
+
+
+async def test_every_route_answers_the_model_its_table_declares(reports: Harness) -> None:
+    """Each route of reports' table, called once, succeeds with the body its table declares."""
+    _organisation(reports)
+    _spenders(reports)
+    reports.limits.statuses["u1"] = LIMITED
+    august = {"start_date": "2022-08-01", "end_date": "2022-09-01"}
+    answers = await walk(
+        reports.client,
+        ROUTES,
+        headers=ADMIN,
+        examples={
+            ("GET", ACTIVITY): Example(query={"start": "2022-08-01", "end": "2022-09-01"}),
+            ("GET", COSTS): Example(query=august),
+            ("GET", f"{COSTS}/{{user_id}}"): Example(path={"user_id": "u1"}, query=august),
+            ("GET", CHARGEBACK): Example(query={"reportMonth": "2022-08"}),
+        },
+    )
+    assert failures(answers) == []
+    assert len(answers) == len(ROUTES)
+
+
+async def test_every_value_a_query_parameter_lists_is_understood(reports: Harness) -> None:
+    """Each enum value the document lists for a query parameter gets an answer, never a 400."""
+    _spenders(reports)
+    august = {"start_date": "2022-08-01", "end_date": "2022-09-01"}
+    answers = await walk_values(
+        reports.client,
+        ROUTES,
+        headers=ADMIN,
+        examples={
+            ("GET", ACTIVITY): Example(query={"start": "2022-01-01", "end": "2022-09-01"}),
+            ("GET", COSTS): Example(query=august),
+            ("GET", CHARGEBACK): Example(query={"reportMonth": "2022-08"}),
+        },
+    )
+    assert failures(answers) == []
+    assert len(answers) == 5 + 6 + 2 + 2 + 2 + 3

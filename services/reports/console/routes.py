@@ -46,7 +46,7 @@ from libs.service.web import (
     role_of_token,
 )
 from services.reports.config import ReportsSettings
-from services.reports.console.proxy import Upstreams, forward, owner_of
+from services.reports.console.proxy import OWNERS, Upstreams, forward, owner_of
 from services.reports.console.sessions import (
     COOKIE,
     LOGIN_COOKIE,
@@ -593,7 +593,7 @@ def add_console(app: web.Application, settings: ReportsSettings, store: SessionS
     router.add_route("*", "/console/api/v1/{tail:.+}", console_api)
     router.add_get("/console/assets/{name:[A-Za-z0-9_./-]+}", asset)
     router.add_get("/console/{tail:.*}", page)
-    for prefix in ("events", "pricing", "limits", "publisher"):
-        if upstreams.urls.get(owner_of(f"/api/v1/{prefix}") or ""):
-            router.add_route("*", f"/api/v1/{prefix}", public_api)
-            router.add_route("*", f"/api/v1/{prefix}/{{tail:.*}}", public_api)
+    for prefix, owner in OWNERS:
+        if owner != "reports" and upstreams.urls.get(owner):
+            router.add_route("*", prefix, public_api)
+            router.add_route("*", f"{prefix}/{{tail:.*}}", public_api)
