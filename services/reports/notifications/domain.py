@@ -48,6 +48,20 @@ Channel = Literal["webhook", "email"]
 CHANNELS: Final[tuple[Channel, ...]] = get_args(Channel)
 Audience = Literal["user", "admin"]
 Status = Literal["pending", "delivered", "failed"]
+#: Why an attempt did not deliver (`tollgate_notification_attempt_errors_total{cause}`).
+DeliveryCause = Literal[
+    "timeout",
+    "connect",
+    "refused_address",
+    "transport",
+    "http_3xx",
+    "http_4xx",
+    "http_5xx",
+    "smtp_temporary",
+    "smtp_permanent",
+    "invalid",
+]
+DELIVERY_CAUSES: Final[tuple[DeliveryCause, ...]] = get_args(DeliveryCause)
 STATUSES: Final[tuple[Status, ...]] = get_args(Status)
 
 WARNING: Final = BUDGET_WARNING
