@@ -59,6 +59,7 @@ async def serve(handler: Handler) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/api/v1/events", handler)
     app.router.add_post("/api/v1/limits/check", handler)
+    app.router.add_get("/api/v1/limits/status/{user_id}", handler)
     server = TestServer(app)
     await server.start_server()
     try:
@@ -719,18 +720,6 @@ STATUS = {
 }
 
 
-@asynccontextmanager
-async def status_server(answer: Handler) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_get("/api/v1/limits/status/{user_id}", answer)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield str(server.make_url("/"))
-    finally:
-        await server.close()
-
-
 async def test_limit_status_reads_the_shared_status_model() -> None:
     """`limit_status` asks for the user (path-quoted, with org_id) and returns a `LimitStatus`."""
     seen: list[tuple[str, dict[str, str], str]] = []
@@ -745,7 +734,7 @@ async def test_limit_status_reads_the_shared_status_model() -> None:
         )
         return web.json_response(STATUS)
 
-    async with status_server(answer) as url, client(url) as tollgate:
+    async with serve(answer) as url, client(url) as tollgate:
         status = await tollgate.limit_status("ann/b", org_id="acme")
     assert status == LimitStatus.model_validate(STATUS)
     assert status.period_start == datetime(2026, 11, 2, tzinfo=UTC)
@@ -761,7 +750,7 @@ async def test_limit_status_raises_with_the_services_message_on_a_refusal() -> N
             {"message": "a portal token may only read its own user"}, status=403
         )
 
-    async with status_server(answer) as url, client(url) as tollgate:
+    async with serve(answer) as url, client(url) as tollgate:
         with pytest.raises(LimitStatusError, match="403: a portal token") as caught:
             await tollgate.limit_status("u-1")
     assert caught.value.status == 403
@@ -782,7 +771,7 @@ async def test_limit_status_refuses_a_body_that_is_not_a_status(body: dict[str, 
     async def answer(request: web.Request) -> web.Response:
         return web.json_response(body)
 
-    async with status_server(answer) as url, client(url) as tollgate:
+    async with serve(answer) as url, client(url) as tollgate:
         with pytest.raises(LimitStatusError, match="not a limit status"):
             await tollgate.limit_status("u-1")
 

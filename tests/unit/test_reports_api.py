@@ -593,23 +593,22 @@ async def test_openapi_describes_every_route(reports: Harness) -> None:
     assert "text/csv" in paths[COSTS]["get"]["responses"]["200"]["content"]
 
 
+_AUGUST = {"start_date": "2022-08-01", "end_date": "2022-09-01"}
+#: A request per reports route that finds the data `_organisation` and `_spenders` feed.
+_EXAMPLES = {
+    ("GET", ACTIVITY): Example(query={"start": "2022-01-01", "end": "2022-09-01"}),
+    ("GET", COSTS): Example(query=_AUGUST),
+    ("GET", f"{COSTS}/{{user_id}}"): Example(path={"user_id": "u1"}, query=_AUGUST),
+    ("GET", CHARGEBACK): Example(query={"reportMonth": "2022-08"}),
+}
+
+
 async def test_every_route_answers_the_model_its_table_declares(reports: Harness) -> None:
     """Each route of reports' table, called once, succeeds with the body its table declares."""
     _organisation(reports)
     _spenders(reports)
     reports.limits.statuses["u1"] = LIMITED
-    august = {"start_date": "2022-08-01", "end_date": "2022-09-01"}
-    answers = await walk(
-        reports.client,
-        ROUTES,
-        headers=ADMIN,
-        examples={
-            ("GET", ACTIVITY): Example(query={"start": "2022-08-01", "end": "2022-09-01"}),
-            ("GET", COSTS): Example(query=august),
-            ("GET", f"{COSTS}/{{user_id}}"): Example(path={"user_id": "u1"}, query=august),
-            ("GET", CHARGEBACK): Example(query={"reportMonth": "2022-08"}),
-        },
-    )
+    answers = await walk(reports.client, ROUTES, headers=ADMIN, examples=_EXAMPLES)
     assert failures(answers) == []
     assert len(answers) == len(ROUTES)
 
@@ -617,16 +616,6 @@ async def test_every_route_answers_the_model_its_table_declares(reports: Harness
 async def test_every_value_a_query_parameter_lists_is_understood(reports: Harness) -> None:
     """Each enum value the document lists for a query parameter gets an answer, never a 400."""
     _spenders(reports)
-    august = {"start_date": "2022-08-01", "end_date": "2022-09-01"}
-    answers = await walk_values(
-        reports.client,
-        ROUTES,
-        headers=ADMIN,
-        examples={
-            ("GET", ACTIVITY): Example(query={"start": "2022-01-01", "end": "2022-09-01"}),
-            ("GET", COSTS): Example(query=august),
-            ("GET", CHARGEBACK): Example(query={"reportMonth": "2022-08"}),
-        },
-    )
+    answers = await walk_values(reports.client, ROUTES, headers=ADMIN, examples=_EXAMPLES)
     assert failures(answers) == []
     assert len(answers) == 5 + 6 + 2 + 2 + 2 + 3
