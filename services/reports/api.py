@@ -118,11 +118,17 @@ class Query:
         return value
 
 
+#: What `format` takes on the routes that answer CSV too.
+FORMATS: Final = ("json", "csv")
+#: What the cost list's `order` takes (by total cost).
+ORDERS: Final = ("desc", "asc")
+
+
 def wants_csv(request: web.Request, query: Query) -> bool:
     """`?format=csv`, or an Accept header asking for text/csv."""
     fmt = query.text("format")
     if fmt is not None:
-        if fmt.lower() not in ("json", "csv"):
+        if fmt.lower() not in FORMATS:
             raise BadRequest(f"format: {fmt!r} is not json or csv")
         return fmt.lower() == "csv"
     return "text/csv" in request.headers.get("Accept", "").lower()
@@ -296,7 +302,7 @@ async def get_cost_users(request: web.Request) -> web.Response:
     offset = query.integer("offset", default=0, low=0, high=MAX_OFFSET) or 0
     search = query.text("q")
     order = (query.text("order") or "desc").lower()
-    if order not in ("asc", "desc"):
+    if order not in ORDERS:
         raise BadRequest(f"order: {order!r} is not asc or desc (by total cost)")
     async with _timed(request, "cost_users"):
         page = await request.app[STORE].cost_users(
@@ -823,8 +829,8 @@ ROUTES = (
             Param("q", "Case-insensitive substring of the name or username, or a user id"),
             Param("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE}; CSV: all)"),
             Param("offset", "Rows to skip"),
-            Param("format", "json (default) or csv", values=("json", "csv")),
-            Param("order", "By total cost: desc (default) or asc", values=("desc", "asc")),
+            Param("format", "json (default) or csv", values=FORMATS),
+            Param("order", "By total cost: desc (default) or asc", values=ORDERS),
         ),
         responses={200: CostUsersResponse, 400: None, 503: None},
         csv=True,
@@ -856,7 +862,7 @@ ROUTES = (
                 required=True,
                 schema={"pattern": r"^\d{4}-\d{2}$"},
             ),
-            Param("format", "json (default) or csv", values=("json", "csv")),
+            Param("format", "json (default) or csv", values=FORMATS),
             Param(
                 "table",
                 "For CSV: workspaces (default), members or users",
