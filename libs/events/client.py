@@ -36,6 +36,7 @@ from libs.events.limits import (
     LimitStatus,
 )
 from libs.events.models import Envelope
+from libs.events.vocabulary import LimitSource, Period
 
 __all__ = [
     "EMIT_PATH",
@@ -119,10 +120,10 @@ class LimitDecision:
     limit_micros: int | None = None
     spent_micros: int | None = None
     remaining_micros: int | None = None
-    period: str | None = None
+    period: Period | None = None
     period_start: datetime | None = None
     resets_at: datetime | None = None
-    source: str | None = None
+    source: LimitSource | None = None
     group_id: str | None = None
     #: The organisation whose limit applied and whose spend counted (null: across them all).
     org_id: str | None = None
