@@ -378,7 +378,10 @@ class TollgateClient:
         """
         if self._limits_url is None:
             raise RuntimeError("limit_status needs the client to be built with a limits_url")
-        path = LIMIT_STATUS_PATH.format(user_id=quote(user_id, safe=""))
+        try:
+            path = LIMIT_STATUS_PATH.format(user_id=quote(user_id, safe=""))
+        except UnicodeEncodeError as exc:
+            raise LimitStatusError(f"user_id: not valid text ({exc.reason})") from None
         url = f"{self._limits_url}{path}"
         params = {} if org_id is None else {"org_id": org_id}
         try:

@@ -776,6 +776,21 @@ async def test_limit_status_refuses_a_body_that_is_not_a_status(body: dict[str, 
             await tollgate.limit_status("u-1")
 
 
+async def test_limit_status_refuses_an_id_that_is_not_text_before_sending() -> None:
+    """A lone surrogate cannot be sent at all: the error names user_id and nothing is asked."""
+    calls: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.json_response(STATUS)
+
+    async with serve(answer) as url, client(url) as tollgate:
+        with pytest.raises(LimitStatusError, match="user_id: not valid text") as caught:
+            await tollgate.limit_status("a\ud800")
+    assert caught.value.status is None
+    assert calls == []
+
+
 async def test_limit_status_of_an_unreachable_service_is_an_error() -> None:
     """Unlike a check, a status read never fails open: no service means an error."""
     async with client(closed_port_url()) as tollgate:
