@@ -458,6 +458,11 @@ def install_routes(app: web.Application, routes: Iterable[Route]) -> None:
     check = app[SETTINGS_KEY].check_responses
     for route in routes:
         handler = _checked(route) if check else route.handler
+        role = getattr(handler, _ROLE_ATTR, route.role)
+        portal = getattr(handler, _PORTAL_ATTR, route.portal)
+        if (role, portal) != (route.role, route.portal):
+            # A handler function carries one role: two routes must not disagree about it.
+            raise ValueError(f"{route.method} {route.path}: its handler serves another role")
         requires(route.role)(handler)
         if route.portal is not None:
             portal_scoped(route.portal)(handler)

@@ -22,6 +22,8 @@ from libs.service.settings import CommonSettings
 from libs.service.web import (
     DEPENDENCIES_KEY,
     READINESS_KEY,
+    ResponseContractError,
+    check_response,
     create_app,
     install_routes,
     json_response,
@@ -299,3 +301,73 @@ async def test_a_value_the_database_refuses_is_422_not_a_server_error(
     assert resp.status == 422
     assert "Retry-After" not in resp.headers
     assert (await resp.json())["message"].startswith("a value in this request cannot be stored")
+
+
+async def _drifted(_: web.Request) -> web.Response:
+    """Answers a body without the field its route declares."""
+    return json_response({"amount": "many"})
+
+
+async def _undeclared(_: web.Request) -> web.Response:
+    """Answers a status its route does not declare."""
+    return json_response({"amount": 1}, status=202)
+
+
+@pytest.mark.parametrize("check", [True, False])
+async def test_answers_are_checked_against_their_declared_models_when_asked(check: bool) -> None:
+    """With TOLLGATE_CHECK_RESPONSES a drifted body or an undeclared status is a 500 naming the
+    route; without it (production) the answer goes out as the handler made it."""
+    settings = CommonSettings(
+        DATABASE_URL="postgresql://unused",
+        TOLLGATE_EMITTER_TOKENS="e1",
+        TOLLGATE_CHECK_RESPONSES=check,
+    )
+    app = create_app(
+        service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
+    )
+    install_routes(
+        app,
+        (
+            Route("GET", "/drifted", _drifted, "drifted", responses={200: Body}),
+            Route("GET", "/undeclared", _undeclared, "undeclared", responses={200: Body}),
+        ),
+    )
+    auth = {"Authorization": "Bearer e1"}
+    async with TestClient(TestServer(app)) as client:
+        drifted = await client.get("/drifted", headers=auth)
+        undeclared = await client.get("/undeclared", headers=auth)
+    expected = (500, 500) if check else (200, 202)
+    assert (drifted.status, undeclared.status) == expected
+
+
+def test_a_broken_contract_names_the_route_and_what_broke() -> None:
+    """The error says which route answered what: a status it lacks, a field that is wrong."""
+    route = Route("GET", "/things", _drifted, "things", responses={200: Body, 404: None})
+    with pytest.raises(
+        ResponseContractError, match=r"GET /things answered a 200 body that is not a Body: amount: "
+    ):
+        check_response(route, json_response({"amount": "many"}))
+    with pytest.raises(
+        ResponseContractError, match="GET /things answered 202, which it does not declare"
+    ):
+        check_response(route, json_response({"amount": 1}, status=202))
+    with pytest.raises(ResponseContractError, match="answered text/plain, not JSON"):
+        check_response(route, web.Response(text="1"))
+    check_response(route, json_response({"amount": 1}))
+    check_response(route, json_response({"message": "no such thing"}, status=404))
+
+
+async def _shared(_: web.Request) -> web.Response:
+    """One handler that two routes try to serve with different roles."""
+    return json_response({"amount": 1})
+
+
+def test_one_handler_cannot_serve_two_roles() -> None:
+    """Installing a handler under a second, different role is refused instead of widening it."""
+    settings = CommonSettings(DATABASE_URL="postgresql://unused", TOLLGATE_CHECK_RESPONSES=False)
+    app = create_app(
+        service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
+    )
+    install_routes(app, (Route("GET", "/a", _shared, "a", role=Role.ADMIN, responses={200: Body}),))
+    with pytest.raises(ValueError, match="GET /b: its handler serves another role"):
+        install_routes(app, (Route("GET", "/b", _shared, "b", responses={200: Body}),))
