@@ -65,7 +65,10 @@ class Route:
     `responses` maps each status the handler answers with to its body (`None` for the error
     shape, or no body on a 2xx); the statuses every authenticated or body-taking route can
     answer (401, 403, 400, 413, 422) are added when the document is built. `csv` says the 200
-    has a `text/csv` representation beside the JSON one.
+    has a `text/csv` representation beside the JSON one. An undocumented route (the console's
+    pages, its session API and the gateway that forwards to other services) is served and
+    authorised from its table like the others but left out of `/openapi.json`; method `*`
+    takes every method.
     """
 
     method: str
@@ -79,6 +82,7 @@ class Route:
     parameters: tuple[Param, ...] = ()
     tag: str | None = None
     csv: bool = False
+    documented: bool = True
 
     def model_for(self, status: int) -> type[BaseModel] | None:
         """The declared model of the body answered with `status`, if it is a model."""

@@ -34,7 +34,6 @@ from libs.service.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
 
-H = TypeVar("H", bound=Handler)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -56,33 +55,6 @@ ROLE_KEY = web.RequestKey("tollgate_role", Role)
 #: Set on a service that accepts portal tokens (only on routes marked `portal_scoped`).
 PORTAL_KEY = web.AppKey("portal_authority", PortalAuthority)
 PORTAL_CLAIMS_KEY = web.RequestKey("tollgate_portal_claims", PortalClaims)
-
-
-def requires(role: Role) -> Callable[[H], H]:
-    """Mark a handler with the least role that may call it (the default is EMITTER).
-
-    `install_routes` marks the routes of a table from their `Route.role`; this is for the
-    handlers no table lists (the console's pages and gateway).
-    """
-
-    def mark(handler: H) -> H:
-        setattr(handler, _ROLE_ATTR, role)
-        return handler
-
-    return mark
-
-
-def portal_scoped(param: str) -> Callable[[H], H]:
-    """Let a portal token call this route when the path parameter `param` is its own user.
-
-    `install_routes` applies it from `Route.portal`.
-    """
-
-    def mark(handler: H) -> H:
-        setattr(handler, _PORTAL_ATTR, param)
-        return handler
-
-    return mark
 
 
 def json_response(
@@ -457,20 +429,22 @@ def install_routes(app: web.Application, routes: Iterable[Route]) -> None:
     """
     check = app[SETTINGS_KEY].check_responses
     for route in routes:
-        handler = _checked(route) if check else route.handler
+        handler = _checked(route) if check and route.documented else route.handler
         role = getattr(handler, _ROLE_ATTR, route.role)
         portal = getattr(handler, _PORTAL_ATTR, route.portal)
         if (role, portal) != (route.role, route.portal):
             # A handler function carries one role: two routes must not disagree about it.
             raise ValueError(f"{route.method} {route.path}: its handler serves another role")
-        requires(route.role)(handler)
+        # The auth middleware reads these from the handler it is about to call.
+        setattr(handler, _ROLE_ATTR, route.role)
         if route.portal is not None:
-            portal_scoped(route.portal)(handler)
+            setattr(handler, _PORTAL_ATTR, route.portal)
         if route.method.upper() == "GET":
             app.router.add_get(route.path, handler)
         else:
             app.router.add_route(route.method.upper(), route.path, handler)
-        app[OPENAPI_KEY].add(route)
+        if route.documented:
+            app[OPENAPI_KEY].add(route)
         app[ROUTES_KEY].append(route)
 
 
