@@ -8,6 +8,7 @@ topic), never through teardown.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -20,6 +21,10 @@ from libs.service.db import migrate
 from libs.service.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from libs.service.kafka import ensure_topics
 from tests.support import Infra, ServiceProcess, StartService, service_ports
+
+# Every app a test builds, in process or as a service process, validates each answer against
+# the model its route table declares (`libs.service.web.install_routes`).
+os.environ.setdefault("TOLLGATE_CHECK_RESPONSES", "true")
 
 #: Where a test's started services are kept, so a failure report can show their logs.
 SERVICES_KEY = pytest.StashKey[list[ServiceProcess]]()

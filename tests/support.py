@@ -69,6 +69,8 @@ class Infra:
             TOLLGATE_ADMIN_TOKENS=ADMIN_TOKEN,
             TOLLGATE_LOG_FORMAT="json",
             TOLLGATE_HOST="127.0.0.1",
+            # Every answer of a service under test is checked against its route's model.
+            TOLLGATE_CHECK_RESPONSES="true",
         )
         env.update(extra)
         return env

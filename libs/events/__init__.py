@@ -4,6 +4,7 @@ from libs.events.client import (
     EmitError,
     EmitResult,
     LimitDecision,
+    LimitStatusError,
     Rejection,
     TollgateClient,
 )
@@ -19,6 +20,7 @@ from libs.events.codec import (
     parse_event,
     register_upcaster,
 )
+from libs.events.limits import LimitStatus
 from libs.events.models import (
     EVENT_ADAPTER,
     ActivitySession,
@@ -74,6 +76,8 @@ __all__ = [
     "EventValidationError",
     "GroupUpdated",
     "LimitDecision",
+    "LimitStatus",
+    "LimitStatusError",
     "ProjectUpdated",
     "RejectReason",
     "Rejection",

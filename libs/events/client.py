@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -28,7 +29,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import TypeAdapter, ValidationError
 
 from libs.events.codec import EventValidationError, parse_event
+from libs.events.limits import (
+    LIMIT_CHECK_PATH,
+    LIMIT_EXCEEDED_MESSAGE,
+    LIMIT_STATUS_PATH,
+    LimitStatus,
+)
 from libs.events.models import Envelope
+from libs.events.vocabulary import LimitSource, Period
 
 __all__ = [
     "EMIT_PATH",
@@ -41,15 +49,15 @@ __all__ = [
     "EmitResult",
     "FailOpenReason",
     "LimitDecision",
+    "LimitStatus",
+    "LimitStatusError",
     "Rejection",
     "TollgateClient",
 ]
 
 EMIT_PATH: Final = "/api/v1/events"
-LIMIT_CHECK_PATH: Final = "/api/v1/limits/check"
 # Ingest refuses larger batches.
 MAX_EMIT_BATCH: Final = 1000
-LIMIT_EXCEEDED_MESSAGE: Final = "Chat usage limit exceeded."
 
 FailOpenReason = Literal[
     "timeout",
@@ -97,6 +105,14 @@ class EmitError(Exception):
         self.partial = EmitResult([], [])
 
 
+class LimitStatusError(Exception):
+    """No limit status: limits was unreachable, refused the request or answered something else."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True, slots=True)
 class LimitDecision:
     """Whether a user may send a chat message, with the limit fields when the service answered."""
@@ -107,10 +123,10 @@ class LimitDecision:
     limit_micros: int | None = None
     spent_micros: int | None = None
     remaining_micros: int | None = None
-    period: str | None = None
+    period: Period | None = None
     period_start: datetime | None = None
     resets_at: datetime | None = None
-    source: str | None = None
+    source: LimitSource | None = None
     group_id: str | None = None
     #: The organisation whose limit applied and whose spend counted (null: across them all).
     org_id: str | None = None
@@ -197,6 +213,7 @@ class TollgateClient:
             raise ValueError(f"batch_size must be between 1 and {MAX_EMIT_BATCH}")
         self._emit_url = f"{ingest_url.rstrip('/')}{EMIT_PATH}" if ingest_url else None
         self._check_url = f"{limits_url.rstrip('/')}{LIMIT_CHECK_PATH}" if limits_url else None
+        self._limits_url = limits_url.rstrip("/") if limits_url else None
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self._session = session
         self._owns_session = session is None
@@ -357,6 +374,42 @@ class TollgateClient:
         if reason in MISCONFIGURATION_REASONS:
             return self._misconfigured(reason, status, payload)
         return self._fail_open(reason, user_id, status=status)
+
+    async def limit_status(self, user_id: str, *, org_id: str | None = None) -> LimitStatus:
+        """The user's limit, spend and period now, for showing them; raise `LimitStatusError`.
+
+        Unlike `check_limit` this never fails open: a caller showing a status wants to know
+        that there is none. `org_id` resolves group limits as a check's `org_id` does.
+        """
+        if self._limits_url is None:
+            raise RuntimeError("limit_status needs the client to be built with a limits_url")
+        try:
+            path = LIMIT_STATUS_PATH.format(user_id=quote(user_id, safe=""))
+        except UnicodeEncodeError as exc:
+            raise LimitStatusError(f"user_id: not valid text ({exc.reason})") from None
+        url = f"{self._limits_url}{path}"
+        params = {} if org_id is None else {"org_id": org_id}
+        try:
+            async with (
+                asyncio.timeout(self._emit_timeout),
+                self._http().get(url, params=params, headers=self._headers) as response,
+            ):
+                status = response.status
+                payload = await response.read()
+        except TimeoutError:
+            raise LimitStatusError(f"limits gave no status within {self._emit_timeout}s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise LimitStatusError(f"cannot reach limits: {exc!r}") from exc
+        if status != 200:
+            raise LimitStatusError(
+                f"limits answered {status}: {_error_message(payload)}", status=status
+            )
+        try:
+            return LimitStatus.model_validate_json(payload)
+        except ValidationError:
+            raise LimitStatusError(
+                f"limits answered {status} with a body that is not a limit status", status=status
+            ) from None
 
     def _fail_open(self, reason: FailOpenReason, user_id: str, **details: object) -> LimitDecision:
         self._failopen.labels(reason=reason).inc()

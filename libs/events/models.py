@@ -33,6 +33,7 @@ from libs.events.bounds import (
     MAX_JSON_INT,
     MAX_SIZE_MB,
 )
+from libs.events.vocabulary import ActivityCategory
 
 __all__ = [
     "EVENT_ADAPTER",
@@ -195,7 +196,7 @@ class WorkspaceBuild(EventData):
 class ActivitySession(EventData):
     """Time a user spent in one kind of session, for the Activity API."""
 
-    category: Literal["ide", "login", "app", "tunnel", "web_terminal"]
+    category: ActivityCategory
     detail: Name | None = None
     duration_ms: DurationMs
     count: PositiveCount = 1

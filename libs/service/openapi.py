@@ -1,10 +1,12 @@
-"""A small OpenAPI 3.1 document builder fed by the pydantic models the handlers already use."""
+"""A small OpenAPI 3.1 document built from a service's route table and its pydantic models."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel
+
+from libs.service.routes import Body, Role, Route
 
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -29,7 +31,7 @@ _STATUS_TEXT = {
 
 
 class OpenApi:
-    """Collects operations; `document()` renders the OpenAPI JSON a service serves."""
+    """Collects routes; `document()` renders the OpenAPI JSON a service serves."""
 
     def __init__(self, *, title: str, version: str = "1.0.0", description: str = "") -> None:
         self.title = title
@@ -45,27 +47,17 @@ class OpenApi:
         self._schemas[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    def add(
-        self,
-        method: str,
-        path: str,
-        *,
-        summary: str,
-        request: type[BaseModel] | None = None,
-        responses: dict[int, type[BaseModel] | dict[str, Any] | None] | None = None,
-        parameters: list[dict[str, Any]] | None = None,
-        public: bool = False,
-        admin: bool = False,
-        tag: str | None = None,
-    ) -> None:
-        """Describe one operation; errors common to every authenticated route are added."""
-        op: dict[str, Any] = {"summary": summary, "responses": {}}
-        if tag:
-            op["tags"] = [tag]
-        if admin:
+    def add(self, route: Route) -> None:
+        """Describe one route; errors common to every authenticated route are added."""
+        op: dict[str, Any] = {"summary": route.summary, "responses": {}}
+        if route.tag:
+            op["tags"] = [route.tag]
+        if route.role is Role.ADMIN:
             op["description"] = "Needs an admin token."
-        params = list(parameters or [])
-        for segment in path.split("/"):
+        elif route.portal is not None:
+            op["description"] = f"A portal token may call it for its own user (`{route.portal}`)."
+        params = [p.document() for p in route.parameters]
+        for segment in route.path.split("/"):
             if segment.startswith("{") and segment.endswith("}"):
                 params.insert(
                     0,
@@ -78,18 +70,18 @@ class OpenApi:
                 )
         if params:
             op["parameters"] = params
-        if request is not None:
+        if route.request is not None:
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": self._ref(request)}},
+                "content": {"application/json": {"schema": self._ref(route.request)}},
             }
-        all_responses: dict[int, type[BaseModel] | dict[str, Any] | None] = dict(responses or {})
-        if not public:
+        all_responses: dict[int, Body] = dict(route.responses)
+        if route.role is not Role.PUBLIC:
             op["security"] = [{"bearer": []}]
             all_responses.setdefault(401, None)
-            if admin:
+            if route.role is Role.ADMIN or route.portal is not None:
                 all_responses.setdefault(403, None)
-        if request is not None:
+        if route.request is not None:
             all_responses.setdefault(400, None)
             all_responses.setdefault(413, None)
             all_responses.setdefault(422, None)
@@ -100,25 +92,13 @@ class OpenApi:
             elif isinstance(body, type):
                 schema = self._ref(body)
             else:
-                schema = body
+                schema = None if body is None else dict(body)
             if schema is not None:
                 entry["content"] = {"application/json": {"schema": schema}}
+                if status == 200 and route.csv:
+                    entry["content"]["text/csv"] = {"schema": {"type": "string"}}
             op["responses"][str(status)] = entry
-        self._paths.setdefault(path, {})[method.lower()] = op
-
-    def add_operational_routes(self) -> None:
-        """Health, readiness and this document (metrics have a port of their own)."""
-        self.add("get", "/healthz", summary="Liveness", public=True, responses={200: None})
-        self.add(
-            "get", "/readyz", summary="Readiness", public=True, responses={200: None, 503: None}
-        )
-        self.add(
-            "get",
-            "/openapi.json",
-            summary="This document",
-            public=True,
-            responses={200: {"type": "object"}},
-        )
+        self._paths.setdefault(route.path, {})[route.method.lower()] = op
 
     def document(self) -> dict[str, Any]:
         """The OpenAPI 3.1 document."""

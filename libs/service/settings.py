@@ -49,6 +49,8 @@ class CommonSettings(BaseSettings):
     # Signs portal tokens and console sessions; services that accept neither ignore it.
     portal_secret: str | None = Field(None, alias="TOLLGATE_PORTAL_SECRET", repr=False)
     portal_refresh_s: float = Field(0.25, alias="TOLLGATE_PORTAL_REFRESH", gt=0, le=1)
+    # Validate every answer against the model its route declares (the tests turn it on).
+    check_responses: bool = Field(default=False, alias="TOLLGATE_CHECK_RESPONSES")
 
     _split_tokens = field_validator("emitter_tokens", "admin_tokens", mode="before")(split_csv)
 

@@ -32,21 +32,12 @@ from libs.service.errors import (
 from libs.service.openapi import OpenApi
 from libs.service.portal import PREFIX as PORTAL_PREFIX
 from libs.service.portal import PortalAuthority, PortalClaims, RevocationStore, running_authority
+from libs.service.routes import Handler, Role, Route
 from libs.service.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-H = TypeVar("H", bound=Handler)
 M = TypeVar("M", bound=BaseModel)
-
-
-class Role(IntEnum):
-    """Who may call a route; a higher role may do everything a lower one may."""
-
-    PUBLIC = 0
-    EMITTER = 1
-    ADMIN = 2
 
 
 _ROLE_ATTR = "__tollgate_role__"
@@ -55,6 +46,8 @@ _PORTAL_ATTR = "__tollgate_portal_param__"
 SETTINGS_KEY = web.AppKey("settings", CommonSettings)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 OPENAPI_KEY = web.AppKey("openapi", OpenApi)
+#: Every route `install_routes` added, in order: what the router serves and OpenAPI shows.
+ROUTES_KEY = web.AppKey("routes", list[Route])
 Check = Callable[[], Awaitable[tuple[bool, str]]]
 #: Checks that decide readiness: what the service needs to do its job.
 READINESS_KEY = web.AppKey("readiness", list[Check])
@@ -65,26 +58,6 @@ ROLE_KEY = web.RequestKey("tollgate_role", Role)
 #: Set on a service that accepts portal tokens (only on routes marked `portal_scoped`).
 PORTAL_KEY = web.AppKey("portal_authority", PortalAuthority)
 PORTAL_CLAIMS_KEY = web.RequestKey("tollgate_portal_claims", PortalClaims)
-
-
-def requires(role: Role) -> Callable[[H], H]:
-    """Mark a handler with the least role that may call it (the default is EMITTER)."""
-
-    def mark(handler: H) -> H:
-        setattr(handler, _ROLE_ATTR, role)
-        return handler
-
-    return mark
-
-
-def portal_scoped(param: str) -> Callable[[H], H]:
-    """Let a portal token call this route when the path parameter `param` is its own user."""
-
-    def mark(handler: H) -> H:
-        setattr(handler, _PORTAL_ATTR, param)
-        return handler
-
-    return mark
 
 
 def json_response(
@@ -328,7 +301,6 @@ def _make_middlewares(service: str, registry: CollectorRegistry) -> list[Any]:
     return [errors, auth]
 
 
-@requires(Role.PUBLIC)
 async def _healthz(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -468,7 +440,6 @@ def _words(results: dict[str, bool]) -> dict[str, str]:
     return {name: "ok" if ok else "failing" for name, ok in results.items()}
 
 
-@requires(Role.PUBLIC)
 async def _readyz(request: web.Request) -> web.Response:
     ready, checks, dependencies = await evaluate_health(request.app)
     body: dict[str, object] = {"ready": ready, "checks": _words(checks)}
@@ -500,7 +471,6 @@ def create_metrics_app(app: web.Application) -> web.Application:
     return metrics_app
 
 
-@requires(Role.PUBLIC)
 async def _openapi(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI_KEY].document())
 
@@ -526,14 +496,104 @@ def create_app(
     app[SETTINGS_KEY] = settings
     app[REGISTRY_KEY] = registry
     app[OPENAPI_KEY] = openapi
+    app[ROUTES_KEY] = []
     app[READINESS_KEY] = []
     app[DEPENDENCIES_KEY] = []
     app[HEALTH_METRICS_KEY] = HealthMetrics(service, registry)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/openapi.json", _openapi)
-    openapi.add_operational_routes()
+    install_routes(app, OPERATIONAL_ROUTES)
     return app
+
+
+#: Health, readiness and the API's description (metrics have a port of their own).
+OPERATIONAL_ROUTES = (
+    Route("GET", "/healthz", _healthz, "Liveness", role=Role.PUBLIC, responses={200: None}),
+    Route(
+        "GET",
+        "/readyz",
+        _readyz,
+        "Readiness",
+        role=Role.PUBLIC,
+        responses={200: None, 503: None},
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        _openapi,
+        "This document",
+        role=Role.PUBLIC,
+        responses={200: {"type": "object"}},
+    ),
+)
+
+
+def install_routes(app: web.Application, routes: Iterable[Route]) -> None:
+    """Serve `routes` on `app`, with the role each declares, and describe them in its OpenAPI.
+
+    With `TOLLGATE_CHECK_RESPONSES` set (the tests set it), every JSON body a route answers
+    with is validated against the model its table declares for that status: a body that
+    drifts from its contract turns into a 500 naming the route instead of passing unnoticed.
+    """
+    check = app[SETTINGS_KEY].check_responses
+    for route in routes:
+        handler = _checked(route) if check and route.documented else route.handler
+        role = getattr(handler, _ROLE_ATTR, route.role)
+        portal = getattr(handler, _PORTAL_ATTR, route.portal)
+        if (role, portal) != (route.role, route.portal):
+            # A handler function carries one role: two routes must not disagree about it.
+            raise ValueError(f"{route.method} {route.path}: its handler serves another role")
+        # The auth middleware reads these from the handler it is about to call.
+        setattr(handler, _ROLE_ATTR, route.role)
+        if route.portal is not None:
+            setattr(handler, _PORTAL_ATTR, route.portal)
+        if route.method.upper() == "GET":
+            app.router.add_get(route.path, handler)
+        else:
+            app.router.add_route(route.method.upper(), route.path, handler)
+        if route.documented:
+            app[OPENAPI_KEY].add(route)
+        app[ROUTES_KEY].append(route)
+
+
+class ResponseContractError(AssertionError):
+    """A handler answered with a body its route table does not declare."""
+
+
+def _checked(route: Route) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await route.handler(request)
+        check_response(route, response)
+        return response
+
+    return handler
+
+
+def check_response(route: Route, response: web.StreamResponse) -> None:
+    """Raise `ResponseContractError` unless `response` is what `route` declares for its status.
+
+    Error statuses raised as `ApiError`s never reach here (the error middleware shapes them);
+    a JSON body of a status the route declares with a model must validate against that model,
+    and a status the route does not declare at all is itself a broken contract.
+    """
+    name = f"{route.method.upper()} {route.path}"
+    if response.status not in route.responses:
+        raise ResponseContractError(f"{name} answered {response.status}, which it does not declare")
+    model = route.model_for(response.status)
+    if model is None or not isinstance(response, web.Response):
+        return
+    if response.content_type != "application/json":
+        if route.csv and response.content_type == "text/csv":
+            return
+        raise ResponseContractError(f"{name} answered {response.content_type}, not JSON")
+    body = response.body
+    if not isinstance(body, bytes):
+        raise ResponseContractError(f"{name} answered a body that is not bytes")
+    try:
+        model.model_validate_json(body)
+    except ValidationError as exc:
+        raise ResponseContractError(
+            f"{name} answered a {response.status} body that is not a {model.__name__}: "
+            f"{validation_message(exc)}"
+        ) from exc
 
 
 def accept_portal_tokens(

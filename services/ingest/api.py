@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from libs.events.client import EMIT_PATH
 from libs.events.codec import EventValidationError, encode, parse_event
 from libs.events.models import ChatUsageRecorded, Envelope
 from libs.events.pricing import CostTooHighError, ModelPrice, price_event
@@ -17,8 +18,8 @@ from libs.events.registry import EVENT_TYPES
 from libs.events.rejections import RejectReason
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
 from libs.service.kafka import BrokerUnavailableError
-from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, read_json, read_model, requires, storable_text
+from libs.service.routes import Role, Route
+from libs.service.web import json_response, read_json, read_model, storable_text
 from services.ingest.config import IngestSettings
 from services.ingest.domain import Rejection, check_time
 from services.ingest.metrics import IngestMetrics
@@ -218,14 +219,12 @@ def _model_name(request: web.Request) -> str:
     return storable_text(request.match_info["model"], "model", max_length=256)
 
 
-@requires(Role.ADMIN)
 async def list_prices(request: web.Request) -> web.Response:
     """Every model's price, by name."""
     table = await request.app[PRICE_STORE].load()
     return json_response({"models": [_priced(m, p, at) for m, (p, at) in sorted(table.items())]})
 
 
-@requires(Role.ADMIN)
 async def get_price(request: web.Request) -> web.Response:
     """One model's price."""
     model = _model_name(request)
@@ -236,7 +235,6 @@ async def get_price(request: web.Request) -> web.Response:
     return json_response(_priced(model, price, at))
 
 
-@requires(Role.ADMIN)
 async def put_price(request: web.Request) -> web.Response:
     """Set a model's price; every replica prices new events with it within a second."""
     model = _model_name(request)
@@ -247,7 +245,6 @@ async def put_price(request: web.Request) -> web.Response:
     return json_response(_priced(model, price, at))
 
 
-@requires(Role.ADMIN)
 async def delete_price(request: web.Request) -> web.Response:
     """Remove a model's price; its new usage is unpriced from then on."""
     model = _model_name(request)
@@ -258,51 +255,52 @@ async def delete_price(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application, openapi: OpenApi) -> None:
-    """Register the handlers and describe them in the OpenAPI document."""
-    app.router.add_post("/api/v1/events", post_events)
-    app.router.add_get("/api/v1/pricing/models", list_prices)
-    app.router.add_get("/api/v1/pricing/models/{model}", get_price)
-    app.router.add_put("/api/v1/pricing/models/{model}", put_price)
-    app.router.add_delete("/api/v1/pricing/models/{model}", delete_price)
-    openapi.add(
-        "post",
-        "/api/v1/events",
-        summary="Submit 1-1000 events; each is accepted or rejected on its own",
+#: Ingest's API.
+ROUTES = (
+    Route(
+        "POST",
+        EMIT_PATH,
+        post_events,
+        "Submit 1-1000 events; each is accepted or rejected on its own",
         request=EventBatch,
         responses={200: BatchResult, 503: None},
         tag="events",
-    )
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/pricing/models",
-        summary="List model prices",
-        admin=True,
+        list_prices,
+        "List model prices",
+        role=Role.ADMIN,
         responses={200: PriceList},
         tag="pricing",
-    )
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/pricing/models/{model}",
-        summary="A model's price",
-        admin=True,
+        get_price,
+        "A model's price",
+        role=Role.ADMIN,
         responses={200: PricedModel, 404: None},
         tag="pricing",
-    )
-    openapi.add(
-        "put",
+    ),
+    Route(
+        "PUT",
         "/api/v1/pricing/models/{model}",
-        summary="Set a model's price",
-        admin=True,
+        put_price,
+        "Set a model's price",
+        role=Role.ADMIN,
         request=ModelPrice,
         responses={200: PricedModel},
         tag="pricing",
-    )
-    openapi.add(
-        "delete",
+    ),
+    Route(
+        "DELETE",
         "/api/v1/pricing/models/{model}",
-        summary="Remove a model's price",
-        admin=True,
+        delete_price,
+        "Remove a model's price",
+        role=Role.ADMIN,
         responses={204: None, 404: None},
         tag="pricing",
-    )
+    ),
+)

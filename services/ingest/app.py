@@ -10,8 +10,14 @@ from prometheus_client import CollectorRegistry
 
 from libs.service.openapi import OpenApi
 from libs.service.runtime import Resources, lifecycle
-from libs.service.web import Probe, accept_portal_tokens, create_app, declare_readiness
-from services.ingest.api import EVENT_LOG, METRICS, PRICE_STORE, PRICES, SETTINGS, add_routes
+from libs.service.web import (
+    Probe,
+    accept_portal_tokens,
+    create_app,
+    declare_readiness,
+    install_routes,
+)
+from services.ingest.api import EVENT_LOG, METRICS, PRICE_STORE, PRICES, ROUTES, SETTINGS
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
 from services.ingest.prices import PriceCache
@@ -87,5 +93,5 @@ def build_app(
     )
     # Portal tokens are refused here with 403 (or 401 when expired, altered or revoked).
     accept_portal_tokens(app, settings)
-    add_routes(app, openapi)
+    install_routes(app, ROUTES)
     return app

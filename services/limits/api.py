@@ -12,25 +12,26 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from libs.events.limits import (
+    LIMIT_CHECK_PATH,
+    LIMIT_EXCEEDED_MESSAGE,
+    LIMIT_STATUS_PATH,
+    LimitStatus,
+)
 from libs.events.models import MAX_INT
+from libs.events.vocabulary import LimitSource, Period
 from libs.service.errors import DependencyUnavailable, NotFound, Unprocessable
-from libs.service.openapi import OpenApi
+from libs.service.routes import Param, Role, Route
 from libs.service.web import (
-    Role,
     json_response,
-    portal_scoped,
     read_json,
-    requires,
     storable_text,
     validation_message,
 )
 from services.limits.admin_config import ConfigCache
 from services.limits.domain import (
-    LIMIT_EXCEEDED_MESSAGE,
     Decision,
     Limiter,
-    Period,
-    Source,
     unpriced_models,
 )
 from services.limits.metrics import LimitsMetrics
@@ -97,7 +98,7 @@ class CheckResult(BaseModel):
     period: Period
     period_start: datetime
     resets_at: datetime
-    source: Source
+    source: LimitSource
     group_id: str | None
     org_id: str | None = Field(
         description="The organisation whose limit applied and whose spend counted; null when "
@@ -111,20 +112,6 @@ class LimitExceeded(CheckResult):
 
     message: str
     detail: None = None
-
-
-class LimitStatus(BaseModel):
-    """A user's spend status in the current period."""
-
-    is_limited: bool
-    period: Period
-    limit_micros: int | None
-    spent_micros: int
-    period_start: datetime
-    period_end: datetime
-    source: Source
-    group_id: str | None
-    org_id: str | None
 
 
 class ConfigUpdate(BaseModel):
@@ -269,7 +256,6 @@ async def check(request: web.Request) -> web.Response:
     return response
 
 
-@portal_scoped("user_id")
 async def status(request: web.Request) -> web.Response:
     """A user's limit, spend and period, for showing to the user (a portal token: its own)."""
     user_id = _subject_id(request.match_info["user_id"], "user_id")
@@ -277,19 +263,18 @@ async def status(request: web.Request) -> web.Response:
     runtime = _ready_runtime(request)
     decision = runtime.limiter.decide(user_id, runtime.clock(), org_id)
     current = decision.current
-    return json_response(
-        {
-            "is_limited": decision.limited,
-            "period": current.period,
-            "limit_micros": decision.limit_micros,
-            "spent_micros": decision.spent_micros,
-            "period_start": current.start_iso,
-            "period_end": current.end_iso,
-            "source": decision.source,
-            "group_id": decision.group_id,
-            "org_id": decision.org_id,
-        }
+    answer = LimitStatus(
+        is_limited=decision.limited,
+        period=current.period,
+        limit_micros=decision.limit_micros,
+        spent_micros=decision.spent_micros,
+        period_start=current.start,
+        period_end=current.end,
+        source=decision.source,
+        group_id=decision.group_id,
+        org_id=decision.org_id,
     )
+    return json_response(answer.model_dump(mode="json"))
 
 
 # -- admin configuration ---------------------------------------------------------------------
@@ -350,13 +335,11 @@ async def _refresh(runtime: LimitsRuntime) -> None:
         log.warning("limits_config_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
 
-@requires(Role.ADMIN)
 async def get_config(request: web.Request) -> web.Response:
     """The configuration, every override, and the models used that have no price now."""
     return json_response(await _config_view(request.app[RUNTIME]))
 
 
-@requires(Role.ADMIN)
 async def put_config(request: web.Request) -> web.Response:
     """Replace the switch, the period and the default limit."""
     runtime = request.app[RUNTIME]
@@ -382,7 +365,6 @@ def _override_handlers(
 ) -> tuple[Callable[[web.Request], Awaitable[web.Response]], ...]:
     name = f"{subject}_id"
 
-    @requires(Role.ADMIN)
     async def put_override(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         subject_id = _subject_id(request.match_info[name], name)
@@ -395,7 +377,6 @@ def _override_handlers(
         group_orgs = runtime.limiter.ledger.group_orgs if subject == "group" else None
         return json_response(_override_view(subject, override, group_orgs))
 
-    @requires(Role.ADMIN)
     async def delete_override(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         subject_id = _subject_id(request.match_info[name], name)
@@ -410,74 +391,78 @@ def _override_handlers(
     return put_override, delete_override
 
 
-def add_routes(app: web.Application, openapi: OpenApi) -> None:
-    """Register the handlers and describe them in the OpenAPI document."""
-    app.router.add_post("/api/v1/limits/check", check)
-    app.router.add_get("/api/v1/limits/status/{user_id}", status)
-    app.router.add_get("/api/v1/limits/config", get_config)
-    app.router.add_put("/api/v1/limits/config", put_config)
-    openapi.add(
-        "post",
-        "/api/v1/limits/check",
-        summary="Whether a user may send a chat message (409 when over the limit)",
+def _override_routes(subject: Subject, view: type[BaseModel]) -> tuple[Route, Route]:
+    path = f"/api/v1/limits/overrides/{subject}s/{{{subject}_id}}"
+    put_override, delete_override = _override_handlers(subject)
+    return (
+        Route(
+            "PUT",
+            path,
+            put_override,
+            f"Set a {subject}'s limit",
+            role=Role.ADMIN,
+            request=OverrideUpdate,
+            responses={200: view, 503: None},
+            tag="limits-admin",
+        ),
+        Route(
+            "DELETE",
+            path,
+            delete_override,
+            f"Remove a {subject}'s limit override",
+            role=Role.ADMIN,
+            responses={204: None, 404: None, 503: None},
+            tag="limits-admin",
+        ),
+    )
+
+
+#: The limits API.
+ROUTES = (
+    Route(
+        "POST",
+        LIMIT_CHECK_PATH,
+        check,
+        "Whether a user may send a chat message (409 when over the limit)",
         request=CheckRequest,
         responses={200: CheckResult, 409: LimitExceeded, 503: None},
         tag="limits",
-    )
-    openapi.add(
-        "get",
-        "/api/v1/limits/status/{user_id}",
-        summary="A user's limit, spend and period (a portal token reads only its own user)",
-        parameters=[
-            {
-                "name": "org_id",
-                "in": "query",
-                "required": False,
-                "description": "The organisation to resolve the limit for (as a check's org_id)",
-                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-            }
-        ],
+    ),
+    Route(
+        "GET",
+        LIMIT_STATUS_PATH,
+        status,
+        "A user's limit, spend and period (a portal token reads only its own user)",
+        portal="user_id",
+        parameters=(
+            Param(
+                "org_id",
+                "The organisation to resolve the limit for (as a check's org_id)",
+                schema={"minLength": 1, "maxLength": MAX_ID_LENGTH},
+            ),
+        ),
         responses={200: LimitStatus, 403: None, 422: None, 503: None},
         tag="limits",
-    )
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/limits/config",
-        summary="The limits configuration with every override",
-        admin=True,
+        get_config,
+        "The limits configuration with every override",
+        role=Role.ADMIN,
         responses={200: ConfigView, 503: None},
         tag="limits-admin",
-    )
-    openapi.add(
-        "put",
+    ),
+    Route(
+        "PUT",
         "/api/v1/limits/config",
-        summary="Set the switch, the period and the default limit",
-        admin=True,
+        put_config,
+        "Set the switch, the period and the default limit",
+        role=Role.ADMIN,
         request=ConfigUpdate,
         responses={200: ConfigView, 503: None},
         tag="limits-admin",
-    )
-    views: dict[Subject, type[BaseModel]] = {"user": UserOverrideView, "group": GroupOverrideView}
-    subjects: tuple[Subject, ...] = ("user", "group")
-    for subject in subjects:
-        path = f"/api/v1/limits/overrides/{subject}s/{{{subject}_id}}"
-        put_override, delete_override = _override_handlers(subject)
-        app.router.add_put(path, put_override)
-        app.router.add_delete(path, delete_override)
-        openapi.add(
-            "put",
-            path,
-            summary=f"Set a {subject}'s limit",
-            admin=True,
-            request=OverrideUpdate,
-            responses={200: views[subject], 503: None},
-            tag="limits-admin",
-        )
-        openapi.add(
-            "delete",
-            path,
-            summary=f"Remove a {subject}'s limit override",
-            admin=True,
-            responses={204: None, 404: None, 503: None},
-            tag="limits-admin",
-        )
+    ),
+    *_override_routes("user", UserOverrideView),
+    *_override_routes("group", GroupOverrideView),
+)

@@ -18,9 +18,9 @@ from libs.service.consumer import ConsumerLoop
 from libs.service.openapi import OpenApi
 from libs.service.portal import RevocationStore
 from libs.service.runtime import Resources, lifecycle
-from libs.service.web import accept_portal_tokens, create_app, declare_readiness
+from libs.service.web import accept_portal_tokens, create_app, declare_readiness, install_routes
 from services.limits.admin_config import ConfigCache
-from services.limits.api import RUNTIME, LimitsRuntime, add_routes
+from services.limits.api import ROUTES, RUNTIME, LimitsRuntime
 from services.limits.config import LimitsSettings
 from services.limits.consumer import Feed, LimitsSink, SnapshotStatus, Snapshotter
 from services.limits.domain import Ledger, Limiter
@@ -152,7 +152,7 @@ def build_app(
     declare_readiness(
         app, needs={"log": log_read, "config": config_loaded}, reports={"database": database_up}
     )
-    add_routes(app, openapi)
+    install_routes(app, ROUTES)
     return app
 
 

@@ -19,13 +19,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final
 
-from services.limits.domain import Decision, Period
+from libs.events.vocabulary import (
+    BUDGET_LIMIT_REACHED,
+    BUDGET_WARNING,
+    BudgetNotification,
+    Period,
+)
+from services.limits.domain import Decision
 
-Kind = Literal["budget.warning", "budget.limit_reached"]
-WARNING: Final[Kind] = "budget.warning"
-LIMIT_REACHED: Final[Kind] = "budget.limit_reached"
+Kind = BudgetNotification
+WARNING: Final = BUDGET_WARNING
+LIMIT_REACHED: Final = BUDGET_LIMIT_REACHED
 #: The order notifications of one user are recorded (and delivered) in.
 KINDS: Final[tuple[Kind, ...]] = (WARNING, LIMIT_REACHED)
 #: `threshold_percent` of a limit notice.

@@ -41,18 +41,14 @@ from typing import Final, Literal, NamedTuple
 
 from libs.events.bounds import MAX_TOTAL
 from libs.events.models import ChatUsageRecorded, Event, GroupUpdated
+from libs.events.vocabulary import LimitSource, Period
 
-Period = Literal["day", "week", "month"]
-Source = Literal["user", "group", "default", "none"]
 Outcome = Literal["spend", "unpriced", "free", "title", "duplicate", "group", "stale", "ignored"]
 
-PERIODS: Final[tuple[Period, ...]] = ("day", "week", "month")
 DAY: Final = 0
 WEEK: Final = 1
 MONTH: Final = 2
 PERIOD_INDEX: Final[Mapping[Period, int]] = {"day": DAY, "week": WEEK, "month": MONTH}
-
-LIMIT_EXCEEDED_MESSAGE: Final = "Chat usage limit exceeded."
 
 _ORDINAL_1970: Final = date(1970, 1, 1).toordinal()
 # Below any real period key: nothing has been pruned yet.
@@ -188,7 +184,7 @@ class Resolution(NamedTuple):
     """
 
     limit_micros: int | None
-    source: Source
+    source: LimitSource
     group_id: str | None
     org_id: str | None
 
@@ -257,7 +253,7 @@ class Decision(NamedTuple):
     spent_micros: int
     remaining_micros: int | None
     current: CurrentPeriod
-    source: Source
+    source: LimitSource
     group_id: str | None
     org_id: str | None = None
 

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from libs.events.vocabulary import BUDGET_NOTIFICATIONS
+
 CHECK_BUCKETS = (
     0.00001,
     0.000025,
@@ -177,6 +179,6 @@ class LimitsMetrics:
                 registry=registry,
             ),
         )
-        for kind in ("budget.warning", "budget.limit_reached"):
+        for kind in BUDGET_NOTIFICATIONS:
             metrics.crossings_recorded.labels(kind)
         return metrics

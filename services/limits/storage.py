@@ -15,8 +15,9 @@ import asyncpg
 import orjson
 
 from libs.events.models import ChatUsageRecorded, identity_of
+from libs.events.vocabulary import Period
 from services.limits.crossings import Crossing, CrossingKey
-from services.limits.domain import LimitsConfig, Period
+from services.limits.domain import LimitsConfig
 
 Subject = Literal["user", "group"]
 #: `put_config`'s warning share when the request left it out: the stored one stays.

@@ -8,8 +8,8 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from libs.service.durations import format_duration
-from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, requires
+from libs.service.routes import Role, Route
+from libs.service.web import json_response
 from services.publisher.agent_time import AgentTimeHeartbeat
 from services.publisher.config import PublisherSettings
 from services.publisher.domain import HB_AGENT_RUNTIME, log_watermark
@@ -94,7 +94,6 @@ def status_body(settings: PublisherSettings, status: QueueStatus) -> PublisherSt
     )
 
 
-@requires(Role.ADMIN)
 async def get_status(request: web.Request) -> web.Response:
     """Pending events, their age, and the sender's health (durable across restarts)."""
     status = await request.app[QUEUE].status()
@@ -139,7 +138,6 @@ def _hour(item: AgentHourReport) -> AgentHour:
     )
 
 
-@requires(Role.ADMIN)
 async def get_agent_time(request: web.Request) -> web.Response:
     """The hours of the Agent Time window: reported runtime beside what has arrived since."""
     settings, queue = request.app[SETTINGS], request.app[QUEUE]
@@ -158,23 +156,24 @@ async def get_agent_time(request: web.Request) -> web.Response:
     return json_response(body.model_dump())
 
 
-def add_routes(app: web.Application, openapi: OpenApi) -> None:
-    """Register the handlers and describe them in the OpenAPI document."""
-    app.router.add_get("/api/v1/publisher/agent-time", get_agent_time)
-    openapi.add(
-        "get",
+#: The publisher's API.
+ROUTES = (
+    Route(
+        "GET",
         "/api/v1/publisher/agent-time",
-        summary="Agent Time per UTC hour: reported, received since, and late",
-        admin=True,
+        get_agent_time,
+        "Agent Time per UTC hour: reported, received since, and late",
+        role=Role.ADMIN,
         responses={200: AgentTimeReport, 503: None},
         tag="publisher",
-    )
-    app.router.add_get("/api/v1/publisher/status", get_status)
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/publisher/status",
-        summary="Pending billing events and the sender's health",
-        admin=True,
+        get_status,
+        "Pending billing events and the sender's health",
+        role=Role.ADMIN,
         responses={200: PublisherStatus, 503: None},
         tag="publisher",
-    )
+    ),
+)

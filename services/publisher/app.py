@@ -14,9 +14,15 @@ from prometheus_client import CollectorRegistry
 from libs.service.consumer import ConsumerLoop
 from libs.service.openapi import OpenApi
 from libs.service.runtime import Resources, lifecycle
-from libs.service.web import Probe, accept_portal_tokens, create_app, declare_readiness
+from libs.service.web import (
+    Probe,
+    accept_portal_tokens,
+    create_app,
+    declare_readiness,
+    install_routes,
+)
 from services.publisher.agent_time import AgentTimeHeartbeat, report_late
-from services.publisher.api import AGENT_TIME, METRICS, QUEUE, SETTINGS, add_routes
+from services.publisher.api import AGENT_TIME, METRICS, QUEUE, ROUTES, SETTINGS
 from services.publisher.config import PublisherSettings
 from services.publisher.consumer import make_consumer
 from services.publisher.heartbeat import SeatHeartbeat
@@ -179,5 +185,5 @@ def build_app(
     declare_readiness(app, needs={"database": database}, reports={"database": database})
     # Portal tokens are refused here with 403 (or 401 when expired, altered or revoked).
     accept_portal_tokens(app, settings)
-    add_routes(app, openapi)
+    install_routes(app, ROUTES)
     return app

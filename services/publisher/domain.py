@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -47,14 +47,7 @@ BUILD_ID_NAMESPACE: Final = uuid.UUID("5d0f4b8e-2c1a-5b7e-9a43-6f1d2e8c7b90")
 
 #: Why a whole request failed; the label values of `tollgate_publisher_send_errors_total`.
 SendCause = Literal["connect", "timeout", "transport", "http_5xx", "http_4xx", "bad_response"]
-SEND_CAUSES: Final[tuple[SendCause, ...]] = (
-    "connect",
-    "timeout",
-    "transport",
-    "http_5xx",
-    "http_4xx",
-    "bad_response",
-)
+SEND_CAUSES: Final[tuple[SendCause, ...]] = get_args(SendCause)
 
 
 def first_delay(interval: timedelta, configured: timedelta | None, rng: random.Random) -> timedelta:

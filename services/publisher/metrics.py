@@ -7,13 +7,15 @@ every replica reports the same value; aggregate them with `max`, not `sum`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.publisher.domain import BILLING_EVENT_TYPES, SEND_CAUSES
+from services.publisher.domain import BILLING_EVENT_TYPES, SEND_CAUSES, OutcomeKind
 from services.publisher.storage import QueueStatus
 
-RESULTS = ("accepted", "rejected", "retry", "expired")
+#: What became of a sent event (`tollgate_publisher_events_total{result}`), or of an unsent one.
+RESULTS = (*get_args(OutcomeKind), "expired")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ from typing import Any, Final
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from libs.service.errors import BadRequest, NotFound
-from libs.service.openapi import OpenApi
-from libs.service.web import Role, json_response, portal_scoped, requires, storable_text
+from libs.events.limits import LimitStatus
+from libs.events.vocabulary import ACTIVITY_CATEGORY_FILTERS, ACTIVITY_INTERVALS
+from libs.service.errors import BadRequest, DependencyUnavailable, NotFound
+from libs.service.routes import Param, Role, Route
+from libs.service.web import json_response, storable_text
 from services.reports.domain import (
     MAX_BUCKETS,
     CostSummary,
@@ -103,11 +105,17 @@ class Query:
         return value
 
 
+#: What `format` takes on the routes that answer CSV too.
+FORMATS: Final = ("json", "csv")
+#: What the cost list's `order` takes (by total cost).
+ORDERS: Final = ("desc", "asc")
+
+
 def wants_csv(request: web.Request, query: Query) -> bool:
     """`?format=csv`, or an Accept header asking for text/csv."""
     fmt = query.text("format")
     if fmt is not None:
-        if fmt.lower() not in ("json", "csv"):
+        if fmt.lower() not in FORMATS:
             raise BadRequest(f"format: {fmt!r} is not json or csv")
         return fmt.lower() == "csv"
     return "text/csv" in request.headers.get("Accept", "").lower()
@@ -265,7 +273,7 @@ async def get_cost_users(request: web.Request) -> web.Response:
     offset = query.integer("offset", default=0, low=0, high=MAX_OFFSET) or 0
     search = query.text("q")
     order = (query.text("order") or "desc").lower()
-    if order not in ("asc", "desc"):
+    if order not in ORDERS:
         raise BadRequest(f"order: {order!r} is not asc or desc (by total cost)")
     async with _timed(request, "cost_users"):
         page = await request.app[STORE].cost_users(
@@ -305,7 +313,6 @@ def _summary_json(summary: CostSummary, window: Window) -> dict[str, Any]:
     }
 
 
-@portal_scoped("user_id")
 async def get_cost_user(request: web.Request) -> web.Response:
     """One user's chat spend: totals, by model, by root chat, and their usage limit status
     (a portal token reads only its own user)."""
@@ -323,23 +330,22 @@ async def get_cost_user(request: web.Request) -> web.Response:
         limit_status.cancel()
         raise NotFound(f"user {user_id!r} has no directory entry and no chat usage")
     body = _summary_json(summary, window)
-    usage_limit = await limit_status
-    if usage_limit is not None:
-        usage_limit["group_name"] = None
-        if usage_limit.get("source") == "group" and usage_limit.get("group_id"):
+    status = await limit_status
+    body["usage_limit"] = None
+    if status is not None:
+        group_name = None
+        if status.source == "group" and status.group_id:
             async with _timed(request, "cost_user"):
                 groups = await request.app[STORE].directory_groups()
-            usage_limit["group_name"] = next(
-                (g.name for g in groups if g.group_id == usage_limit["group_id"]), None
-            )
-    body["usage_limit"] = usage_limit
+            group_name = next((g.name for g in groups if g.group_id == status.group_id), None)
+        usage_limit = UsageLimitStatus(**status.model_dump(), group_name=group_name)
+        body["usage_limit"] = usage_limit.model_dump(mode="json")
     return json_response(body)
 
 
 DIRECTORY_USERS_PARAMS: Final = ("q", "limit", "offset")
 
 
-@requires(Role.ADMIN)
 async def get_directory_users(request: web.Request) -> web.Response:
     """Directory users by username, searched by name, username or exact id; admin only."""
     query = Query(request, DIRECTORY_USERS_PARAMS)
@@ -366,7 +372,6 @@ async def get_directory_users(request: web.Request) -> web.Response:
     )
 
 
-@requires(Role.ADMIN)
 async def get_directory_groups(request: web.Request) -> web.Response:
     """Every directory group with its member count, by name; admin only."""
     Query(request, ())
@@ -498,7 +503,6 @@ def _chargeback_csv(report: Mapping[str, Any], table: str) -> web.Response:
     )
 
 
-@requires(Role.ADMIN)
 async def get_chargeback(request: web.Request) -> web.Response:
     """Comet's chargeback report for a month, with LLM cost and agent builds; admin only."""
     query = Query(request, CHARGEBACK_PARAMS)
@@ -605,17 +609,9 @@ class ChatBreakdown(Sums):
     root_chat_id: str
 
 
-class UsageLimitStatus(BaseModel):
-    """The limits service's status for the user, with where the limit comes from."""
+class UsageLimitStatus(LimitStatus):
+    """The limits service's status for the user, with the name of the group it comes from."""
 
-    is_limited: bool
-    period: str | None
-    limit_micros: int | None
-    spent_micros: int | None
-    period_start: str | None
-    period_end: str | None
-    source: str | None = Field(None, description="user, group or default")
-    group_id: str | None = None
     group_name: str | None = None
 
 
@@ -733,125 +729,113 @@ class ChargebackReport(BaseModel):
     users: ChargebackUsers
 
 
-def _param(name: str, description: str, **schema: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": {"type": "string", **schema},
-    }
-
-
 _TIME_DOC = "RFC 3339 time with a timezone, or a date (meaning its midnight UTC)"
-_CSV_DOC = {"text/csv": {"schema": {"type": "string"}}}
 
 
-def add_routes(app: web.Application, openapi: OpenApi) -> None:
-    """Register the handlers and describe them in the OpenAPI document."""
-    app.router.add_get("/api/v1/metrics/activity", get_activity)
-    app.router.add_get("/api/v1/costs/users", get_cost_users)
-    app.router.add_get("/api/v1/costs/users/{user_id}", get_cost_user)
-    app.router.add_get("/api/v1/chargeback/report", get_chargeback)
-    app.router.add_get("/api/v1/directory/users", get_directory_users)
-    app.router.add_get("/api/v1/directory/groups", get_directory_groups)
-    openapi.add(
-        "get",
+#: The reports API (the portal, notification and console routes have tables of their own).
+ROUTES = (
+    Route(
+        "GET",
         "/api/v1/directory/users",
-        summary="Directory users by username, searched by name, username or id",
-        parameters=[
-            _param("q", "Case-insensitive substring of the name or username, or a user id"),
-            _param("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE})"),
-            _param("offset", "Rows to skip"),
-        ],
-        admin=True,
+        get_directory_users,
+        "Directory users by username, searched by name, username or id",
+        role=Role.ADMIN,
+        parameters=(
+            Param("q", "Case-insensitive substring of the name or username, or a user id"),
+            Param("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE})"),
+            Param("offset", "Rows to skip"),
+        ),
         responses={200: DirectoryUsersResponse, 400: None, 503: None},
         tag="directory",
-    )
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/directory/groups",
-        summary="Directory groups with their member counts",
-        admin=True,
+        get_directory_groups,
+        "Directory groups with their member counts",
+        role=Role.ADMIN,
         responses={200: DirectoryGroupsResponse, 503: None},
         tag="directory",
-    )
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/metrics/activity",
-        summary="Active users and their time per bucket (Coder's Activity API; durations in ms)",
-        parameters=[
-            _param("start", f"Start of the first bucket: {_TIME_DOC}. Default: end - 30 days"),
-            _param(
+        get_activity,
+        "Active users and their time per bucket (Coder's Activity API; durations in ms)",
+        parameters=(
+            Param("start", f"Start of the first bucket: {_TIME_DOC}. Default: end - 30 days"),
+            Param(
                 "end",
                 f"End of the last bucket (exclusive): {_TIME_DOC}. Default: next midnight UTC",
             ),
-            _param(
+            Param(
                 "interval",
                 "Bucket length",
-                enum=["1 day", "1 week", "1 month", "90 day", "1 year"],
+                values=ACTIVITY_INTERVALS,
             ),
-            _param(
+            Param(
                 "category",
                 "Activity category",
-                enum=["any", "ide", "login", "app", "tunnel", "web_terminal"],
+                values=ACTIVITY_CATEGORY_FILTERS,
             ),
-            _param("org", "Only activity in this organization"),
-        ],
+            Param("org", "Only activity in this organization"),
+        ),
         responses={200: ActivityResponse, 400: None, 503: None},
         tag="activity",
-    )
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/costs/users",
-        summary="Per-user chat spend, cost descending (CSV with Accept: text/csv or format=csv)",
-        parameters=[
-            _param("start_date", f"{_TIME_DOC}. Default: end_date - 30 days"),
-            _param("end_date", f"Exclusive. {_TIME_DOC}. Default: now"),
-            _param("q", "Case-insensitive substring of the name or username, or a user id"),
-            _param("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE}; CSV: all)"),
-            _param("offset", "Rows to skip"),
-            _param("format", "json (default) or csv", enum=["json", "csv"]),
-            _param("order", "By total cost: desc (default) or asc", enum=["desc", "asc"]),
-        ],
+        get_cost_users,
+        "Per-user chat spend, cost descending (CSV with Accept: text/csv or format=csv)",
+        parameters=(
+            Param("start_date", f"{_TIME_DOC}. Default: end_date - 30 days"),
+            Param("end_date", f"Exclusive. {_TIME_DOC}. Default: now"),
+            Param("q", "Case-insensitive substring of the name or username, or a user id"),
+            Param("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE}; CSV: all)"),
+            Param("offset", "Rows to skip"),
+            Param("format", "json (default) or csv", values=FORMATS),
+            Param("order", "By total cost: desc (default) or asc", values=ORDERS),
+        ),
         responses={200: CostUsersResponse, 400: None, 503: None},
+        csv=True,
         tag="costs",
-    )
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/costs/users/{user_id}",
-        summary="One user's chat spend by model and by root chat, with their usage limit",
-        parameters=[
-            _param("start_date", f"{_TIME_DOC}. Default: end_date - 30 days"),
-            _param("end_date", f"Exclusive. {_TIME_DOC}. Default: now"),
-        ],
+        get_cost_user,
+        "One user's chat spend by model and by root chat, with their usage limit",
+        portal="user_id",
+        parameters=(
+            Param("start_date", f"{_TIME_DOC}. Default: end_date - 30 days"),
+            Param("end_date", f"Exclusive. {_TIME_DOC}. Default: now"),
+        ),
         responses={200: CostSummaryResponse, 400: None, 403: None, 404: None, 503: None},
         tag="costs",
-    )
-    openapi.add(
-        "get",
+    ),
+    Route(
+        "GET",
         "/api/v1/chargeback/report",
-        summary="Comet's chargeback report for a month, with LLM cost and agent builds",
-        parameters=[
-            {
-                "name": "reportMonth",
-                "in": "query",
-                "required": True,
-                "description": "The month, YYYY-MM",
-                "schema": {"type": "string", "pattern": r"^\d{4}-\d{2}$"},
-            },
-            _param("format", "json (default) or csv", enum=["json", "csv"]),
-            _param(
+        get_chargeback,
+        "Comet's chargeback report for a month, with LLM cost and agent builds",
+        role=Role.ADMIN,
+        parameters=(
+            Param(
+                "reportMonth",
+                "The month, YYYY-MM",
+                required=True,
+                schema={"pattern": r"^\d{4}-\d{2}$"},
+            ),
+            Param("format", "json (default) or csv", values=FORMATS),
+            Param(
                 "table",
                 "For CSV: workspaces (default), members or users",
-                enum=list(CHARGEBACK_TABLES),
+                values=tuple(CHARGEBACK_TABLES),
             ),
-        ],
-        admin=True,
+        ),
         responses={200: ChargebackReport, 400: None, 503: None},
+        csv=True,
         tag="chargeback",
-    )
-    # CSV is a second representation of the same 200.
-    for path in ("/api/v1/costs/users", "/api/v1/chargeback/report"):
-        content = openapi.document()["paths"][path]["get"]["responses"]["200"]["content"]
-        content.update(_CSV_DOC)
+    ),
+)

@@ -13,8 +13,14 @@ from libs.service.consumer import ConsumerLoop
 from libs.service.openapi import OpenApi
 from libs.service.portal import InMemoryRevocationStore, RevocationStore
 from libs.service.runtime import Resources, background, lifecycle
-from libs.service.web import Probe, accept_portal_tokens, create_app, declare_readiness
-from services.reports.api import LIMITS, METRICS, STORE, add_routes
+from libs.service.web import (
+    Probe,
+    accept_portal_tokens,
+    create_app,
+    declare_readiness,
+    install_routes,
+)
+from services.reports.api import LIMITS, METRICS, ROUTES, STORE
 from services.reports.config import ReportsSettings
 from services.reports.console.routes import CONSOLE, add_console
 from services.reports.console.sessions import (
@@ -26,9 +32,9 @@ from services.reports.consumer import ReportsSink, build_consumer
 from services.reports.limits import HttpLimitsClient, LimitsClient, NoLimits
 from services.reports.metrics import ReportsMetrics
 from services.reports.notifications.api import (
+    NOTIFICATION_ROUTES,
     NOTIFICATIONS,
     NotificationsApi,
-    add_notification_routes,
 )
 from services.reports.notifications.dispatcher import Notifier, NotifierOptions
 from services.reports.notifications.domain import AddressPolicy, parse_networks
@@ -39,7 +45,7 @@ from services.reports.notifications.storage import (
     NotificationAdmin,
     PostgresNotificationStore,
 )
-from services.reports.portal import add_portal_routes
+from services.reports.portal import PORTAL_ROUTES
 from services.reports.storage import PostgresReportStore, ReportStore
 
 CONSUMER = web.AppKey("reports_consumer", ConsumerLoop)
@@ -250,7 +256,5 @@ def build_app(
         needs={"database": runtime.database, "consumer": runtime.consumer_ready},
         reports={"database": runtime.database},
     )
-    add_routes(app, openapi)
-    add_portal_routes(app, openapi)
-    add_notification_routes(app, openapi)
+    install_routes(app, (*ROUTES, *PORTAL_ROUTES, *NOTIFICATION_ROUTES))
     return app

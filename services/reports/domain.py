@@ -17,12 +17,18 @@ from typing import Final, Literal
 import orjson
 
 from libs.events.bounds import MAX_SIZE_MB, capped
+from libs.events.vocabulary import (
+    ACTIVITY_CATEGORIES,
+    ACTIVITY_CATEGORY_FILTERS,
+    ACTIVITY_INTERVALS,
+    ANY_CATEGORY,
+    ActivityInterval,
+)
 from libs.service.errors import BadRequest
 
 __all__ = [
     "ACTIVITY_GRAINS",
     "ANY_CATEGORY",
-    "CATEGORIES",
     "COST_DETAIL_GRAINS",
     "COST_TOTAL_GRAINS",
     "MAX_BUCKETS",
@@ -67,8 +73,6 @@ ACTIVITY_GRAINS: Final[frozenset[Grain]] = frozenset({"d", "w", "m"})
 COST_TOTAL_GRAINS: Final[frozenset[Grain]] = frozenset({"h", "d", "m"})
 COST_DETAIL_GRAINS: Final[frozenset[Grain]] = frozenset({"d"})
 
-CATEGORIES: Final = ("ide", "login", "app", "tunnel", "web_terminal")
-ANY_CATEGORY: Final = "any"
 #: The category under which the rollups keep the sum over every category.
 ALL_CATEGORIES_KEY: Final = "*"
 
@@ -204,13 +208,15 @@ class Interval:
         return start + timedelta(days=self.days * index)
 
 
-INTERVALS: Final[Mapping[str, Interval]] = {
+_LENGTHS: Final[Mapping[ActivityInterval, Interval]] = {
     "1 day": Interval("1 day", days=1),
     "1 week": Interval("1 week", days=7),
     "1 month": Interval("1 month", months=1),
     "90 day": Interval("90 day", days=90),
     "1 year": Interval("1 year", months=12),
 }
+#: Every interval the activity query takes, in the order the contract lists them.
+INTERVALS: Final[Mapping[str, Interval]] = {name: _LENGTHS[name] for name in ACTIVITY_INTERVALS}
 
 
 def parse_interval(raw: str) -> Interval:
@@ -231,8 +237,10 @@ def parse_category(raw: str) -> str:
     value = raw.strip().lower()
     if value == ANY_CATEGORY:
         return ALL_CATEGORIES_KEY
-    if value not in CATEGORIES:
-        raise InvalidQueryError("category", f"{raw!r} is not one of any, {', '.join(CATEGORIES)}")
+    if value not in ACTIVITY_CATEGORIES:
+        raise InvalidQueryError(
+            "category", f"{raw!r} is not one of {', '.join(ACTIVITY_CATEGORY_FILTERS)}"
+        )
     return value
 
 

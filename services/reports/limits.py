@@ -8,33 +8,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 import structlog
+from pydantic import ValidationError
+
+from libs.events.limits import LIMIT_STATUS_PATH, LimitStatus
 
 __all__ = ["HttpLimitsClient", "LimitsClient", "NoLimits"]
 
 log = structlog.get_logger(__name__)
 
-STATUS_FIELDS: Final = (
-    "is_limited",
-    "period",
-    "limit_micros",
-    "spent_micros",
-    "period_start",
-    "period_end",
-    "source",
-    "group_id",
-)
-
 
 class LimitsClient(Protocol):
     """Reads a user's limit status."""
 
-    async def status(self, user_id: str) -> dict[str, object] | None:
+    async def status(self, user_id: str) -> LimitStatus | None:
         """The status when a limit applies to the user; None when none does or on any error."""
         ...
 
@@ -42,7 +33,7 @@ class LimitsClient(Protocol):
 class NoLimits:
     """No limits service configured: nobody has a limit to show."""
 
-    async def status(self, user_id: str) -> dict[str, object] | None:  # noqa: ARG002
+    async def status(self, user_id: str) -> LimitStatus | None:  # noqa: ARG002
         """Always None."""
         return None
 
@@ -65,31 +56,26 @@ class HttpLimitsClient:
         self.timeout_s = timeout_s
         self.on_error = on_error
 
-    async def status(self, user_id: str) -> dict[str, object] | None:
+    async def status(self, user_id: str) -> LimitStatus | None:
         """The limits service's answer when the user is limited, else None."""
-        url = f"{self.base_url}/api/v1/limits/status/{quote(user_id, safe='')}"
+        url = f"{self.base_url}{LIMIT_STATUS_PATH.format(user_id=quote(user_id, safe=''))}"
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with self.session.get(url, headers=self.headers) as resp:
                     if resp.status != 200:
                         self._failed(f"status {resp.status}")
                         return None
-                    body = orjson.loads(await resp.read())
+                    body = LimitStatus.model_validate_json(await resp.read())
         except TimeoutError:
             self._failed("timeout")
             return None
         except (aiohttp.ClientError, OSError):
             self._failed("unreachable")
             return None
-        except orjson.JSONDecodeError:
-            self._failed("invalid json")
-            return None
-        if not isinstance(body, dict):
+        except ValidationError:
             self._failed("invalid body")
             return None
-        if body.get("is_limited") is not True:
-            return None
-        return {key: body.get(key) for key in STATUS_FIELDS}
+        return body if body.is_limited else None
 
     def _failed(self, reason: str) -> None:
         log.info("limits_status_unavailable", reason=reason)

@@ -16,7 +16,6 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from libs.service.errors import DependencyUnavailable
-from libs.service.openapi import OpenApi
 from libs.service.portal import (
     DEFAULT_TTL_S,
     MAX_TTL_S,
@@ -25,7 +24,8 @@ from libs.service.portal import (
     PortalAuthority,
     valid_user_id,
 )
-from libs.service.web import PORTAL_KEY, Role, json_response, read_model, requires
+from libs.service.routes import Role, Route
+from libs.service.web import PORTAL_KEY, json_response, read_model
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,6 @@ async def mint_token(request: web.Request) -> web.Response:
     return response
 
 
-@requires(Role.ADMIN)
 async def revoke_tokens(request: web.Request) -> web.Response:
     """Every token of this user minted so far stops working, on every replica within a second."""
     body = await read_model(request, PortalRevokeRequest)
@@ -94,24 +93,25 @@ async def revoke_tokens(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def add_portal_routes(app: web.Application, openapi: OpenApi) -> None:
-    """Register the portal token routes and describe them."""
-    app.router.add_post("/api/v1/portal/tokens", mint_token)
-    app.router.add_post("/api/v1/portal/tokens/revoke", revoke_tokens)
-    openapi.add(
-        "post",
+#: Minting and revoking portal tokens.
+PORTAL_ROUTES = (
+    Route(
+        "POST",
         "/api/v1/portal/tokens",
-        summary="Mint a short-lived token that reads one user's own status and costs",
+        mint_token,
+        "Mint a short-lived token that reads one user's own status and costs",
         request=PortalTokenRequest,
         responses={201: PortalToken, 503: None},
         tag="portal",
-    )
-    openapi.add(
-        "post",
+    ),
+    Route(
+        "POST",
         "/api/v1/portal/tokens/revoke",
-        summary="Invalidate every portal token of a user minted so far",
+        revoke_tokens,
+        "Invalidate every portal token of a user minted so far",
+        role=Role.ADMIN,
         request=PortalRevokeRequest,
-        admin=True,
         responses={204: None, 503: None},
         tag="portal",
-    )
+    ),
+)

@@ -24,12 +24,14 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CHART = DEPLOY / "helm" / "tollgate"
 PRODUCTION_VALUES = DEPLOY / "helm" / "values-production.yaml"
-RULES = DEPLOY / "prometheus" / "rules.yml"
-RULES_TEST = DEPLOY / "prometheus" / "rules.test.yml"
-METRIC_NAMES = DEPLOY / "prometheus" / "metric-names.txt"
+#: The monitoring's one copy: the chart ships it, operators load it, the tests check it.
+MONITORING = CHART / "files"
+RULES = MONITORING / "prometheus" / "rules.yml"
+RULES_TEST = MONITORING / "prometheus" / "rules.test.yml"
+METRIC_NAMES = MONITORING / "prometheus" / "metric-names.txt"
 DASHBOARDS = (
-    DEPLOY / "grafana" / "operator-overview.json",
-    DEPLOY / "grafana" / "spend-overview.json",
+    MONITORING / "grafana" / "operator-overview.json",
+    MONITORING / "grafana" / "spend-overview.json",
 )
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -167,7 +169,7 @@ def named(docs: Sequence[Mapping[str, Any]], kind: str, name: str) -> Mapping[st
 
 
 def metric_names() -> set[str]:
-    """The metric names the services export, as deploy/prometheus/metric-names.txt lists them."""
+    """The metric names the services export, as deploy/helm/tollgate/files/prometheus/metric-names.txt lists them."""
     return {line.strip() for line in METRIC_NAMES.read_text().splitlines() if line.strip()}
 
 

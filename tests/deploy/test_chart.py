@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tests.deploy.support import (
     HELM_DEFAULT_TIMEOUT_S,
     KUBE_VERSIONS,
     MONITORING_API,
+    REPO,
     RULES,
     SERVICES,
     TOKENS,
@@ -393,7 +395,7 @@ def test_service_monitor_scrapes_every_service(production_docs: list[dict[str, A
 def test_prometheus_rule_carries_the_rules_file(
     production_docs: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    """The PrometheusRule holds exactly deploy/prometheus/rules.yml, and promtool accepts its spec."""
+    """The PrometheusRule holds exactly the chart's files/prometheus/rules.yml; promtool accepts it."""
     (rule,) = by_kind(production_docs, "PrometheusRule")
     assert rule["apiVersion"] == MONITORING_API
     assert rule["spec"] == load_yaml(RULES)
@@ -416,12 +418,32 @@ def test_grafana_dashboards_ship_as_sidecar_config_maps(
     assert all(m["metadata"]["annotations"] == {"grafana_folder": "Tollgate"} for m in maps)
 
 
-def test_chart_ships_the_same_rules_and_dashboards_as_deploy() -> None:
-    """The chart's files/ and deploy/prometheus, deploy/grafana hold the same content."""
-    pairs = [(RULES, CHART / "files" / "prometheus" / "rules.yml")]
-    pairs += [(path, CHART / "files" / "grafana" / path.name) for path in DASHBOARDS]
-    for deployed, shipped in pairs:
-        assert deployed.read_bytes() == shipped.read_bytes(), f"{deployed} and {shipped} differ"
+def test_rules_and_dashboards_exist_in_one_copy() -> None:
+    """No tracked file besides the chart's own repeats the rules or a dashboard."""
+    originals = {path: path.read_bytes() for path in (RULES, *DASHBOARDS)}
+    listed = ok(run(["git", "-C", str(REPO), "ls-files", "-z"])).split("\0")
+    copies = [
+        name
+        for name in listed
+        if name
+        and (REPO / name) not in originals
+        and (REPO / name).is_file()
+        and (REPO / name).read_bytes() in originals.values()
+    ]
+    assert copies == [], f"copies of the monitoring files: {copies}"
+
+
+def test_packaged_chart_ships_the_rules_and_dashboards_without_their_tests(
+    tmp_path: Path,
+) -> None:
+    """`helm package` carries rules.yml and the dashboards, and leaves out their tests."""
+    ok(run([tool("helm"), "package", str(CHART), "--destination", str(tmp_path)]))
+    (package,) = tmp_path.glob("*.tgz")
+    with tarfile.open(package) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames()}
+    assert {"files/prometheus/rules.yml"} | {f"files/grafana/{d.name}" for d in DASHBOARDS} <= names
+    assert "files/prometheus/rules.test.yml" not in names
+    assert "files/prometheus/metric-names.txt" not in names
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
+from libs.events.vocabulary import ACTIVITY_CATEGORIES
 from libs.service.consumer import (
     Batch,
     Consumed,
@@ -70,7 +71,6 @@ pytestmark = pytest.mark.integration
 
 MAX_SESSION_HOURS = 30
 JSON = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS  # as the API writes it
-CATEGORIES = ("ide", "login", "app", "tunnel", "web_terminal")
 
 
 class World:
@@ -184,7 +184,7 @@ class World:
                         user_id=user_id,
                         org_id=org if rng.random() < 0.95 else None,
                         data=ActivitySession(
-                            category=rng.choice(CATEGORIES),
+                            category=rng.choice(ACTIVITY_CATEGORIES),
                             duration_ms=int(hours * 3_600_000),
                             count=rng.randint(1, 4),
                         ),
@@ -433,7 +433,7 @@ async def test_postgres_figures_equal_the_events_for_any_range(db: asyncpg.Pool,
             start, name, end = aligned[n]
             interval = parse_interval(name)
         buckets = make_buckets(start, end, interval)
-        category = rng.choice(("*", *CATEGORIES))
+        category = rng.choice(("*", *ACTIVITY_CATEGORIES))
         org = rng.choice((None, *world.orgs))
         got = await store.activity(buckets, category=category, org=org)
         want = await reference.activity(buckets, category=category, org=org)

@@ -25,7 +25,8 @@ from libs.events.models import (
     WorkspaceBuild,
     WorkspaceBuilt,
 )
-from services.limits.domain import LimitsConfig, Period
+from libs.events.vocabulary import Period
+from services.limits.domain import LimitsConfig
 from tests.reliability.checks import (
     Check,
     CheckResult,

@@ -11,9 +11,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.events import EVENT_TYPES, RejectReason
+from libs.events.client import LimitStatusError, TollgateClient
 from tests.reliability.stack import SERVICES, existing_services, missing_reason
 from tests.security.conftest import Secured
 from tests.security.operations import ADMIN, EMITTER, Operation, operations, request
+from tests.support import EMITTER_TOKEN
 
 pytestmark = pytest.mark.e2e
 
@@ -298,3 +300,30 @@ async def test_hostile_events_get_a_fixed_reason_code_that_never_echoes_them(
         for sample in family.samples:
             assert sample.labels["reason"] in reasons, sample.labels
             assert sample.labels["type"] in types, sample.labels
+@pytest.mark.parametrize(
+    ("user_id", "status"),
+    [
+        ("a\x00b", 422),
+        ("tab\tid", 422),
+        ("c1\x85", 422),
+        ("x" * 10_000, 400),
+        ("", 404),
+        ("\ud800", None),
+    ],
+)
+async def test_the_clients_status_read_refuses_hostile_user_ids(
+    secured: Secured, user_id: str, status: int | None
+) -> None:
+    """`TollgateClient.limit_status` reports a refused id as an error with the service's status
+    (a lone surrogate is refused before sending), never as some user's status."""
+    if "limits" not in existing_services():
+        pytest.skip(missing_reason("limits"))
+    async with TollgateClient(
+        ingest_url=None, limits_url=secured.url("limits"), token=EMITTER_TOKEN
+    ) as client:
+        with pytest.raises(LimitStatusError, match=r"limits answered|user_id: ") as refused:
+            await client.limit_status(user_id)
+        assert refused.value.status == status, str(refused.value)
+        # A path in the id stays one id: quoted, it reaches no other route.
+        escaped = await client.limit_status("../../api/v1/limits/config")
+        assert (escaped.source, escaped.spent_micros) == ("none", 0)

@@ -28,7 +28,8 @@ from pydantic import ValidationError
 
 from libs.events.models import ChatUsage, ChatUsageRecorded
 from libs.events.pricing import ModelPrice, price_event
-from services.limits.domain import Ledger, Limiter, LimitsConfig, Period, period_bounds
+from libs.events.vocabulary import Period
+from services.limits.domain import Ledger, Limiter, LimitsConfig, period_bounds
 
 README: Final = Path(__file__).resolve().parents[2] / "README.md"
 

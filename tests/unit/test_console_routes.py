@@ -12,7 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.reports.app import build_app
 from services.reports.config import ReportsSettings
 from services.reports.console.sessions import InMemorySessionStore
+from services.reports.portal import PORTAL_ROUTES
 from services.reports.storage import InMemoryReportStore
+from tests.contracts import Example, failures, walk
 
 Client = TestClient[web.Request, web.Application]
 SECRET = "unit-console-secret-0123456789abcdef0123"
@@ -170,3 +172,18 @@ async def test_pages_carry_a_strict_content_security_policy(console: Client) -> 
     assert "frame-ancestors 'none'" in policy
     assert resp.headers["X-Frame-Options"] == "DENY"
     assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_every_portal_route_answers_the_model_its_table_declares(console: Client) -> None:
+    """Minting and revoking portal tokens succeed with the bodies their table declares."""
+    answers = await walk(
+        console,
+        PORTAL_ROUTES,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        examples={
+            ("POST", "/api/v1/portal/tokens"): Example(body={"user_id": "ann"}),
+            ("POST", "/api/v1/portal/tokens/revoke"): Example(body={"user_id": "ann"}),
+        },
+    )
+    assert failures(answers) == []
+    assert len(answers) == len(PORTAL_ROUTES)

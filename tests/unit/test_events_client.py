@@ -23,6 +23,8 @@ from libs.events import (
     EmitError,
     EmitResult,
     LimitDecision,
+    LimitStatus,
+    LimitStatusError,
     Rejection,
     TollgateClient,
 )
@@ -57,6 +59,7 @@ async def serve(handler: Handler) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/api/v1/events", handler)
     app.router.add_post("/api/v1/limits/check", handler)
+    app.router.add_get("/api/v1/limits/status/{user_id}", handler)
     server = TestServer(app)
     await server.start_server()
     try:
@@ -734,6 +737,99 @@ async def test_check_limit_without_limits_url_is_a_usage_error() -> None:
     async with TollgateClient(ingest_url="http://ingest", limits_url=None, token=TOKEN) as tollgate:
         with pytest.raises(RuntimeError, match="limits_url"):
             await tollgate.check_limit("u-1")
+
+
+# Limit status
+
+STATUS = {
+    "is_limited": True,
+    "period": "week",
+    "limit_micros": 5_000_000,
+    "spent_micros": 1_250_000,
+    "period_start": "2026-11-02T00:00:00Z",
+    "period_end": "2026-11-09T00:00:00Z",
+    "source": "group",
+    "group_id": "g-1",
+    "org_id": "acme",
+}
+
+
+async def test_limit_status_reads_the_shared_status_model() -> None:
+    """`limit_status` asks for the user (path-quoted, with org_id) and returns a `LimitStatus`."""
+    seen: list[tuple[str, dict[str, str], str]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(
+            (
+                request.match_info["user_id"],
+                dict(request.query),
+                request.headers.get("Authorization", ""),
+            )
+        )
+        return web.json_response(STATUS)
+
+    async with serve(answer) as url, client(url) as tollgate:
+        status = await tollgate.limit_status("ann/b", org_id="acme")
+    assert status == LimitStatus.model_validate(STATUS)
+    assert status.period_start == datetime(2026, 11, 2, tzinfo=UTC)
+    assert (status.source, status.group_id, status.org_id) == ("group", "g-1", "acme")
+    assert seen == [("ann/b", {"org_id": "acme"}, f"Bearer {TOKEN}")]
+
+
+async def test_limit_status_raises_with_the_services_message_on_a_refusal() -> None:
+    """A 403 (or any non-200) is a `LimitStatusError` naming the status and the message."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"message": "a portal token may only read its own user"}, status=403
+        )
+
+    async with serve(answer) as url, client(url) as tollgate:
+        with pytest.raises(LimitStatusError, match="403: a portal token") as caught:
+            await tollgate.limit_status("u-1")
+    assert caught.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**STATUS, "period": "quarter"},
+        {**STATUS, "source": "elsewhere"},
+        {key: value for key, value in STATUS.items() if key != "spent_micros"},
+        {"allowed": True},
+    ],
+)
+async def test_limit_status_refuses_a_body_that_is_not_a_status(body: dict[str, Any]) -> None:
+    """A 200 whose body breaks the status contract is an error, never a made-up status."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    async with serve(answer) as url, client(url) as tollgate:
+        with pytest.raises(LimitStatusError, match="not a limit status"):
+            await tollgate.limit_status("u-1")
+
+
+async def test_limit_status_refuses_an_id_that_is_not_text_before_sending() -> None:
+    """A lone surrogate cannot be sent at all: the error names user_id and nothing is asked."""
+    calls: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.json_response(STATUS)
+
+    async with serve(answer) as url, client(url) as tollgate:
+        with pytest.raises(LimitStatusError, match="user_id: not valid text") as caught:
+            await tollgate.limit_status("a\ud800")
+    assert caught.value.status is None
+    assert calls == []
+
+
+async def test_limit_status_of_an_unreachable_service_is_an_error() -> None:
+    """Unlike a check, a status read never fails open: no service means an error."""
+    async with client(closed_port_url()) as tollgate:
+        with pytest.raises(LimitStatusError, match="cannot reach limits"):
+            await tollgate.limit_status("u-1")
 
 
 # Sessions

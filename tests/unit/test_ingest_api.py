@@ -12,10 +12,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from libs.events.bounds import MAX_EVENT_COST_MICROS
+from libs.events.client import EMIT_PATH
+from services.ingest.api import ROUTES
 from services.ingest.app import build_app
 from services.ingest.config import IngestSettings
 from services.ingest.producer import InMemoryEventLog
 from services.ingest.storage import InMemoryPriceStore
+from tests.contracts import Example, failures, walk
 from tests.support import eventually
 
 EMITTER = {"Authorization": "Bearer emit"}
@@ -455,3 +458,22 @@ async def test_a_model_name_with_a_control_character_is_422_on_the_pricing_route
     resp = await ingest.client.put("/api/v1/pricing/models/a%00b", json=PRICE, headers=ADMIN)
     assert resp.status == 422
     assert (await resp.json())["message"].startswith("model: contains a control character")
+
+
+async def test_every_route_answers_the_model_its_table_declares(ingest: Harness) -> None:
+    """Each route of ingest's table, called once, succeeds with the body its table declares."""
+    model = {"model": "sonnet"}
+    price_path = "/api/v1/pricing/models/{model}"
+    answers = await walk(
+        ingest.client,
+        ROUTES,
+        headers=ADMIN,
+        examples={
+            ("POST", EMIT_PATH): Example(body={"events": [chat("walk-1")]}),
+            ("PUT", price_path): Example(path=model, body=PRICE),
+            ("GET", price_path): Example(path=model),
+            ("DELETE", price_path): Example(path=model),
+        },
+    )
+    assert failures(answers) == []
+    assert len(answers) == len(ROUTES)

@@ -13,13 +13,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from libs.events.limits import LIMIT_CHECK_PATH, LIMIT_STATUS_PATH
 from libs.events.models import ChatUsage, ChatUsageRecorded, DirectoryGroup, Event, GroupUpdated
 from libs.service.consumer import Batch, Consumed
+from services.limits.api import ROUTES
 from services.limits.app import SINK, SNAPSHOTTER, build_app
 from services.limits.config import LimitsSettings
 from services.limits.consumer import APPLY_CHUNK, LimitsSink
 from services.limits.domain import MONTH
 from services.limits.storage import InMemoryConfigStore, InMemorySnapshotStore
+from tests.contracts import Example, failures, walk
 from tests.support import scrape
 
 EMITTER = {"Authorization": "Bearer emit"}
@@ -733,3 +736,33 @@ async def test_checks_and_status_refuse_unstorable_user_ids(limits: Harness) -> 
     assert str(body["message"]).startswith("user_id: contains a control character (U+0000")
     resp = await limits.client.get("/api/v1/limits/status/eve%00", headers=EMITTER)
     assert resp.status == 422
+
+
+async def test_every_route_answers_the_model_its_table_declares(limits: Harness) -> None:
+    """Each route of limits' table, called once, succeeds with the body its table declares."""
+    limits.caught_up()
+    await limits.configure(period="week", default=700)
+    await limits.feed(spend("e", "ann", 20))
+    ann, team = {"user_id": "ann"}, {"group_id": "team"}
+    answers = await walk(
+        limits.client,
+        ROUTES,
+        headers=ADMIN,
+        examples={
+            ("POST", LIMIT_CHECK_PATH): Example(body=ann),
+            ("GET", LIMIT_STATUS_PATH): Example(path=ann),
+            ("PUT", "/api/v1/limits/config"): Example(
+                body={"enabled": True, "period": "month", "default_limit_micros": 10}
+            ),
+            ("PUT", "/api/v1/limits/overrides/users/{user_id}"): Example(
+                path=ann, body={"limit_micros": 5}
+            ),
+            ("DELETE", "/api/v1/limits/overrides/users/{user_id}"): Example(path=ann),
+            ("PUT", "/api/v1/limits/overrides/groups/{group_id}"): Example(
+                path=team, body={"limit_micros": 5}
+            ),
+            ("DELETE", "/api/v1/limits/overrides/groups/{group_id}"): Example(path=team),
+        },
+    )
+    assert failures(answers) == []
+    assert len(answers) == len(ROUTES)

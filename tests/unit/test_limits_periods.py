@@ -8,15 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from libs.events.vocabulary import PERIODS, Period
 from services.limits.domain import (
     DAY,
     MONTH,
-    PERIODS,
     WEEK,
     Calendar,
     CurrentPeriod,
     Ledger,
-    Period,
     day_number,
     period_bounds,
     period_key,

@@ -11,8 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from services.reports.app import build_app
 from services.reports.config import ReportsSettings
+from services.reports.notifications.api import NOTIFICATION_ROUTES
 from services.reports.notifications.storage import InMemoryNotificationAdmin
 from services.reports.storage import InMemoryReportStore
+from tests.contracts import Example, failures, walk, walk_values
 
 ADMIN = {"Authorization": "Bearer admin"}
 EMITTER = {"Authorization": "Bearer emit"}
@@ -178,3 +180,26 @@ def test_a_retention_shorter_than_a_period_or_the_retry_window_is_refused(
     """Pruning a notification before its period ends would let a replay record it again."""
     with pytest.raises(ValueError, match=problem):
         ReportsSettings.model_validate({"DATABASE_URL": "postgresql://unused", **env})
+async def test_every_route_answers_the_model_its_table_declares(
+    api: tuple[Client, InMemoryNotificationAdmin],
+) -> None:
+    """Each notifications route, called once, succeeds with the body its table declares."""
+    client, _ = api
+    made = await client.post(HOOKS, json={"url": "https://h.example/walk"}, headers=ADMIN)
+    webhook = {"webhook_id": (await made.json())["id"]}
+    answers = await walk(
+        client,
+        NOTIFICATION_ROUTES,
+        headers=ADMIN,
+        examples={
+            ("POST", HOOKS): Example(body={"url": "https://h.example/other"}),
+            ("POST", f"{HOOKS}/{{webhook_id}}/test"): Example(path=webhook),
+            ("DELETE", f"{HOOKS}/{{webhook_id}}"): Example(path=webhook),
+            ("GET", "/api/v1/notifications/deliveries"): Example(query={"status": "pending"}),
+        },
+    )
+    assert failures(answers) == []
+    assert len(answers) == len(NOTIFICATION_ROUTES)
+    values = await walk_values(client, NOTIFICATION_ROUTES, headers=ADMIN)
+    assert failures(values) == []
+    assert len(values) == 3 + 2

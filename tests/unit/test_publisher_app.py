@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from libs.events.models import MAX_INT
 from libs.service.consumer import Progress
 from services.publisher.agent_time import AgentTimeHeartbeat
+from services.publisher.api import ROUTES
 from services.publisher.app import build_app
 from services.publisher.config import PublisherSettings
 from services.publisher.domain import (
@@ -32,6 +33,7 @@ from services.publisher.domain import (
 from services.publisher.heartbeat import SeatHeartbeat
 from services.publisher.metrics import PublisherMetrics
 from services.publisher.storage import InMemoryQueue
+from tests.contracts import failures, walk
 
 ADMIN = {"Authorization": "Bearer admin"}
 EMITTER = {"Authorization": "Bearer emit"}
@@ -305,3 +307,13 @@ def test_the_default_agent_time_window_fits_a_shorter_maximum_age() -> None:
     assert settings(PUBLISH_MAX_AGE="2d").agent_time_window == timedelta(days=2) - HOUR
     with pytest.raises(ValidationError, match="AGENT_TIME_WINDOW"):
         settings(PUBLISH_MAX_AGE="2d", TOLLGATE_PUBLISHER_AGENT_TIME_WINDOW="7d")
+
+
+async def test_every_route_answers_the_model_its_table_declares(
+    client: tuple[TestClient[web.Request, web.Application], InMemoryQueue, Accepting],
+) -> None:
+    """Each route of the publisher's table, called once, succeeds with the body it declares."""
+    http, _, _ = client
+    answers = await walk(http, ROUTES, headers=ADMIN)
+    assert failures(answers) == []
+    assert len(answers) == len(ROUTES)

@@ -37,10 +37,12 @@ from libs.events.models import (
 )
 from libs.service.consumer import Consumed
 from libs.service.embedded import free_port
+from services.reports.api import ROUTES
 from services.reports.app import build_app
 from services.reports.config import ReportsSettings
 from services.reports.limits import HttpLimitsClient
 from services.reports.storage import InMemoryReportStore
+from tests.contracts import Example, failures, walk, walk_values
 
 EMITTER = {"Authorization": "Bearer emit"}
 ADMIN = {"Authorization": "Bearer admin"}
@@ -127,7 +129,7 @@ class FakeLimits:
         await asyncio.sleep(self.delay_s)
         body = self.statuses.get(request.match_info["user_id"])
         if body is None:
-            return web.json_response({"is_limited": False, "period": None})
+            return web.json_response({**LIMITED, "is_limited": False, "source": "none"})
         return web.json_response(body)
 
 
@@ -140,6 +142,7 @@ LIMITED = {
     "period_end": "2022-09-01T00:00:00Z",
     "source": "default",
     "group_id": None,
+    "org_id": None,
 }
 
 
@@ -609,3 +612,31 @@ async def test_openapi_describes_every_route(reports: Harness) -> None:
     names = {p["name"] for p in paths[ACTIVITY]["get"]["parameters"]}
     assert names == {"start", "end", "interval", "category", "org"}
     assert "text/csv" in paths[COSTS]["get"]["responses"]["200"]["content"]
+
+
+_AUGUST = {"start_date": "2022-08-01", "end_date": "2022-09-01"}
+#: A request per reports route that finds the data `_organisation` and `_spenders` feed.
+_EXAMPLES = {
+    ("GET", ACTIVITY): Example(query={"start": "2022-01-01", "end": "2022-09-01"}),
+    ("GET", COSTS): Example(query=_AUGUST),
+    ("GET", f"{COSTS}/{{user_id}}"): Example(path={"user_id": "u1"}, query=_AUGUST),
+    ("GET", CHARGEBACK): Example(query={"reportMonth": "2022-08"}),
+}
+
+
+async def test_every_route_answers_the_model_its_table_declares(reports: Harness) -> None:
+    """Each route of reports' table, called once, succeeds with the body its table declares."""
+    _organisation(reports)
+    _spenders(reports)
+    reports.limits.statuses["u1"] = LIMITED
+    answers = await walk(reports.client, ROUTES, headers=ADMIN, examples=_EXAMPLES)
+    assert failures(answers) == []
+    assert len(answers) == len(ROUTES)
+
+
+async def test_every_value_a_query_parameter_lists_is_understood(reports: Harness) -> None:
+    """Each enum value the document lists for a query parameter gets an answer, never a 400."""
+    _spenders(reports)
+    answers = await walk_values(reports.client, ROUTES, headers=ADMIN, examples=_EXAMPLES)
+    assert failures(answers) == []
+    assert len(answers) == 5 + 6 + 2 + 2 + 2 + 3

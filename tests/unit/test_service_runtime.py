@@ -16,17 +16,19 @@ from pydantic import BaseModel, Field, ValidationError
 from libs.service.embedded import free_port, port_open
 from libs.service.errors import Conflict, DependencyUnavailable
 from libs.service.openapi import OpenApi
+from libs.service.routes import Role, Route
 from libs.service.runtime import expose_metrics
 from libs.service.settings import CommonSettings
 from libs.service.web import (
     READINESS_KEY,
     Probe,
-    Role,
+    ResponseContractError,
+    check_response,
     create_app,
     declare_readiness,
+    install_routes,
     json_response,
     read_model,
-    requires,
 )
 from services.ingest.config import IngestSettings
 from tests.support import scrape
@@ -38,7 +40,6 @@ class Body(BaseModel):
     amount: int = Field(gt=0)
 
 
-@requires(Role.ADMIN)
 async def admin_only(_: web.Request) -> web.Response:
     """Only admins get here."""
     return json_response({"ok": True})
@@ -88,6 +89,25 @@ def _raising(exc: BaseException) -> Callable[[web.Request], Awaitable[web.Respon
         raise exc
 
     return handler
+ROUTES = (
+    Route("GET", "/admin", admin_only, "admin", role=Role.ADMIN, responses={200: None}),
+    Route("POST", "/emit", emitter_route, "emit", request=Body, responses={200: Body}),
+    Route("GET", "/conflict", conflict, "conflict", responses={409: None}),
+    Route("GET", "/down", down, "down", responses={503: None}),
+    Route("GET", "/boom", boom, "boom", responses={200: None}),
+    Route("GET", "/unstorable", unstorable, "unstorable", responses={422: None}),
+    *(
+        Route("GET", f"/outage/{name}", _raising(exc), name, responses={503: None})
+        for name, exc in OUTAGES.items()
+    ),
+    Route(
+        "GET",
+        "/duplicate",
+        _raising(asyncpg.UniqueViolationError("duplicate key")),
+        "duplicate",
+        responses={500: None},
+    ),
+)
 
 
 @pytest.fixture
@@ -107,16 +127,7 @@ async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
         return ready["value"], "thing"
 
     app[READINESS_KEY].append(check)
-    app.router.add_get("/admin", admin_only)
-    app.router.add_post("/emit", emitter_route)
-    app.router.add_get("/conflict", conflict)
-    app.router.add_get("/down", down)
-    app.router.add_get("/boom", boom)
-    app.router.add_get("/unstorable", unstorable)
-    for name, exc in OUTAGES.items():
-        app.router.add_get(f"/outage/{name}", _raising(exc))
-    app.router.add_get("/duplicate", _raising(asyncpg.UniqueViolationError("duplicate key")))
-    openapi.add("post", "/emit", summary="emit", request=Body, responses={200: Body})
+    install_routes(app, ROUTES)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
@@ -402,3 +413,71 @@ async def test_a_probe_stops_when_cancelled_even_while_a_question_hangs() -> Non
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 1)
     await asyncio.wait_for(cancelled.wait(), 1)
+async def _drifted(_: web.Request) -> web.Response:
+    """Answers a body without the field its route declares."""
+    return json_response({"amount": "many"})
+
+
+async def _undeclared(_: web.Request) -> web.Response:
+    """Answers a status its route does not declare."""
+    return json_response({"amount": 1}, status=202)
+
+
+@pytest.mark.parametrize("check", [True, False])
+async def test_answers_are_checked_against_their_declared_models_when_asked(check: bool) -> None:
+    """With TOLLGATE_CHECK_RESPONSES a drifted body or an undeclared status is a 500 naming the
+    route; without it (production) the answer goes out as the handler made it."""
+    settings = CommonSettings(
+        DATABASE_URL="postgresql://unused",
+        TOLLGATE_EMITTER_TOKENS="e1",
+        TOLLGATE_CHECK_RESPONSES=check,
+    )
+    app = create_app(
+        service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
+    )
+    install_routes(
+        app,
+        (
+            Route("GET", "/drifted", _drifted, "drifted", responses={200: Body}),
+            Route("GET", "/undeclared", _undeclared, "undeclared", responses={200: Body}),
+        ),
+    )
+    auth = {"Authorization": "Bearer e1"}
+    async with TestClient(TestServer(app)) as client:
+        drifted = await client.get("/drifted", headers=auth)
+        undeclared = await client.get("/undeclared", headers=auth)
+    expected = (500, 500) if check else (200, 202)
+    assert (drifted.status, undeclared.status) == expected
+
+
+def test_a_broken_contract_names_the_route_and_what_broke() -> None:
+    """The error says which route answered what: a status it lacks, a field that is wrong."""
+    route = Route("GET", "/things", _drifted, "things", responses={200: Body, 404: None})
+    with pytest.raises(
+        ResponseContractError, match=r"GET /things answered a 200 body that is not a Body: amount: "
+    ):
+        check_response(route, json_response({"amount": "many"}))
+    with pytest.raises(
+        ResponseContractError, match="GET /things answered 202, which it does not declare"
+    ):
+        check_response(route, json_response({"amount": 1}, status=202))
+    with pytest.raises(ResponseContractError, match="answered text/plain, not JSON"):
+        check_response(route, web.Response(text="1"))
+    check_response(route, json_response({"amount": 1}))
+    check_response(route, json_response({"message": "no such thing"}, status=404))
+
+
+async def _shared(_: web.Request) -> web.Response:
+    """One handler that two routes try to serve with different roles."""
+    return json_response({"amount": 1})
+
+
+def test_one_handler_cannot_serve_two_roles() -> None:
+    """Installing a handler under a second, different role is refused instead of widening it."""
+    settings = CommonSettings(DATABASE_URL="postgresql://unused", TOLLGATE_CHECK_RESPONSES=False)
+    app = create_app(
+        service="t", settings=settings, registry=CollectorRegistry(), openapi=OpenApi(title="t")
+    )
+    install_routes(app, (Route("GET", "/a", _shared, "a", role=Role.ADMIN, responses={200: Body}),))
+    with pytest.raises(ValueError, match="GET /b: its handler serves another role"):
+        install_routes(app, (Route("GET", "/b", _shared, "b", responses={200: Body}),))

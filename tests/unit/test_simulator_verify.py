@@ -41,7 +41,17 @@ async def limits(spent: dict[str, int], period_start: str = MONTH) -> AsyncItera
         if user not in spent:
             return web.json_response({"message": "no such user"}, status=404)
         return web.json_response(
-            {"period": "month", "period_start": period_start, "spent_micros": spent[user]}
+            {
+                "is_limited": False,
+                "period": "month",
+                "limit_micros": None,
+                "spent_micros": spent[user],
+                "period_start": period_start,
+                "period_end": "2026-12-01T00:00:00Z",
+                "source": "none",
+                "group_id": None,
+                "org_id": None,
+            }
         )
 
     app = web.Application()

@@ -33,6 +33,7 @@ from rich.table import Table
 from libs.events.codec import encode
 from libs.events.models import Envelope
 from libs.events.topics import USAGE_EVENTS
+from libs.events.vocabulary import PERIODS
 from libs.service.events_tool import reader_went_away
 from libs.service.local import kafka_bootstrap, service_url, state_dir
 from services.limits.domain import LimitsConfig
@@ -195,7 +196,7 @@ def limits_config(doc: object) -> LimitsConfig:
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
     period = doc.get("period", "month")
-    if period not in ("day", "week", "month"):
+    if period not in PERIODS:
         raise ValueError("period: day, week or month")
     percent = doc.get("warning_threshold_percent", 85)
     if percent is not None and (not isinstance(percent, int) or not 1 <= percent <= 99):

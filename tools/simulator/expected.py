@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from libs.events.models import (
     ActivitySessionRecorded,
@@ -32,6 +32,7 @@ from libs.events.models import (
     WorkspaceBuilt,
 )
 from libs.events.pricing import ModelPrice, priced_cost
+from libs.events.vocabulary import ACTIVITY_CATEGORY_FILTERS, ACTIVITY_INTERVALS, ActivityInterval
 from services.limits.crossings import LIMIT_PERCENT, LIMIT_REACHED, WARNING, warning_reached
 from services.limits.domain import LimitsConfig, period_bounds, resolve_limit
 from services.publisher.domain import HB_AGENT_RUNTIME, agent_hour, agent_time_id
@@ -46,9 +47,9 @@ __all__ = [
     "period_starts",
 ]
 
-Interval = Literal["1 day", "1 week", "1 month", "90 day", "1 year"]
-INTERVALS: Final[tuple[Interval, ...]] = ("1 day", "1 week", "1 month", "90 day", "1 year")
-CATEGORIES: Final = ("any", "ide", "login", "app", "tunnel", "web_terminal")
+Interval = ActivityInterval
+INTERVALS: Final = ACTIVITY_INTERVALS
+CATEGORIES: Final = ACTIVITY_CATEGORY_FILTERS
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 

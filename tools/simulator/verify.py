@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,6 +29,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from libs.events.limits import LimitStatus
 from libs.service.local import service_url
 from tools.simulator.cli import default_expected_path, first_token
 from tools.simulator.expected import ChatTotals
@@ -108,15 +110,16 @@ async def _limits(
     expected = doc["limits"]
     turned_over: set[str] = set()
     for user, periods in expected["spent_micros"].items():
-        status = await _get(http, services, f"{services.limits}/api/v1/limits/status/{user}")
-        if status is None:
+        answer = await _get(http, services, f"{services.limits}/api/v1/limits/status/{user}")
+        if answer is None:
             out.check("limits", f"{user} status", "an answer", "404")
             continue
-        period = status["period"]
-        if status["period_start"] != expected["period_start"][period]:
+        status = LimitStatus.model_validate(answer)
+        period: str = status.period
+        if status.period_start != datetime.fromisoformat(expected["period_start"][period]):
             turned_over.add(period)
             continue
-        out.check("limits", f"{user} {period} spend", periods[period], status["spent_micros"])
+        out.check("limits", f"{user} {period} spend", periods[period], status.spent_micros)
     for period in sorted(turned_over):
         out.notes.append(
             f"limits: the current {period} began after the simulation ended "

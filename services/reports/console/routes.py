@@ -37,16 +37,16 @@ from libs.service.errors import (
     Unauthorized,
 )
 from libs.service.portal import PortalAuthority, PortalClaims
+from libs.service.routes import Handler, Role, Route
 from libs.service.web import (
     PORTAL_KEY,
     SETTINGS_KEY,
-    Role,
+    install_routes,
     json_response,
-    requires,
     role_of_token,
 )
 from services.reports.config import ReportsSettings
-from services.reports.console.proxy import Upstreams, forward, owner_of
+from services.reports.console.proxy import OWNERS, Upstreams, forward, owner_of
 from services.reports.console.sessions import (
     COOKIE,
     LOGIN_COOKIE,
@@ -288,7 +288,6 @@ def _login_page(*, csrf: str, next_path: str | None, error: str = "", notice: st
     return template
 
 
-@requires(Role.PUBLIC)
 async def login_page(request: web.Request) -> web.StreamResponse:
     """The sign-in form; an already signed-in browser goes to its start page."""
     session = await active_session(request)
@@ -312,7 +311,6 @@ def _start_page(role: SessionRole) -> str:
     return "/console/me" if role == "portal" else "/console/costs"
 
 
-@requires(Role.PUBLIC)
 async def login(request: web.Request) -> web.StreamResponse:
     """Check the form's token; on success start a session and go on."""
     console = request.app[CONSOLE]
@@ -368,7 +366,6 @@ async def login(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@requires(Role.PUBLIC)
 async def portal_handoff(request: web.Request) -> web.StreamResponse:
     """A platform's page posts a user's portal token here (a form, never a URL)."""
     form = await request.post()
@@ -381,7 +378,6 @@ async def portal_handoff(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@requires(Role.PUBLIC)
 async def logout(request: web.Request) -> web.StreamResponse:
     """End the session (CSRF-checked), clear the cookie, and show the sign-in page."""
     console = request.app[CONSOLE]
@@ -400,7 +396,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@requires(Role.PUBLIC)
 async def session_info(request: web.Request) -> web.Response:
     """Who is signed in, the CSRF token for this session, and when it ends."""
     session = await active_session(request)
@@ -429,7 +424,6 @@ def _allowed(role: SessionRole, page: str) -> bool:
     return role == "admin" and page in ADMIN_PAGES
 
 
-@requires(Role.PUBLIC)
 async def page(request: web.Request) -> web.StreamResponse:
     """The console shell for a known page; sign-in first when there is no session."""
     tail = request.match_info.get("tail", "")
@@ -451,7 +445,6 @@ async def page(request: web.Request) -> web.StreamResponse:
     return _html((STATIC / "index.html").read_text())
 
 
-@requires(Role.PUBLIC)
 async def asset(request: web.Request) -> web.StreamResponse:
     """A file under `static/` (no other path can be reached)."""
     name = request.match_info["name"]
@@ -467,7 +460,6 @@ async def asset(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@requires(Role.PUBLIC)
 async def console_root(_: web.Request) -> web.StreamResponse:
     """`/console` goes to `/console/`."""
     raise web.HTTPPermanentRedirect("/console/")
@@ -483,7 +475,6 @@ def _self_url(settings: ReportsSettings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-@requires(Role.PUBLIC)
 async def console_api(request: web.Request) -> web.StreamResponse:
     """A console call: session and CSRF checked, the session's credential attached, forwarded."""
     console = request.app[CONSOLE]
@@ -523,7 +514,6 @@ async def console_api(request: web.Request) -> web.StreamResponse:
     )
 
 
-@requires(Role.PUBLIC)
 async def public_api(request: web.Request) -> web.StreamResponse:
     """Another service's public API on this origin, forwarded with the caller's own token."""
     console = request.app[CONSOLE]
@@ -583,17 +573,33 @@ def add_console(app: web.Application, settings: ReportsSettings, store: SessionS
                     await task
 
     app.cleanup_ctx.append(client)
-    router = app.router
-    router.add_get("/console", console_root)
-    router.add_get("/console/login", login_page)
-    router.add_post("/console/login", login)
-    router.add_post("/console/logout", logout)
-    router.add_post("/console/portal", portal_handoff)
-    router.add_get("/console/api/session", session_info)
-    router.add_route("*", "/console/api/v1/{tail:.+}", console_api)
-    router.add_get("/console/assets/{name:[A-Za-z0-9_./-]+}", asset)
-    router.add_get("/console/{tail:.*}", page)
-    for prefix in ("events", "pricing", "limits", "publisher"):
-        if upstreams.urls.get(owner_of(f"/api/v1/{prefix}") or ""):
-            router.add_route("*", f"/api/v1/{prefix}", public_api)
-            router.add_route("*", f"/api/v1/{prefix}/{{tail:.*}}", public_api)
+    install_routes(app, (*CONSOLE_ROUTES, *gateway_routes(upstreams)))
+
+
+def _page(method: str, path: str, handler: Handler, summary: str) -> Route:
+    # Sessions, not bearer tokens, guard the console: its handlers check them themselves.
+    return Route(method, path, handler, summary, role=Role.PUBLIC, documented=False)
+
+
+#: The console: its pages and assets, sign-in and out, and its session's API gateway.
+CONSOLE_ROUTES = (
+    _page("GET", "/console", console_root, "The console's start"),
+    _page("GET", "/console/login", login_page, "The sign-in form"),
+    _page("POST", "/console/login", login, "Sign in with a token"),
+    _page("POST", "/console/logout", logout, "Sign out"),
+    _page("POST", "/console/portal", portal_handoff, "Sign in with a portal token"),
+    _page("GET", "/console/api/session", session_info, "Who is signed in"),
+    _page("*", "/console/api/v1/{tail:.+}", console_api, "The APIs, with the session's token"),
+    _page("GET", "/console/assets/{name:[A-Za-z0-9_./-]+}", asset, "Scripts and styles"),
+    _page("GET", "/console/{tail:.*}", page, "A page"),
+)
+
+
+def gateway_routes(upstreams: Upstreams) -> tuple[Route, ...]:
+    """The other services' public APIs on this port, for each service whose URL is set."""
+    return tuple(
+        _page("*", path, public_api, f"Forwarded to {owner}")
+        for prefix, owner in OWNERS
+        if owner != "reports" and upstreams.urls.get(owner)
+        for path in (prefix, f"{prefix}/{{tail:.*}}")
+    )

@@ -15,12 +15,10 @@ from libs.service.errors import (
     NotFound,
     Unprocessable,
 )
-from libs.service.openapi import OpenApi
+from libs.service.routes import Param, Role, Route
 from libs.service.web import (
-    Role,
     json_response,
     read_json,
-    requires,
     storable_text,
     validation_message,
 )
@@ -155,7 +153,6 @@ def _webhook_id(request: web.Request) -> str:
     return storable_text(request.match_info["webhook_id"], "webhook_id", max_length=_ID_LENGTH)
 
 
-@requires(Role.ADMIN)
 async def add_webhook(request: web.Request) -> web.Response:
     """Register an endpoint; the answer holds its signing secret, shown this once."""
     api = request.app[NOTIFICATIONS]
@@ -189,7 +186,6 @@ async def add_webhook(request: web.Request) -> web.Response:
     )
 
 
-@requires(Role.ADMIN)
 async def list_webhooks(request: web.Request) -> web.Response:
     """Every endpoint, without secrets."""
     api = request.app[NOTIFICATIONS]
@@ -197,7 +193,6 @@ async def list_webhooks(request: web.Request) -> web.Response:
     return json_response({"webhooks": [h.view() for h in hooks]})
 
 
-@requires(Role.ADMIN)
 async def delete_webhook(request: web.Request) -> web.Response:
     """Stop sending to an endpoint; what was pending for it fails."""
     api = request.app[NOTIFICATIONS]
@@ -207,7 +202,6 @@ async def delete_webhook(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@requires(Role.ADMIN)
 async def send_trial(request: web.Request) -> web.Response:
     """Queue a signed test event for one endpoint, delivered like any notification."""
     api = request.app[NOTIFICATIONS]
@@ -232,7 +226,6 @@ def _one(request: web.Request, name: str) -> str | None:
     return value or None
 
 
-@requires(Role.ADMIN)
 async def list_deliveries(request: web.Request) -> web.Response:
     """The newest deliveries, optionally by status, channel and user."""
     api = request.app[NOTIFICATIONS]
@@ -268,7 +261,6 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return json_response({"deliveries": [d.view() for d in found]})
 
 
-@requires(Role.ADMIN)
 async def get_status(request: web.Request) -> web.Response:
     """Endpoints, email configuration and what waits in the outbox."""
     api = request.app[NOTIFICATIONS]
@@ -299,88 +291,72 @@ async def get_status(request: web.Request) -> web.Response:
     )
 
 
-def add_notification_routes(app: web.Application, openapi: OpenApi) -> None:
-    """Register the handlers and describe them in the OpenAPI document."""
-    base = "/api/v1/notifications"
-    app.router.add_post(f"{base}/webhooks", add_webhook)
-    app.router.add_get(f"{base}/webhooks", list_webhooks)
-    app.router.add_delete(f"{base}/webhooks/{{webhook_id}}", delete_webhook)
-    app.router.add_post(f"{base}/webhooks/{{webhook_id}}/test", send_trial)
-    app.router.add_get(f"{base}/deliveries", list_deliveries)
-    app.router.add_get(f"{base}/status", get_status)
-    tag = "notifications"
-    openapi.add(
-        "post",
-        f"{base}/webhooks",
-        summary="Register a webhook endpoint (its secret is in this answer only)",
+_BASE = "/api/v1/notifications"
+
+#: The notifications admin API.
+NOTIFICATION_ROUTES = (
+    Route(
+        "POST",
+        f"{_BASE}/webhooks",
+        add_webhook,
+        "Register a webhook endpoint (its secret is in this answer only)",
+        role=Role.ADMIN,
         request=WebhookCreate,
         responses={201: WebhookCreated, 409: None, 503: None},
-        admin=True,
-        tag=tag,
-    )
-    openapi.add(
-        "get",
-        f"{base}/webhooks",
-        summary="Webhook endpoints, without their secrets",
+        tag="notifications",
+    ),
+    Route(
+        "GET",
+        f"{_BASE}/webhooks",
+        list_webhooks,
+        "Webhook endpoints, without their secrets",
+        role=Role.ADMIN,
         responses={200: WebhookList, 503: None},
-        admin=True,
-        tag=tag,
-    )
-    openapi.add(
-        "delete",
-        f"{base}/webhooks/{{webhook_id}}",
-        summary="Delete a webhook endpoint",
+        tag="notifications",
+    ),
+    Route(
+        "DELETE",
+        f"{_BASE}/webhooks/{{webhook_id}}",
+        delete_webhook,
+        "Delete a webhook endpoint",
+        role=Role.ADMIN,
         responses={204: None, 404: None, 422: None, 503: None},
-        admin=True,
-        tag=tag,
-    )
-    openapi.add(
-        "post",
-        f"{base}/webhooks/{{webhook_id}}/test",
-        summary="Send a signed test event to one endpoint",
+        tag="notifications",
+    ),
+    Route(
+        "POST",
+        f"{_BASE}/webhooks/{{webhook_id}}/test",
+        send_trial,
+        "Send a signed test event to one endpoint",
+        role=Role.ADMIN,
         responses={202: TrialQueued, 404: None, 422: None, 503: None},
-        admin=True,
-        tag=tag,
-    )
-    openapi.add(
-        "get",
-        f"{base}/deliveries",
-        summary="Recent deliveries: pending, delivered or failed, with attempts and last error",
-        parameters=[
-            {
-                "name": "status",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string", "enum": list(STATUSES)},
-            },
-            {
-                "name": "channel",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string", "enum": list(CHANNELS)},
-            },
-            {
-                "name": "user_id",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string", "maxLength": _ID_LENGTH},
-            },
-            {
-                "name": "limit",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERIES_PAGE},
-            },
-        ],
+        tag="notifications",
+    ),
+    Route(
+        "GET",
+        f"{_BASE}/deliveries",
+        list_deliveries,
+        "Recent deliveries: pending, delivered or failed, with attempts and last error",
+        role=Role.ADMIN,
+        parameters=(
+            Param("status", values=tuple(STATUSES)),
+            Param("channel", values=tuple(CHANNELS)),
+            Param("user_id", schema={"maxLength": _ID_LENGTH}),
+            Param(
+                "limit",
+                schema={"type": "integer", "minimum": 1, "maximum": MAX_DELIVERIES_PAGE},
+            ),
+        ),
         responses={200: DeliveryList, 400: None, 503: None},
-        admin=True,
-        tag=tag,
-    )
-    openapi.add(
-        "get",
-        f"{base}/status",
-        summary="Notification channels: what is configured and what waits",
+        tag="notifications",
+    ),
+    Route(
+        "GET",
+        f"{_BASE}/status",
+        get_status,
+        "Notification channels: what is configured and what waits",
+        role=Role.ADMIN,
         responses={200: NotificationsStatus, 503: None},
-        admin=True,
-        tag=tag,
-    )
+        tag="notifications",
+    ),
+)

@@ -36,23 +36,38 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import orjson
 from yarl import URL
 
 from libs.events.bounds import text_problem
+from libs.events.vocabulary import BUDGET_LIMIT_REACHED, BUDGET_NOTIFICATIONS, BUDGET_WARNING
 
 Channel = Literal["webhook", "email"]
-CHANNELS: Final[tuple[Channel, ...]] = ("webhook", "email")
+CHANNELS: Final[tuple[Channel, ...]] = get_args(Channel)
 Audience = Literal["user", "admin"]
 Status = Literal["pending", "delivered", "failed"]
-STATUSES: Final[tuple[Status, ...]] = ("pending", "delivered", "failed")
+#: Why an attempt did not deliver (`tollgate_notification_attempt_errors_total{cause}`).
+DeliveryCause = Literal[
+    "timeout",
+    "connect",
+    "refused_address",
+    "transport",
+    "http_3xx",
+    "http_4xx",
+    "http_5xx",
+    "smtp_temporary",
+    "smtp_permanent",
+    "invalid",
+]
+DELIVERY_CAUSES: Final[tuple[DeliveryCause, ...]] = get_args(DeliveryCause)
+STATUSES: Final[tuple[Status, ...]] = get_args(Status)
 
-WARNING: Final = "budget.warning"
-LIMIT_REACHED: Final = "budget.limit_reached"
+WARNING: Final = BUDGET_WARNING
+LIMIT_REACHED: Final = BUDGET_LIMIT_REACHED
 TEST: Final = "webhook.test"
-BUDGET_TYPES: Final = (WARNING, LIMIT_REACHED)
+BUDGET_TYPES: Final = BUDGET_NOTIFICATIONS
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105  # the format's prefix, not a secret
 SECRET_BYTES: Final = 32

@@ -7,25 +7,10 @@ shared outbox (aggregate with `max`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.reports.notifications.domain import CHANNELS
-
-#: Why an attempt did not deliver (`tollgate_notification_attempt_errors_total{cause}`).
-CAUSES: Final = (
-    "timeout",
-    "connect",
-    "refused_address",
-    "transport",
-    "http_3xx",
-    "http_4xx",
-    "http_5xx",
-    "smtp_temporary",
-    "smtp_permanent",
-    "invalid",
-)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from yarl import URL
 
 from services.reports.notifications.domain import (
     AddressPolicy,
+    DeliveryCause,
     ip_literal,
     retry_after_s,
     webhook_headers,
@@ -40,7 +41,7 @@ class Attempt:
     """How one attempt went."""
 
     delivered: bool
-    cause: str | None = None
+    cause: DeliveryCause | None = None
     error: str | None = None
     http_status: int | None = None
     #: Trying again cannot help (a permanent SMTP refusal, a 410 Gone).
@@ -180,7 +181,9 @@ class WebhookSender:
                 final=True,
                 gone=True,
             )
-        cause = "http_3xx" if status < 400 else "http_4xx" if status < 500 else "http_5xx"
+        cause: DeliveryCause = (
+            "http_3xx" if status < 400 else "http_4xx" if status < 500 else "http_5xx"
+        )
         if status < 400:
             detail += " (redirects are not followed: register the final URL)"
         return Attempt(
