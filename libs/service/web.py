@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from enum import IntEnum
 from typing import Any, TypeVar
 
 import asyncpg

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from libs.events.limits import LimitStatus
 from libs.events.vocabulary import ACTIVITY_CATEGORY_FILTERS, ACTIVITY_INTERVALS
-from libs.service.errors import BadRequest, DependencyUnavailable, NotFound
+from libs.service.errors import BadRequest, NotFound
 from libs.service.routes import Param, Role, Route
 from libs.service.web import json_response, storable_text
 from services.reports.domain import (

@@ -447,3 +447,87 @@ async def test_settled_notifications_past_the_retention_are_pruned_with_their_de
         == 0
     )
     assert registry.get_sample_value("tollgate_notifications_pruned_total") == 4
+
+
+async def test_a_failed_delivery_sent_again_arrives_with_its_webhook_id(pool: asyncpg.Pool) -> None:
+    """Given up while the receiver was down, retried by an admin once it is back: delivered under
+    the same `webhook-id`, its attempts counted on, its retry window new."""
+    store = PostgresNotificationStore(pool)
+    options = replace(FAST, retry_for_s=0.5)
+    async with receiver() as hooks, notifier(pool, options):
+        hooks.mode = 503
+        await store.add_webhook(hooks.url(), "flaky")
+        await PostgresCrossingStore(pool).record([crossing("re", WARNING)])
+
+        async def failed() -> list[Delivery]:
+            return await store.deliveries(status="failed", channel="webhook", user_id="re", limit=5)
+
+        (gave_up,) = await eventually(failed)
+        hooks.mode = 200
+        # Past the old window: only the new one keeps it from being given up at once.
+        assert await store.retry_delivery(gave_up.id, email=False) == "queued"
+
+        async def delivered() -> list[Delivery]:
+            return await store.deliveries(
+                status="delivered", channel="webhook", user_id="re", limit=5
+            )
+
+        (done,) = await eventually(delivered)
+    assert done.id == gave_up.id
+    assert done.attempts == gave_up.attempts + 1
+    ids = {h.webhook_id for h in hooks.hooks}
+    assert ids == {f"msg_{gave_up.id.hex}"}
+    assert hooks.answered()[-1].webhook_id == f"msg_{gave_up.id.hex}"
+
+
+async def test_after_a_rotation_both_secrets_verify_until_the_old_one_expires(
+    pool: asyncpg.Pool,
+) -> None:
+    """While the old secret still signs, a receiver holding either one verifies the delivery;
+    once it has expired, only the new one does."""
+    store = PostgresNotificationStore(pool)
+    async with receiver() as hooks, notifier(pool):
+        hook = await store.add_webhook(hooks.url(), "rotating")
+        rotated = await store.rotate_secret(hook.id, overlap_s=3600)
+        assert rotated is not None
+        assert await store.queue_trial(hook.id, '{"type":"webhook.test"}') is not None
+        await eventually(lambda: _answered(hooks, 1))
+        again = await store.rotate_secret(hook.id, overlap_s=0)
+        assert again is not None
+        assert await store.queue_trial(hook.id, '{"type":"webhook.test"}') is not None
+        await eventually(lambda: _answered(hooks, 2))
+    first, second = hooks.answered()
+    assert first.verifies(hook.secret)
+    assert first.verifies(rotated.secret)
+    assert len(first.headers["webhook-signature"].split(" ")) == 2
+    assert second.verifies(again.secret)
+    assert not second.verifies(rotated.secret)
+    assert not second.verifies(hook.secret)
+    assert len(second.headers["webhook-signature"].split(" ")) == 1
+
+
+async def _answered(hooks: WebhookReceiver, count: int) -> bool:
+    return len(hooks.answered()) >= count
+
+
+async def test_an_endpoint_disabled_by_a_410_is_sent_to_again_once_enabled(
+    pool: asyncpg.Pool,
+) -> None:
+    """After a 410 nothing is queued for the endpoint; enabled again, a test event reaches it."""
+    store = PostgresNotificationStore(pool)
+    async with receiver(410) as hooks, notifier(pool):
+        hook = await store.add_webhook(hooks.url(), "was gone")
+        assert await store.queue_trial(hook.id, "{}") is not None
+
+        async def disabled() -> bool:
+            (listed,) = await store.webhooks()
+            return listed.disabled_at is not None
+
+        await eventually(disabled)
+        assert await store.queue_trial(hook.id, "{}") is None
+        enabled = await store.enable_webhook(hook.id)
+        assert enabled is not None
+        assert (enabled.disabled_at, enabled.disabled_reason) == (None, None)
+        assert await store.queue_trial(hook.id, "{}") is not None
+        await eventually(lambda: _answered(hooks, 1))
+    assert [h.answered for h in hooks.hooks] == [410, 200]

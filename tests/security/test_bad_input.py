@@ -300,6 +300,8 @@ async def test_hostile_events_get_a_fixed_reason_code_that_never_echoes_them(
         for sample in family.samples:
             assert sample.labels["reason"] in reasons, sample.labels
             assert sample.labels["type"] in types, sample.labels
+
+
 @pytest.mark.parametrize(
     ("user_id", "status"),
     [

@@ -94,9 +94,62 @@ async def test_hostile_endpoint_ids_are_4xx(secured: Secured, webhook_id: str) -
     for method, path in (
         ("delete", f"{HOOKS}/{webhook_id}"),
         ("post", f"{HOOKS}/{webhook_id}/test"),
+        ("post", f"{HOOKS}/{webhook_id}/rotate-secret"),
+        ("post", f"{HOOKS}/{webhook_id}/enable"),
     ):
         status, raw, _ = await request(secured.url("reports"), method, path, headers=ADMIN)
         assert 400 <= status < 500, (path, status, raw)
+
+
+@pytest.mark.parametrize(
+    "delivery_id",
+    [
+        "msg_%00" + "0" * 31,
+        "msg_" + "0" * 31 + "%0A",
+        "%1B%5B31m",
+        "msg_" + "f" * 33,
+        "msg_-1",
+        "msg_1e308",
+        "x" * 129,
+        "..%2F..%2Fwebhooks",
+    ],
+)
+async def test_hostile_delivery_ids_are_4xx(secured: Secured, delivery_id: str) -> None:
+    """Controls, wrong lengths, numbers and paths as a delivery id are refused, never a 5xx."""
+    status, raw, _ = await request(
+        secured.url("reports"),
+        "post",
+        f"/api/v1/notifications/deliveries/{delivery_id}/retry",
+        headers=ADMIN,
+    )
+    assert 400 <= status < 500, (delivery_id, status, raw)
+
+
+async def test_only_admins_retry_deliveries_and_rotate_secrets(secured: Secured) -> None:
+    """Emitter and portal tokens may neither send a delivery again nor get an endpoint's secret."""
+    token = await mint(secured, secured.sim.users[0].id)
+    made_status, made, _ = await request(
+        secured.url("reports"),
+        "post",
+        HOOKS,
+        headers=JSON,
+        body=orjson.dumps({"url": "https://hooks.example.com/rot", "description": "security"}),
+    )
+    assert made_status == 201, made
+    hook = orjson.loads(made)
+    for headers in ({"Authorization": f"Bearer {token}"}, EMITTER):
+        for path in (
+            f"{HOOKS}/{hook['id']}/rotate-secret",
+            f"{HOOKS}/{hook['id']}/enable",
+            f"/api/v1/notifications/deliveries/msg_{'0' * 32}/retry",
+        ):
+            status, raw, _ = await request(secured.url("reports"), "post", path, headers=headers)
+            assert status == 403, (path, status)
+            assert b"whsec_" not in raw
+    status, _, _ = await request(
+        secured.url("reports"), "delete", f"{HOOKS}/{hook['id']}", headers=ADMIN
+    )
+    assert status == 204
 
 
 async def test_portal_and_emitter_tokens_cannot_read_deliveries_even_their_own(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
@@ -19,6 +22,7 @@ from tests.contracts import Example, failures, walk, walk_values
 ADMIN = {"Authorization": "Bearer admin"}
 EMITTER = {"Authorization": "Bearer emit"}
 HOOKS = "/api/v1/notifications/webhooks"
+DELIVERIES = "/api/v1/notifications/deliveries"
 
 Client = TestClient[web.Request, web.Application]
 
@@ -180,13 +184,16 @@ def test_a_retention_shorter_than_a_period_or_the_retry_window_is_refused(
     """Pruning a notification before its period ends would let a replay record it again."""
     with pytest.raises(ValueError, match=problem):
         ReportsSettings.model_validate({"DATABASE_URL": "postgresql://unused", **env})
+
+
 async def test_every_route_answers_the_model_its_table_declares(
     api: tuple[Client, InMemoryNotificationAdmin],
 ) -> None:
     """Each notifications route, called once, succeeds with the body its table declares."""
-    client, _ = api
+    client, admin = api
     made = await client.post(HOOKS, json={"url": "https://h.example/walk"}, headers=ADMIN)
     webhook = {"webhook_id": (await made.json())["id"]}
+    failed = await _failed_delivery(admin, webhook["webhook_id"])
     answers = await walk(
         client,
         NOTIFICATION_ROUTES,
@@ -194,6 +201,11 @@ async def test_every_route_answers_the_model_its_table_declares(
         examples={
             ("POST", HOOKS): Example(body={"url": "https://h.example/other"}),
             ("POST", f"{HOOKS}/{{webhook_id}}/test"): Example(path=webhook),
+            ("POST", f"{HOOKS}/{{webhook_id}}/rotate-secret"): Example(path=webhook),
+            ("POST", f"{HOOKS}/{{webhook_id}}/enable"): Example(path=webhook),
+            ("POST", f"{DELIVERIES}/{{delivery_id}}/retry"): Example(
+                path={"delivery_id": f"msg_{failed.hex}"}
+            ),
             ("DELETE", f"{HOOKS}/{{webhook_id}}"): Example(path=webhook),
             ("GET", "/api/v1/notifications/deliveries"): Example(query={"status": "pending"}),
         },
@@ -203,3 +215,95 @@ async def test_every_route_answers_the_model_its_table_declares(
     values = await walk_values(client, NOTIFICATION_ROUTES, headers=ADMIN)
     assert failures(values) == []
     assert len(values) == 3 + 2
+
+
+async def _failed_delivery(admin: InMemoryNotificationAdmin, webhook_id: str) -> uuid.UUID:
+    """A test delivery to the endpoint, given up as if its retry window had passed."""
+    delivery_id = await admin.queue_trial(webhook_id, "{}")
+    assert delivery_id is not None
+    admin.items = [
+        replace(d, status="failed", attempts=7, last_error="HTTP 503") if d.id == delivery_id else d
+        for d in admin.items
+    ]
+    return delivery_id
+
+
+async def test_a_failed_delivery_is_sent_again_under_the_same_id(
+    api: tuple[Client, InMemoryNotificationAdmin],
+) -> None:
+    """Retry makes a failed delivery pending again; a pending one, an unknown id, a deleted
+    endpoint's and a malformed id are refused by name, and only admins may ask."""
+    client, admin = api
+    made = await (
+        await client.post(HOOKS, json={"url": "https://h.example/r"}, headers=ADMIN)
+    ).json()
+    failed = await _failed_delivery(admin, made["id"])
+    shown = f"msg_{failed.hex}"
+    assert (await client.post(f"{DELIVERIES}/{shown}/retry", headers=EMITTER)).status == 403
+    resp = await client.post(f"{DELIVERIES}/{shown}/retry", headers=ADMIN)
+    assert resp.status == 202
+    assert await resp.json() == {"id": shown, "status": "pending"}
+    listed = await (await client.get(f"{DELIVERIES}?status=pending", headers=ADMIN)).json()
+    assert [(d["id"], d["attempts"]) for d in listed["deliveries"]] == [(shown, 7)]
+    again = await client.post(f"{DELIVERIES}/{shown}/retry", headers=ADMIN)
+    assert again.status == 409
+    assert "pending or delivered" in (await again.json())["message"]
+    unknown = await client.post(f"{DELIVERIES}/msg_{uuid.uuid4().hex}/retry", headers=ADMIN)
+    assert unknown.status == 404
+    for bad in ("abc", f"{failed.hex}", "msg_" + "g" * 32, "MSG_" + failed.hex, "a%00b"):
+        resp = await client.post(f"{DELIVERIES}/{bad}/retry", headers=ADMIN)
+        assert resp.status == 422, bad
+        assert "delivery_id" in (await resp.json())["message"]
+    other = await _failed_delivery(admin, made["id"])
+    assert (await client.delete(f"{HOOKS}/{made['id']}", headers=ADMIN)).status == 204
+    gone = await client.post(f"{DELIVERIES}/msg_{other.hex}/retry", headers=ADMIN)
+    assert gone.status == 409
+    assert "deleted or disabled" in (await gone.json())["message"]
+
+
+async def test_a_rotated_secret_is_shown_once_and_the_old_one_signs_for_a_day(
+    api: tuple[Client, InMemoryNotificationAdmin],
+) -> None:
+    """Rotation answers a new `whsec_` secret and when the old one stops signing; unknown is 404."""
+    client, admin = api
+    made = await (
+        await client.post(HOOKS, json={"url": "https://h.example/s"}, headers=ADMIN)
+    ).json()
+    path = f"{HOOKS}/{made['id']}/rotate-secret"
+    assert (await client.post(path, headers=EMITTER)).status == 403
+    before = datetime.now(UTC)
+    resp = await client.post(path, headers=ADMIN)
+    assert resp.status == 200
+    rotated = await resp.json()
+    assert rotated["id"] == made["id"]
+    assert rotated["secret"].startswith("whsec_")
+    assert rotated["secret"] != made["secret"]
+    expires = datetime.fromisoformat(rotated["previous_secret_expires_at"])
+    assert timedelta(hours=23, minutes=59) < expires - before <= timedelta(hours=24, seconds=5)
+    assert admin.previous[made["id"]][0] == made["secret"]
+    assert admin.hooks[made["id"]].secret == rotated["secret"]
+    listed = await (await client.get(HOOKS, headers=ADMIN)).text()
+    assert rotated["secret"] not in listed
+    assert (await client.post(f"{HOOKS}/wh_nope/rotate-secret", headers=ADMIN)).status == 404
+
+
+async def test_an_endpoint_disabled_by_a_410_can_be_enabled_again(
+    api: tuple[Client, InMemoryNotificationAdmin],
+) -> None:
+    """Enable clears the disabled mark (and is harmless on an active endpoint); unknown is 404."""
+    client, admin = api
+    made = await (
+        await client.post(HOOKS, json={"url": "https://h.example/e"}, headers=ADMIN)
+    ).json()
+    admin.hooks[made["id"]] = replace(
+        admin.hooks[made["id"]], disabled_at=datetime.now(UTC), disabled_reason="HTTP 410 Gone"
+    )
+    path = f"{HOOKS}/{made['id']}/enable"
+    assert (await client.post(path, headers=EMITTER)).status == 403
+    resp = await client.post(path, headers=ADMIN)
+    assert resp.status == 200
+    view = await resp.json()
+    assert (view["disabled_at"], view["disabled_reason"]) == (None, None)
+    assert "secret" not in view
+    assert (await client.post(path, headers=ADMIN)).status == 200
+    assert (await client.post(f"{HOOKS}/wh_nope/enable", headers=ADMIN)).status == 404

@@ -89,6 +89,8 @@ def _raising(exc: BaseException) -> Callable[[web.Request], Awaitable[web.Respon
         raise exc
 
     return handler
+
+
 ROUTES = (
     Route("GET", "/admin", admin_only, "admin", role=Role.ADMIN, responses={200: None}),
     Route("POST", "/emit", emitter_route, "emit", request=Body, responses={200: Body}),
@@ -413,6 +415,8 @@ async def test_a_probe_stops_when_cancelled_even_while_a_question_hangs() -> Non
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 1)
     await asyncio.wait_for(cancelled.wait(), 1)
+
+
 async def _drifted(_: web.Request) -> web.Response:
     """Answers a body without the field its route declares."""
     return json_response({"amount": "many"})

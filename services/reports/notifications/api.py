@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from aiohttp import web
@@ -41,6 +43,9 @@ MAX_WEBHOOKS: Final = 100
 MAX_DELIVERIES_PAGE: Final = 500
 DEFAULT_DELIVERIES_PAGE: Final = 50
 _ID_LENGTH: Final = 128
+#: How long a rotated secret keeps signing beside the new one.
+SECRET_OVERLAP_S: Final = 24 * 3600.0
+_DELIVERY_ID: Final = re.compile(r"msg_([0-9a-f]{32})")
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,21 @@ class TrialQueued(BaseModel):
     id: str
     webhook_id: str
     type: str
+
+
+class WebhookRotated(BaseModel):
+    """An endpoint's new secret, shown this once, and until when the old one signs too."""
+
+    id: str
+    secret: str
+    previous_secret_expires_at: datetime
+
+
+class DeliveryRequeued(BaseModel):
+    """A failed delivery waiting to be sent again, under the same `webhook-id`."""
+
+    id: str
+    status: Status
 
 
 class DeliveryView(BaseModel):
@@ -213,6 +233,60 @@ async def send_trial(request: web.Request) -> web.Response:
         {"id": f"msg_{delivery_id.hex}", "webhook_id": webhook_id, "type": "webhook.test"},
         status=202,
     )
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    """Give an endpoint a new secret; the old one keeps signing beside it for a day."""
+    api = request.app[NOTIFICATIONS]
+    webhook_id = _webhook_id(request)
+    hook = await api.store.rotate_secret(webhook_id, overlap_s=SECRET_OVERLAP_S)
+    if hook is None:
+        raise NotFound(f"webhook {webhook_id!r} does not exist")
+    expires = datetime.now(UTC) + timedelta(seconds=SECRET_OVERLAP_S)
+    return json_response(
+        {"id": hook.id, "secret": hook.secret, "previous_secret_expires_at": expires}
+    )
+
+
+async def enable_webhook(request: web.Request) -> web.Response:
+    """Send to an endpoint again after it answered 410 Gone (failed deliveries stay failed)."""
+    api = request.app[NOTIFICATIONS]
+    webhook_id = _webhook_id(request)
+    hook = await api.store.enable_webhook(webhook_id)
+    if hook is None:
+        raise NotFound(f"webhook {webhook_id!r} does not exist")
+    return json_response(hook.view())
+
+
+def _delivery_id(request: web.Request) -> uuid.UUID:
+    raw = storable_text(request.match_info["delivery_id"], "delivery_id", max_length=_ID_LENGTH)
+    found = _DELIVERY_ID.fullmatch(raw)
+    if found is None:
+        raise Unprocessable(
+            "delivery_id: expected msg_ and 32 hexadecimal digits, as deliveries are listed",
+            detail={"field": "delivery_id"},
+        )
+    return uuid.UUID(found.group(1))
+
+
+_NOT_RETRIED: Final = {
+    "not_failed": "only a failed delivery can be sent again; this one is pending or delivered",
+    "endpoint_gone": "its webhook endpoint was deleted or disabled; enable it first",
+    "email_off": "email is not configured (TOLLGATE_SMTP_URL)",
+}
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    """Send a failed delivery again: pending, due now, retried for a new window."""
+    api = request.app[NOTIFICATIONS]
+    delivery_id = _delivery_id(request)
+    outcome = await api.store.retry_delivery(delivery_id, email=api.email_from is not None)
+    shown = f"msg_{delivery_id.hex}"
+    if outcome == "unknown":
+        raise NotFound(f"delivery {shown!r} does not exist")
+    if outcome != "queued":
+        raise Conflict(f"{shown}: {_NOT_RETRIED[outcome]}")
+    return json_response({"id": shown, "status": "pending"}, status=202)
 
 
 _DELIVERY_PARAMS: Final = ("status", "channel", "user_id", "limit")
@@ -330,6 +404,34 @@ NOTIFICATION_ROUTES = (
         "Send a signed test event to one endpoint",
         role=Role.ADMIN,
         responses={202: TrialQueued, 404: None, 422: None, 503: None},
+        tag="notifications",
+    ),
+    Route(
+        "POST",
+        f"{_BASE}/webhooks/{{webhook_id}}/rotate-secret",
+        rotate_secret,
+        "Give an endpoint a new signing secret (in this answer only); the old one signs "
+        "beside it for 24 hours",
+        role=Role.ADMIN,
+        responses={200: WebhookRotated, 404: None, 422: None, 503: None},
+        tag="notifications",
+    ),
+    Route(
+        "POST",
+        f"{_BASE}/webhooks/{{webhook_id}}/enable",
+        enable_webhook,
+        "Send to an endpoint again after it answered 410 Gone",
+        role=Role.ADMIN,
+        responses={200: WebhookView, 404: None, 422: None, 503: None},
+        tag="notifications",
+    ),
+    Route(
+        "POST",
+        f"{_BASE}/deliveries/{{delivery_id}}/retry",
+        retry_delivery,
+        "Send a failed delivery again, with the same webhook-id and a new retry window",
+        role=Role.ADMIN,
+        responses={202: DeliveryRequeued, 404: None, 409: None, 422: None, 503: None},
         tag="notifications",
     ),
     Route(

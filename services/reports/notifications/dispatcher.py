@@ -217,7 +217,11 @@ class Notifier:
             if item.url is None or item.secret is None or item.payload is None:
                 return Attempt(delivered=False, cause="invalid", error="nothing to send")
             return await self.webhooks.send(
-                url=item.url, secret=item.secret, delivery_id=item.id, body=item.payload
+                url=item.url,
+                secret=item.secret,
+                delivery_id=item.id,
+                body=item.payload,
+                previous_secret=item.previous_secret,
             )
         if self.email is None or item.recipient is None or item.message is None:
             return Attempt(delivered=False, cause="invalid", error="email is not configured")

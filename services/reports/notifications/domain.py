@@ -112,15 +112,25 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def webhook_headers(
-    secret: str, delivery_id: uuid.UUID, body: bytes, now_s: float
+    secret: str,
+    delivery_id: uuid.UUID,
+    body: bytes,
+    now_s: float,
+    *,
+    previous_secret: str | None = None,
 ) -> dict[str, str]:
-    """The three Standard Webhooks headers of one attempt."""
+    """The three Standard Webhooks headers of one attempt. While a rotated secret still signs,
+    the signature header holds both signatures, space-separated (the new one first), as the
+    specification allows, so a receiver that knows either secret verifies the delivery."""
     msg_id = message_id(delivery_id)
     timestamp = int(now_s)
+    signatures = [sign(secret, msg_id, timestamp, body)]
+    if previous_secret is not None and previous_secret != secret:
+        signatures.append(sign(previous_secret, msg_id, timestamp, body))
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(signatures),
     }
 
 

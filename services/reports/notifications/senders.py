@@ -130,7 +130,15 @@ class WebhookSender:
         # No proxy from the environment: it would connect on the sender's behalf, unchecked.
         return aiohttp.ClientSession(connector=connector, trust_env=False)
 
-    async def send(self, *, url: str, secret: str, delivery_id: uuid.UUID, body: str) -> Attempt:
+    async def send(
+        self,
+        *,
+        url: str,
+        secret: str,
+        delivery_id: uuid.UUID,
+        body: str,
+        previous_secret: str | None = None,
+    ) -> Attempt:
         """One attempt: 2xx delivers; redirects, other statuses and transport errors do not."""
         host = URL(url).host or ""
         literal = ip_literal(host)
@@ -139,7 +147,9 @@ class WebhookSender:
             if refusal is not None:
                 return Attempt(delivered=False, cause="refused_address", error=refusal)
         data = body.encode()
-        headers = webhook_headers(secret, delivery_id, data, self.clock())
+        headers = webhook_headers(
+            secret, delivery_id, data, self.clock(), previous_secret=previous_secret
+        )
         headers["Content-Type"] = "application/json"
         headers["User-Agent"] = self.agent
         try:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import asyncpg
 import orjson
@@ -143,6 +143,25 @@ class NotificationAdmin(Protocol):
         """Pending deliveries per channel."""
         ...
 
+    async def retry_delivery(self, delivery_id: uuid.UUID, *, email: bool) -> RetryOutcome:
+        """Make a failed delivery pending again, due now, with a new retry window (`email`:
+        whether emails are delivered at all)."""
+        ...
+
+    async def rotate_secret(self, webhook_id: str, *, overlap_s: float) -> Webhook | None:
+        """A new secret for an endpoint (returned once); the old one keeps signing beside it
+        for `overlap_s`. None when there is no such endpoint."""
+        ...
+
+    async def enable_webhook(self, webhook_id: str) -> Webhook | None:
+        """Send to an endpoint disabled by a 410 again (its failed deliveries stay failed);
+        None when there is no such endpoint."""
+        ...
+
+
+#: What became of a request to send a delivery again.
+RetryOutcome = Literal["queued", "unknown", "not_failed", "endpoint_gone", "email_off"]
+
 
 # -- what the dispatcher reads and writes -----------------------------------------------------
 
@@ -198,6 +217,8 @@ class Claimed:
     webhook_id: str | None = None
     url: str | None = None
     secret: str | None = field(default=None, repr=False)
+    #: The endpoint's secret before its last rotation, while it still signs too.
+    previous_secret: str | None = field(default=None, repr=False)
     payload: str | None = None
     recipient: str | None = None
     message: str | None = None
@@ -279,6 +300,34 @@ WHERE webhook_id = $1 AND status = 'pending' AND id IS DISTINCT FROM $3
 DISABLE_WEBHOOK = """
 UPDATE notification_webhooks SET disabled_at = now(), disabled_reason = $2
 WHERE id = $1 AND disabled_at IS NULL AND deleted_at IS NULL
+"""
+RETRY_DELIVERY = """
+UPDATE notification_deliveries d
+SET status = 'pending', next_attempt_at = now(), retry_from = now(),
+    claimed_until = NULL, claimed_by = NULL
+WHERE d.id = $1 AND d.status = 'failed'
+  AND ((d.channel = 'email' AND $2)
+       OR (d.channel = 'webhook' AND EXISTS (
+           SELECT 1 FROM notification_webhooks w
+           WHERE w.id = d.webhook_id AND w.deleted_at IS NULL AND w.disabled_at IS NULL)))
+RETURNING d.id
+"""
+SELECT_DELIVERY_STATE = """
+SELECT d.status, d.channel, w.deleted_at, w.disabled_at
+FROM notification_deliveries d LEFT JOIN notification_webhooks w ON w.id = d.webhook_id
+WHERE d.id = $1
+"""
+ROTATE_SIGNER = """
+UPDATE notification_webhooks
+SET previous_secret = secret, previous_secret_until = now() + make_interval(secs => $3),
+    secret = $2
+WHERE id = $1 AND deleted_at IS NULL
+RETURNING id, url, description, secret, created_at, disabled_at, disabled_reason
+"""
+ENABLE_WEBHOOK = """
+UPDATE notification_webhooks SET disabled_at = NULL, disabled_reason = NULL
+WHERE id = $1 AND deleted_at IS NULL
+RETURNING id, url, description, secret, created_at, disabled_at, disabled_reason
 """
 SELECT_ACTIVE_WEBHOOK = """
 SELECT 1 FROM notification_webhooks WHERE id = $1 AND deleted_at IS NULL AND disabled_at IS NULL
@@ -367,7 +416,8 @@ UPDATE notification_deliveries d
 SET claimed_until = now() + make_interval(secs => $3), claimed_by = $4
 FROM due, notifications n, notification_webhooks w
 WHERE d.id = due.id AND n.id = d.notification_id AND w.id = d.webhook_id
-RETURNING d.id, d.attempts, d.created_at, d.webhook_id, w.url, w.secret, n.payload
+RETURNING d.id, d.attempts, d.created_at, d.webhook_id, w.url, w.secret, n.payload,
+    CASE WHEN w.previous_secret_until > now() THEN w.previous_secret END AS previous_secret
 """  # noqa: S608  # composed from constants only
 CLAIM_EMAIL = f"""
 WITH due AS (
@@ -391,7 +441,8 @@ SETTLE = """
 UPDATE notification_deliveries
 SET status = CASE
         WHEN $2 THEN 'delivered'
-        WHEN $3 OR now() - created_at >= make_interval(secs => $6) THEN 'failed'
+        WHEN $3 OR now() - coalesce(retry_from, created_at) >= make_interval(secs => $6)
+            THEN 'failed'
         ELSE 'pending' END,
     attempts = attempts + 1,
     last_error = $4,
@@ -543,6 +594,28 @@ class PostgresNotificationStore:
         rows = await self.pool.fetch(SELECT_PENDING, timeout=self.timeout_s)
         return {r["channel"]: PendingStats(r["pending"], r["oldest"]) for r in rows}
 
+    async def retry_delivery(self, delivery_id: uuid.UUID, *, email: bool) -> RetryOutcome:
+        """Pending again, due now, its retry window restarting; or why not."""
+        async with self.pool.acquire(timeout=self.timeout_s) as conn, conn.transaction():
+            if await conn.fetchval(RETRY_DELIVERY, delivery_id, email, timeout=self.timeout_s):
+                return "queued"
+            row = await conn.fetchrow(SELECT_DELIVERY_STATE, delivery_id, timeout=self.timeout_s)
+        if row is None:
+            return "unknown"
+        return _not_retried(row["status"], row["channel"], email=email)
+
+    async def rotate_secret(self, webhook_id: str, *, overlap_s: float) -> Webhook | None:
+        """Swap in a new secret; the old one signs beside it for `overlap_s`."""
+        row = await self.pool.fetchrow(
+            ROTATE_SIGNER, webhook_id, new_secret(), overlap_s, timeout=self.timeout_s
+        )
+        return _webhook(row) if row is not None else None
+
+    async def enable_webhook(self, webhook_id: str) -> Webhook | None:
+        """Clear the endpoint's disabled mark."""
+        row = await self.pool.fetchrow(ENABLE_WEBHOOK, webhook_id, timeout=self.timeout_s)
+        return _webhook(row) if row is not None else None
+
     # -- dispatcher ----------------------------------------------------------------------------
 
     async def prepare(
@@ -646,6 +719,7 @@ class PostgresNotificationStore:
                 webhook_id=r["webhook_id"],
                 url=r["url"],
                 secret=r["secret"],
+                previous_secret=r["previous_secret"],
                 payload=r["payload"],
             )
             for r in rows
@@ -696,6 +770,15 @@ class PostgresNotificationStore:
         return len(ids)
 
 
+def _not_retried(status: Status, channel: Channel, *, email: bool) -> RetryOutcome:
+    """Why a delivery that exists was not sent again."""
+    if status != "failed":
+        return "not_failed"
+    if channel == "email" and not email:
+        return "email_off"
+    return "endpoint_gone"
+
+
 def _unprepared(row: asyncpg.Record) -> Unprepared:
     data = row["data"]
     parsed = orjson.loads(data) if isinstance(data, str | bytes) else dict(data)
@@ -719,6 +802,8 @@ class InMemoryNotificationAdmin:
         self.deleted: set[str] = set()
         self.items: list[Delivery] = []
         self.bodies: dict[uuid.UUID, str] = {}
+        #: Per endpoint, the secret before its last rotation and until when it signs.
+        self.previous: dict[str, tuple[str, datetime]] = {}
         self.down = False
 
     def _check(self) -> None:
@@ -796,6 +881,44 @@ class InMemoryNotificationAdmin:
             and (user_id is None or d.user_id == user_id)
         ]
         return found[:limit]
+
+    async def retry_delivery(self, delivery_id: uuid.UUID, *, email: bool) -> RetryOutcome:
+        """Pending again, due now, when it failed and can go anywhere."""
+        self._check()
+        for index, d in enumerate(self.items):
+            if d.id != delivery_id:
+                continue
+            hook = self.hooks.get(d.webhook_id) if d.webhook_id is not None else None
+            open_hook = (
+                hook is not None and hook.id not in self.deleted and hook.disabled_at is None
+            )
+            if d.status == "failed" and (open_hook if d.channel == "webhook" else email):
+                now = datetime.now(UTC)
+                self.items[index] = replace(d, status="pending", next_attempt_at=now)
+                return "queued"
+            return _not_retried(d.status, d.channel, email=email)
+        return "unknown"
+
+    async def rotate_secret(self, webhook_id: str, *, overlap_s: float) -> Webhook | None:
+        """A new secret; the old one is remembered with when it stops signing."""
+        self._check()
+        hook = self.hooks.get(webhook_id)
+        if hook is None or webhook_id in self.deleted:
+            return None
+        self.previous[webhook_id] = (hook.secret, datetime.now(UTC) + timedelta(seconds=overlap_s))
+        rotated = replace(hook, secret=new_secret())
+        self.hooks[webhook_id] = rotated
+        return rotated
+
+    async def enable_webhook(self, webhook_id: str) -> Webhook | None:
+        """Clear the disabled mark."""
+        self._check()
+        hook = self.hooks.get(webhook_id)
+        if hook is None or webhook_id in self.deleted:
+            return None
+        enabled = replace(hook, disabled_at=None, disabled_reason=None)
+        self.hooks[webhook_id] = enabled
+        return enabled
 
     async def pending(self) -> dict[Channel, PendingStats]:
         """Pending per channel."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -100,3 +101,50 @@ async def test_the_delivery_list_honours_its_limit_newest_first(admin: Notificat
     ids = [await admin.queue_trial(hook.id, "{}") for _ in range(3)]
     newest = await admin.deliveries(status=None, channel="webhook", user_id=None, limit=2)
     assert [d.id for d in newest] == [ids[2], ids[1]]
+
+
+async def test_only_a_failed_delivery_to_a_live_endpoint_is_sent_again(
+    admin: NotificationAdmin,
+) -> None:
+    """Retry says why not: unknown id, not failed (pending), endpoint deleted, email off."""
+    hook = await admin.add_webhook(url(), "retry")
+    pending = await admin.queue_trial(hook.id, "{}")
+    assert pending is not None
+    assert await admin.retry_delivery(uuid.uuid4(), email=True) == "unknown"
+    assert await admin.retry_delivery(pending, email=True) == "not_failed"
+    assert await admin.delete_webhook(hook.id) is True
+    assert await admin.retry_delivery(pending, email=True) == "endpoint_gone"
+    (still,) = [
+        d
+        for d in await admin.deliveries(status=None, channel="webhook", user_id=None, limit=50)
+        if d.id == pending
+    ]
+    assert still.status == "failed"
+
+
+async def test_a_rotated_secret_replaces_the_listed_one(admin: NotificationAdmin) -> None:
+    """Rotation returns the endpoint with a new secret, which the list then holds; a deleted or
+    unknown endpoint has none to rotate."""
+    hook = await admin.add_webhook(url(), "rotate")
+    rotated = await admin.rotate_secret(hook.id, overlap_s=60)
+    assert rotated is not None
+    assert (rotated.id, rotated.url) == (hook.id, hook.url)
+    assert rotated.secret.startswith("whsec_")
+    assert rotated.secret != hook.secret
+    (listed,) = [h for h in await admin.webhooks() if h.id == hook.id]
+    assert listed.secret == rotated.secret
+    assert await admin.rotate_secret(unique("wh"), overlap_s=60) is None
+    assert await admin.delete_webhook(hook.id) is True
+    assert await admin.rotate_secret(hook.id, overlap_s=60) is None
+
+
+async def test_enabling_an_endpoint_that_is_not_disabled_changes_nothing(
+    admin: NotificationAdmin,
+) -> None:
+    """Enable answers the endpoint as it is; unknown and deleted endpoints are None."""
+    hook = await admin.add_webhook(url(), "enable")
+    enabled = await admin.enable_webhook(hook.id)
+    assert enabled == hook
+    assert await admin.enable_webhook(unique("wh")) is None
+    assert await admin.delete_webhook(hook.id) is True
+    assert await admin.enable_webhook(hook.id) is None

@@ -35,7 +35,7 @@ function statusPanel(s) {
   );
 }
 
-function secretPanel(created, onDone) {
+function secretPanel(created, onDone, note) {
   const field = h("input", { id: "new-secret", readonly: true, value: created.secret, class: "secret", "aria-describedby": "new-secret-help", size: "60" });
   const copied = h("span", { role: "status", "aria-live": "polite" });
   const copy = h("button", { type: "button", onclick: async () => {
@@ -51,7 +51,7 @@ function secretPanel(created, onDone) {
     "section",
     { class: "panel notice-panel", id: "secret-panel", "aria-labelledby": "secret-title" },
     h("h2", { id: "secret-title" }, `Signing secret of ${created.url}`),
-    h("p", { id: "new-secret-help", class: "help" }, "Shown only now: put it in the receiver's configuration to verify each delivery's webhook-signature. It cannot be shown again."),
+    h("p", { id: "new-secret-help", class: "help" }, `Shown only now: put it in the receiver's configuration to verify each delivery's webhook-signature. It cannot be shown again.${note ? ` ${note}` : ""}`),
     h("div", { class: "toolbar" }, h("div", { class: "field" }, h("label", { for: "new-secret" }, "Secret"), field), copy, copied,
       h("button", { type: "button", onclick: onDone }, "Done")),
   );
@@ -110,6 +110,7 @@ export async function render(main, { api }) {
   const filter = h("select", { id: "delivery-filter" }, FILTERS.map(([value, label]) => h("option", { value }, label)));
   filter.addEventListener("change", () => loadDeliveries());
   const refresh = h("button", { type: "button", onclick: () => { loadDeliveries(); loadStatus(); } }, "Refresh");
+  const deliveryStatus = h("span", { role: "status", "aria-live": "polite", id: "delivery-status" });
 
   function loadStatus() {
     status.load(() => api("GET", "notifications/status"), statusPanel);
@@ -142,6 +143,25 @@ export async function render(main, { api }) {
                   formStatus.replaceChildren(h("span", { class: "error" }, error.message));
                 }
               } }, "Send test event"),
+              r.disabled_at ? h("button", { type: "button", class: "link", "aria-label": `Enable ${r.url}`, onclick: async () => {
+                try {
+                  await api("POST", `notifications/webhooks/${encodeURIComponent(r.id)}/enable`);
+                  formStatus.replaceChildren(h("span", { class: "saved" }, `${r.url} is sent to again. Failed deliveries stay failed: send them again below.`));
+                  loadHooks();
+                } catch (error) {
+                  formStatus.replaceChildren(h("span", { class: "error" }, error.message));
+                }
+              } }, "Enable") : null,
+              h("button", { type: "button", class: "link", "aria-label": `Rotate secret of ${r.url}`, onclick: async () => {
+                if (!(await confirmDialog({ title: "Rotate the signing secret?", message: `${r.url} gets a new secret, shown once. The current one keeps signing beside it for 24 hours, so the receiver can switch without refusing a delivery.`, confirmLabel: "Rotate" }))) return;
+                try {
+                  const rotated = await api("POST", `notifications/webhooks/${encodeURIComponent(r.id)}/rotate-secret`);
+                  replace(secretBox, secretPanel({ url: r.url, secret: rotated.secret }, () => replace(secretBox), `The previous secret signs too until ${dateTime(rotated.previous_secret_expires_at)}.`));
+                  document.getElementById("new-secret").focus();
+                } catch (error) {
+                  formStatus.replaceChildren(h("span", { class: "error" }, error.message));
+                }
+              } }, "Rotate secret"),
               h("button", { type: "button", class: "link", "aria-label": `Delete ${r.url}`, onclick: async () => {
                 if (!(await confirmDialog({ title: "Delete this endpoint?", message: `${r.url} gets nothing more; what waits for it fails.`, confirmLabel: "Delete", danger: true }))) return;
                 try { await api("DELETE", `notifications/webhooks/${encodeURIComponent(r.id)}`); loadHooks(); loadStatus(); loadDeliveries(); } catch (error) { hookBox.prepend(errorBox(error.message)); }
@@ -168,6 +188,18 @@ export async function render(main, { api }) {
           { name: "status", label: "Status", render: (r) => { const [cls, text] = STATUS[r.status] || ["badge muted", r.status]; return h("span", { class: cls }, text); }, value: (r) => r.status },
           { name: "attempts", label: "Attempts", numeric: true, render: (r) => count(r.attempts), value: (r) => r.attempts },
           { name: "last_error", label: "Last error", render: (r) => r.last_error || "—", value: (r) => r.last_error || "" },
+          { name: "actions", label: "Actions", render: (r) => (r.status === "failed"
+            ? h("button", { type: "button", class: "link", "aria-label": `Send again: ${r.id}`, onclick: async () => {
+              try {
+                await api("POST", `notifications/deliveries/${encodeURIComponent(r.id)}/retry`);
+                deliveryStatus.replaceChildren(h("span", { class: "saved" }, `${TYPES[r.type] || r.type} to ${r.channel === "email" ? r.recipient : urlOf(r.webhook_id)} is sent again.`));
+                loadDeliveries();
+                loadStatus();
+              } catch (error) {
+                deliveryStatus.replaceChildren(h("span", { class: "error" }, error.message));
+              }
+            } }, "Send again")
+            : "") },
         ],
         rows: data.deliveries,
         rowKey: (r) => r.id,
@@ -188,7 +220,7 @@ export async function render(main, { api }) {
       "section",
       { class: "panel", "aria-labelledby": "deliveries-title" },
       h("h2", { id: "deliveries-title" }, "Recent deliveries"),
-      h("div", { class: "toolbar" }, h("div", { class: "field" }, h("label", { for: "delivery-filter" }, "Status"), filter), refresh),
+      h("div", { class: "toolbar" }, h("div", { class: "field" }, h("label", { for: "delivery-filter" }, "Status"), filter), refresh, deliveryStatus),
       deliveryBox,
     ),
   );
