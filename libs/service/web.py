@@ -54,7 +54,7 @@ READINESS_KEY = web.AppKey("readiness", list[Check])
 #: readiness: ingest keeps accepting events on its cached prices while PostgreSQL is away.
 DEPENDENCIES_KEY = web.AppKey("dependencies", list[Check])
 ROLE_KEY = web.RequestKey("tollgate_role", Role)
-#: Set on a service that accepts portal tokens (only on routes marked `portal_scoped`).
+#: Set on a service that accepts portal tokens (only on routes whose `Route` names `portal=`).
 PORTAL_KEY = web.AppKey("portal_authority", PortalAuthority)
 PORTAL_CLAIMS_KEY = web.RequestKey("tollgate_portal_claims", PortalClaims)
 
@@ -598,7 +598,7 @@ def check_response(route: Route, response: web.StreamResponse) -> None:
 def accept_portal_tokens(
     app: web.Application, settings: CommonSettings, *, store: RevocationStore | None = None
 ) -> None:
-    """Verify portal tokens on this app's `portal_scoped` routes when a portal secret is set.
+    """Verify portal tokens on this app's routes that name `portal=` when a portal secret is set.
 
     The authority polls the revocations table (or `store`, in tests) for the app's lifetime.
     """
