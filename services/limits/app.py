@@ -183,7 +183,12 @@ class _Wiring:
         recorder: CrossingRecorder | None = None
         if settings.notifications:
             recorder = CrossingRecorder(
-                limiter, crossings, metrics=metrics, ready=self.ready, clock=clock
+                limiter,
+                crossings,
+                metrics=metrics,
+                ready=self.ready,
+                clock=clock,
+                log=(settings.events_topic, settings.broker_epoch),
             )
             configs.on_change = recorder.request_sweep
             app[RECORDER] = recorder

@@ -35,7 +35,7 @@ import structlog
 from services.limits.crossings import KINDS, Crossing, CrossingKey, due
 from services.limits.domain import PERIOD_INDEX, SPLIT, Ledger, Limiter
 from services.limits.metrics import LimitsMetrics
-from services.limits.storage import CrossingStore
+from services.limits.storage import CrossingStore, LogSeen
 
 log = structlog.get_logger(__name__)
 
@@ -67,12 +67,16 @@ class CrossingRecorder:
         metrics: LimitsMetrics,
         ready: Callable[[], bool],
         clock: Callable[[], float] = time.time,
+        log: tuple[str, str] | None = None,
     ) -> None:
         self.limiter = limiter
         self.store = store
         self.metrics = metrics
         self.ready = ready
         self.clock = clock
+        #: The log this replica reads (topic, epoch): recorded with each notification as how far
+        #: it had read, so the notifier renders it from a directory at least that new.
+        self.log = log
         #: Found due, not yet in a committed transaction.
         self.pending: dict[CrossingKey, Crossing] = {}
         #: Known to be recorded (by anyone), per (period, start): nothing to write for them.
@@ -148,7 +152,7 @@ class CrossingRecorder:
         new = 0
         while self.pending:
             batch = sorted(self.pending.values(), key=_order)[:BATCH]
-            recorded = await self.store.record(batch)
+            recorded = await self.store.record(batch, seen=self._seen())
             for crossing in batch:
                 self.pending.pop(crossing.key, None)
                 self._known(crossing).add(crossing.key)
@@ -169,6 +173,13 @@ class CrossingRecorder:
                 )
             new += len(recorded)
         return new
+
+    def _seen(self) -> LogSeen | None:
+        # Read now, after the crossings were found: at least as far as what decided them.
+        if self.log is None:
+            return None
+        topic, epoch = self.log
+        return LogSeen(topic, epoch, dict(self.limiter.ledger.positions))
 
     async def run_forever(self) -> None:
         """Sweep once caught up (and after config changes); write what is due; retry failures."""

@@ -6,7 +6,7 @@ Each store is a Protocol with a PostgreSQL implementation and an in-memory one f
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final, Literal, Protocol
@@ -158,13 +158,36 @@ class ChatArchive(Protocol):
 class CrossingStore(Protocol):
     """Where due notifications are recorded once, with their webhook deliveries (the outbox)."""
 
-    async def record(self, crossings: Sequence[Crossing]) -> list[RecordedCrossing]:
+    async def record(
+        self, crossings: Sequence[Crossing], *, seen: LogSeen | None = None
+    ) -> list[RecordedCrossing]:
         """Record each crossing unless its key is recorded already, in one transaction.
 
-        Returns the ones this call recorded (with how many webhook deliveries each got); the
-        others were recorded before, by this replica or another.
+        `seen` is where this replica stood in the log: the notifier waits for reports to have
+        read that far before it renders them. Returns the ones this call recorded (with how
+        many webhook deliveries each got); the others were recorded before, by this replica or
+        another.
         """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogSeen:
+    """How far into which log a limits replica had read: next offset per partition."""
+
+    topic: str
+    epoch: str
+    positions: Mapping[int, int]
+
+    def as_json(self) -> str:
+        """What `notifications.log_seen` holds."""
+        return orjson.dumps(
+            {
+                "topic": self.topic,
+                "epoch": self.epoch,
+                "positions": {str(p): o for p, o in sorted(self.positions.items())},
+            }
+        ).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,8 +295,10 @@ WITH input AS (
                          $6::timestamptz[], $7::jsonb[])
         WITH ORDINALITY AS t(id, type, user_id, org_scope, period, period_start, data, ord)
 ), inserted AS (
-    INSERT INTO notifications (id, type, user_id, org_scope, period, period_start, data)
-    SELECT id, type, user_id, org_scope, period, period_start, data FROM input ORDER BY ord
+    INSERT INTO notifications
+        (id, type, user_id, org_scope, period, period_start, data, log_seen)
+    SELECT id, type, user_id, org_scope, period, period_start, data, $8::jsonb
+    FROM input ORDER BY ord
     ON CONFLICT ON CONSTRAINT notifications_once DO NOTHING
     RETURNING id, seq, user_id
 ), outbox AS (
@@ -491,7 +516,9 @@ class PostgresCrossingStore:
         self.pool = pool
         self.timeout_s = timeout_s
 
-    async def record(self, crossings: Sequence[Crossing]) -> list[RecordedCrossing]:
+    async def record(
+        self, crossings: Sequence[Crossing], *, seen: LogSeen | None = None
+    ) -> list[RecordedCrossing]:
         """One statement: notifications that are new, and a delivery per webhook for each."""
         if not crossings:
             return []
@@ -505,6 +532,7 @@ class PostgresCrossingStore:
             [c.period for c in crossings],
             [c.period_start for c in crossings],
             [orjson.dumps(c.facts()).decode() for c in crossings],
+            seen.as_json() if seen is not None else None,
             timeout=self.timeout_s,
         )
         new = {row["id"]: int(row["webhooks"]) for row in rows}
@@ -665,13 +693,16 @@ class InMemoryCrossingStore:
 
     def __init__(self, webhooks: int = 1) -> None:
         self.recorded: dict[CrossingKey, Crossing] = {}
+        self.seen: dict[CrossingKey, LogSeen | None] = {}
         self.order: list[CrossingKey] = []
         self.webhooks = webhooks
         self.down = False
         self.calls = 0
 
-    async def record(self, crossings: Sequence[Crossing]) -> list[RecordedCrossing]:
-        """Keep each crossing whose key is new."""
+    async def record(
+        self, crossings: Sequence[Crossing], *, seen: LogSeen | None = None
+    ) -> list[RecordedCrossing]:
+        """Keep each crossing whose key is new (and where the log stood, per key)."""
         self.calls += 1
         if self.down:
             raise OSError("the database does not answer")
@@ -680,6 +711,7 @@ class InMemoryCrossingStore:
             if crossing.key in self.recorded:
                 continue
             self.recorded[crossing.key] = crossing
+            self.seen[crossing.key] = seen
             self.order.append(crossing.key)
             new.append(RecordedCrossing(crossing, uuid.uuid4(), self.webhooks))
         return new

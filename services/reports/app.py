@@ -170,7 +170,7 @@ async def _start(  # what build_app was given, passed on once
         pool = await resources.pool(settings.database_url, max_size=settings.db_pool_max)
         reports = PostgresReportStore(pool, max_session_hours=settings.max_session_hours)
         app[STORE] = reports
-        outbox = PostgresNotificationStore(pool)
+        outbox = PostgresNotificationStore(pool, projection=settings.consumer_group)
         app[NOTIFICATIONS] = _notifications_api(settings, notifications or outbox)
         if not sessions_given:
             app[CONSOLE].store = PostgresSessionStore(pool)

@@ -20,12 +20,18 @@ from prometheus_client import CollectorRegistry
 
 from libs.service.runtime import background
 from services.limits.crossings import LIMIT_REACHED, WARNING, Crossing, Kind
-from services.limits.storage import PostgresCrossingStore
+from services.limits.storage import LogSeen, PostgresCrossingStore
 from services.reports.notifications.dispatcher import Notifier, NotifierOptions
 from services.reports.notifications.domain import AddressPolicy
 from services.reports.notifications.metrics import NotificationMetrics
 from services.reports.notifications.senders import EmailSender, SmtpServer, WebhookSender
-from services.reports.notifications.storage import Delivery, PostgresNotificationStore
+from services.reports.notifications.storage import (
+    Delivery,
+    Directory,
+    PostgresNotificationStore,
+    Prepared,
+    Unprepared,
+)
 from tests.notify_support import SmtpSink, WebhookReceiver
 from tests.support import Infra, database_pool, eventually
 
@@ -531,3 +537,51 @@ async def test_an_endpoint_disabled_by_a_410_is_sent_to_again_once_enabled(
         assert await store.queue_trial(hook.id, "{}") is not None
         await eventually(lambda: _answered(hooks, 1))
     assert [h.answered for h in hooks.hooks] == [410, 200]
+
+
+async def test_a_notification_waits_until_reports_has_read_as_far_as_limits_had(
+    pool: asyncpg.Pool,
+) -> None:
+    """Recorded where limits had read partitions 0 and 3 further than reports' projection, a
+    notification is rendered only once reports gets there, so an owner whose entry was on
+    partition 3 gets the admin email; past the wait it is rendered anyway."""
+    await _add_user(pool, "wu", "wu", "wu@example.com", ["member"])
+    seen = LogSeen("usage.events", "epoch-1", {0: 10, 3: 5})
+    await PostgresCrossingStore(pool).record([crossing("wu", WARNING)], seen=seen)
+    store = PostgresNotificationStore(pool, projection="reports-under-test")
+    rendered: list[tuple[str | None, list[str]]] = []
+
+    def preparer(note: Unprepared, directory: Directory) -> Prepared:
+        rendered.append((note.user_id, sorted(a.user_id for a in directory.admins)))
+        return Prepared("{}")
+
+    async def prepare(wait_s: float = 60) -> int:
+        count = await store.prepare(
+            limit=10, directory_wait_s=wait_s, admins_wanted=True, preparer=preparer
+        )
+        return count.notifications
+
+    save = """
+        INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, epoch)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (consumer, topic, partition)
+        DO UPDATE SET next_offset = EXCLUDED.next_offset, epoch = EXCLUDED.epoch
+    """
+    assert await prepare() == 0
+    await pool.execute(save, "reports-under-test", "usage.events", 0, 10, "epoch-1")
+    await pool.execute(save, "reports-under-test", "usage.events", 3, 4, "epoch-1")
+    assert await prepare() == 0
+    # Another log's positions and another consumer's say nothing about this one.
+    await pool.execute(save, "reports-under-test", "usage.events", 3, 99, "epoch-0")
+    await pool.execute(save, "someone-else", "usage.events", 3, 99, "epoch-1")
+    assert await prepare() == 0
+    await _add_user(pool, "wo", "wo", "wo@example.com", ["owner"])
+    await pool.execute(save, "reports-under-test", "usage.events", 3, 5, "epoch-1")
+    assert await prepare() == 1
+    assert rendered == [("wu", ["wo"])]
+
+    await PostgresCrossingStore(pool).record(
+        [crossing("wu", LIMIT_REACHED)], seen=replace(seen, positions={7: 1})
+    )
+    assert await prepare() == 0
+    assert await prepare(wait_s=0) == 1

@@ -25,6 +25,7 @@ from services.limits.storage import (
     InMemoryConfigStore,
     InMemoryCrossingStore,
     InMemorySnapshotStore,
+    LogSeen,
 )
 from tests.support import eventually
 from tests.unit.test_limits_api import ADMIN, NOW, ManualFeed, group, spend
@@ -167,6 +168,35 @@ async def test_50_90_110_cents_records_one_warning_then_one_notice(replicas: Rec
     assert kinds == [WARNING, LIMIT_REACHED]
     warning = replicas.store.recorded[replicas.store.order[0]]
     assert warning.spent_micros == 900_000
+
+
+async def test_a_notification_is_recorded_with_how_far_the_replica_had_read_the_log(
+    replicas: Recorders,
+) -> None:
+    """The recorder hands the store the ledger's positions in its log, as they were at the write
+    (so the notifier can wait for reports to read as far); without a log it hands none."""
+    replicas.limiter.ledger.positions.update({0: 41, 5: 7})
+    replicas.limiter.ledger.add_spend("gus", 2 * DOLLAR, NOW)
+    recorder = CrossingRecorder(
+        replicas.limiter,
+        replicas.store,
+        metrics=LimitsMetrics.build(CollectorRegistry()),
+        ready=lambda: True,
+        clock=NOW.timestamp,
+        log=("usage.events", "epoch-9"),
+    )
+    recorder.observe([("gus", None)])
+    await recorder.flush()
+    seen = [replicas.store.seen[key] for key in replicas.store.order]
+    assert seen == [LogSeen("usage.events", "epoch-9", {0: 41, 5: 7})] * 2
+    replicas.limiter.ledger.add_spend("hal", 2 * DOLLAR, NOW)
+    plain = replicas.recorder()
+    plain.observe([("hal", None)])
+    await plain.flush()
+    assert [replicas.store.seen[key] for key in replicas.store.order if key[1] == "hal"] == [
+        None,
+        None,
+    ]
 
 
 async def test_two_replicas_and_replays_record_each_notification_once(replicas: Recorders) -> None:

@@ -6,7 +6,10 @@ Every reports replica runs one. Each pass:
    username and group name from reports' directory), and their emails are added to the
    outbox (to the user, and the admin version to every owner and user admin, and to
    `TOLLGATE_NOTIFY_ADMIN_EMAILS`). One transaction per batch, rows locked with
-   `SKIP LOCKED`, so replicas never render one notification twice.
+   `SKIP LOCKED`, so replicas never render one notification twice. A notification waits (up
+   to `TOLLGATE_NOTIFY_DIRECTORY_WAIT`) for its user's entry and for reports' projection to
+   have read the log as far as limits had when it recorded it: the directory it is rendered
+   from then holds every fact limits had seen, an owner added a moment before included.
 2. *Dispatch*: due deliveries are claimed *per target* (each webhook endpoint, and email)
    with `FOR UPDATE SKIP LOCKED` and a claim that expires (a replica that dies mid-send
    gives its claims back after `TOLLGATE_NOTIFY_CLAIM_TIMEOUT`). At most

@@ -18,6 +18,7 @@ from typing import Final, Literal, Protocol
 import asyncpg
 import orjson
 
+from libs.service.db import Connection
 from services.reports.notifications.domain import (
     ADMIN_ROLES,
     TEST,
@@ -355,8 +356,13 @@ SELECT channel, count(*) AS pending, min(created_at) AS oldest
 FROM notification_deliveries WHERE status = 'pending' GROUP BY channel
 """
 SELECT_UNPREPARED = """
-SELECT id, type, user_id, data, created_at, now() AS db_now FROM notifications
+SELECT id, type, user_id, data, created_at, log_seen, now() AS db_now FROM notifications
 WHERE prepared_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+# How far reports' projection has read a log (libs/service/consumer.py keeps it there).
+SELECT_PROJECTED = """
+SELECT partition, next_offset FROM consumer_offsets
+WHERE consumer = $1 AND topic = $2 AND epoch = $3
 """
 # Reports' own directory projection (deploy/migrations/03xx).
 SELECT_USERS = """
@@ -519,9 +525,18 @@ def _person(row: asyncpg.Record) -> Person:
 class PostgresNotificationStore:
     """Both sides (admin API and dispatcher) over one pool."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float = _TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        timeout_s: float = _TIMEOUT_S,
+        projection: str | None = None,
+    ) -> None:
         self.pool = pool
         self.timeout_s = timeout_s
+        #: The consumer whose positions tell how far reports' directory has read the log;
+        #: None renders without waiting for it.
+        self.projection = projection
 
     # -- admin ---------------------------------------------------------------------------------
 
@@ -632,6 +647,7 @@ class PostgresNotificationStore:
                 for r in await conn.fetch(SELECT_USERS, user_ids, timeout=self.timeout_s)
             }
             notes = [_unprepared(r) for r in rows]
+            behind = await self._behind(conn, rows)
             group_ids = sorted({str(n.data["group_id"]) for n in notes if n.data.get("group_id")})
             groups = {
                 r["group_id"]: r["name"]
@@ -648,11 +664,8 @@ class PostgresNotificationStore:
             emails = 0
             for note in notes:
                 row = users.get(note.user_id) if note.user_id is not None else None
-                if (
-                    note.user_id is not None
-                    and row is None
-                    and db_now - note.created_at < timedelta(seconds=directory_wait_s)
-                ):
+                waiting = (note.user_id is not None and row is None) or note.id in behind
+                if waiting and db_now - note.created_at < timedelta(seconds=directory_wait_s):
                     continue
                 user = _person(row) if row is not None else None
                 if row is not None and row["suspended"]:
@@ -682,6 +695,27 @@ class PostgresNotificationStore:
                     COUNT_WEBHOOK_DELIVERIES, done, timeout=self.timeout_s
                 )
         return PreparedCount(len(done), int(webhooks), emails)
+
+    async def _behind(self, conn: Connection, rows: Sequence[asyncpg.Record]) -> set[uuid.UUID]:
+        """Notifications recorded at a point of the log reports' projection has not reached."""
+        if self.projection is None:
+            return set()
+        seen = {r["id"]: _log_seen(r) for r in rows}
+        projected: dict[tuple[str, str], dict[int, int]] = {}
+        behind = set()
+        for note_id, where in seen.items():
+            if where is None:
+                continue
+            topic, epoch, positions = where
+            if (topic, epoch) not in projected:
+                found = await conn.fetch(
+                    SELECT_PROJECTED, self.projection, topic, epoch, timeout=self.timeout_s
+                )
+                projected[topic, epoch] = {r["partition"]: r["next_offset"] for r in found}
+            read = projected[topic, epoch]
+            if any(read.get(p, 0) < offset for p, offset in positions.items()):
+                behind.add(note_id)
+        return behind
 
     async def due_targets(self) -> list[str]:
         """Distinct targets with something due."""
@@ -777,6 +811,16 @@ def _not_retried(status: Status, channel: Channel, *, email: bool) -> RetryOutco
     if channel == "email" and not email:
         return "email_off"
     return "endpoint_gone"
+
+
+def _log_seen(row: asyncpg.Record) -> tuple[str, str, dict[int, int]] | None:
+    """The log position limits recorded a notification at: topic, epoch, positions."""
+    raw = row["log_seen"]
+    if raw is None:
+        return None
+    seen = orjson.loads(raw) if isinstance(raw, str | bytes) else dict(raw)
+    positions = {int(p): int(o) for p, o in seen["positions"].items()}
+    return str(seen["topic"]), str(seen["epoch"]), positions
 
 
 def _unprepared(row: asyncpg.Record) -> Unprepared:
