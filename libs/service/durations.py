@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Final
@@ -12,15 +13,29 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def _span(seconds: float, shown: object) -> timedelta:
+    """A timedelta of `seconds`, or a ValueError naming `shown` when none can hold it."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {shown!r}: not a finite number")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(
+            f"invalid duration {shown!r}: longer than {timedelta.max.days} days"
+        ) from None
+
+
 def parse_duration(text: str) -> timedelta:
     """`17m`, `2s`, `500ms`, `1h30m`, `30d` or a plain number of seconds, as a timedelta."""
     value = text.strip().lower()
     if not value:
         raise ValueError("empty duration; use e.g. 17m, 2s or 500ms")
     try:
-        return timedelta(seconds=float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return _span(seconds, text)
     pos, total = 0, 0.0
     for match in _DURATION_PART.finditer(value):
         if match.start() != pos:
@@ -29,7 +44,7 @@ def parse_duration(text: str) -> timedelta:
         pos = match.end()
     if pos != len(value) or pos == 0:
         raise ValueError(f"invalid duration {text!r}; use e.g. 17m, 2s, 500ms or 1h30m")
-    return timedelta(seconds=total)
+    return _span(total, text)
 
 
 def format_duration(value: timedelta) -> str:
@@ -45,7 +60,7 @@ def _duration(value: object) -> object:
     if isinstance(value, str):
         return parse_duration(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+        return _span(value, value)
     return value
 
 

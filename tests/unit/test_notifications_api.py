@@ -172,6 +172,9 @@ async def test_a_store_that_does_not_answer_is_503(
     [
         ({"TOLLGATE_NOTIFY_RETENTION": "30d"}, "TOLLGATE_NOTIFY_RETENTION"),
         ({"TOLLGATE_NOTIFY_RETENTION": "-90d"}, "TOLLGATE_NOTIFY_RETENTION"),
+        ({"TOLLGATE_NOTIFY_RETENTION": "inf"}, "not a finite number"),
+        ({"TOLLGATE_NOTIFY_RETENTION": "99999999999d"}, "longer than"),
+        ({"TOLLGATE_NOTIFY_RETENTION": "90d\x00"}, "TOLLGATE_NOTIFY_RETENTION"),
         (
             {"TOLLGATE_NOTIFY_RETENTION": "70d", "TOLLGATE_NOTIFY_RETRY_FOR": "80d"},
             "longer than TOLLGATE_NOTIFY_RETRY_FOR",

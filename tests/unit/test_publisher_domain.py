@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from libs.events.models import (
     MAX_INT,
@@ -20,7 +21,7 @@ from libs.events.models import (
     WorkspaceBuilt,
     identity_of,
 )
-from libs.service.durations import format_duration, parse_duration
+from libs.service.durations import Duration, format_duration, parse_duration
 from services.publisher.domain import (
     DC_MANAGED_AGENTS,
     HB_AGENT_RUNTIME,
@@ -133,6 +134,28 @@ def test_malformed_durations_are_refused_with_an_example(text: str) -> None:
     """A duration that is not one of the spellings is an error that shows a valid one."""
     with pytest.raises(ValueError, match="17m"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("inf", "not a finite number"),
+        ("-inf", "not a finite number"),
+        ("nan", "not a finite number"),
+        ("1e400", "not a finite number"),
+        ("1e308", "longer than 999999999 days"),
+        ("99999999999d", "longer than 999999999 days"),
+        (float("inf"), "not a finite number"),
+        (10**30, "longer than 999999999 days"),
+    ],
+)
+def test_durations_no_timedelta_can_hold_are_refused_by_name(
+    value: str | float, problem: str
+) -> None:
+    """Non-finite and astronomically long durations are a ValueError naming the value, never an
+    OverflowError that would stop a service with a traceback."""
+    with pytest.raises(ValueError, match=problem):
+        TypeAdapter(Duration).validate_python(value)
 
 
 def test_durations_format_in_their_shortest_exact_unit() -> None:
