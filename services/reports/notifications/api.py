@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final
 
 from aiohttp import web
@@ -242,9 +242,12 @@ async def rotate_secret(request: web.Request) -> web.Response:
     hook = await api.store.rotate_secret(webhook_id, overlap_s=SECRET_OVERLAP_S)
     if hook is None:
         raise NotFound(f"webhook {webhook_id!r} does not exist")
-    expires = datetime.now(UTC) + timedelta(seconds=SECRET_OVERLAP_S)
     return json_response(
-        {"id": hook.id, "secret": hook.secret, "previous_secret_expires_at": expires}
+        {
+            "id": hook.id,
+            "secret": hook.secret,
+            "previous_secret_expires_at": hook.previous_secret_until,
+        }
     )
 
 

@@ -46,6 +46,8 @@ class Webhook:
     secret: str = field(repr=False)
     disabled_at: datetime | None = None
     disabled_reason: str | None = None
+    #: Until when the secret before the last rotation still signs beside this one.
+    previous_secret_until: datetime | None = None
 
     def view(self) -> dict[str, object]:
         """What the list shows: everything but the secret."""
@@ -287,7 +289,8 @@ INSERT INTO notification_webhooks (id, url, description, secret) VALUES ($1, $2,
 RETURNING created_at
 """
 SELECT_WEBHOOKS = """
-SELECT id, url, description, secret, created_at, disabled_at, disabled_reason
+SELECT id, url, description, secret, created_at, disabled_at, disabled_reason,
+    previous_secret_until
 FROM notification_webhooks WHERE deleted_at IS NULL ORDER BY created_at, id
 """
 DELETE_WEBHOOK = """
@@ -323,12 +326,14 @@ UPDATE notification_webhooks
 SET previous_secret = secret, previous_secret_until = now() + make_interval(secs => $3),
     secret = $2
 WHERE id = $1 AND deleted_at IS NULL
-RETURNING id, url, description, secret, created_at, disabled_at, disabled_reason
+RETURNING id, url, description, secret, created_at, disabled_at, disabled_reason,
+    previous_secret_until
 """
 ENABLE_WEBHOOK = """
 UPDATE notification_webhooks SET disabled_at = NULL, disabled_reason = NULL
 WHERE id = $1 AND deleted_at IS NULL
-RETURNING id, url, description, secret, created_at, disabled_at, disabled_reason
+RETURNING id, url, description, secret, created_at, disabled_at, disabled_reason,
+    previous_secret_until
 """
 SELECT_ACTIVE_WEBHOOK = """
 SELECT 1 FROM notification_webhooks WHERE id = $1 AND deleted_at IS NULL AND disabled_at IS NULL
@@ -515,6 +520,7 @@ def _webhook(row: asyncpg.Record) -> Webhook:
         created_at=row["created_at"],
         disabled_at=row["disabled_at"],
         disabled_reason=row["disabled_reason"],
+        previous_secret_until=row["previous_secret_until"],
     )
 
 
@@ -846,8 +852,8 @@ class InMemoryNotificationAdmin:
         self.deleted: set[str] = set()
         self.items: list[Delivery] = []
         self.bodies: dict[uuid.UUID, str] = {}
-        #: Per endpoint, the secret before its last rotation and until when it signs.
-        self.previous: dict[str, tuple[str, datetime]] = {}
+        #: Per endpoint, the secret before its last rotation.
+        self.previous: dict[str, str] = {}
         self.down = False
 
     def _check(self) -> None:
@@ -949,8 +955,9 @@ class InMemoryNotificationAdmin:
         hook = self.hooks.get(webhook_id)
         if hook is None or webhook_id in self.deleted:
             return None
-        self.previous[webhook_id] = (hook.secret, datetime.now(UTC) + timedelta(seconds=overlap_s))
-        rotated = replace(hook, secret=new_secret())
+        self.previous[webhook_id] = hook.secret
+        until = datetime.now(UTC) + timedelta(seconds=overlap_s)
+        rotated = replace(hook, secret=new_secret(), previous_secret_until=until)
         self.hooks[webhook_id] = rotated
         return rotated
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -131,8 +132,15 @@ async def test_a_rotated_secret_replaces_the_listed_one(admin: NotificationAdmin
     assert (rotated.id, rotated.url) == (hook.id, hook.url)
     assert rotated.secret.startswith("whsec_")
     assert rotated.secret != hook.secret
+    assert hook.previous_secret_until is None
+    assert rotated.previous_secret_until is not None
+    left = rotated.previous_secret_until - datetime.now(UTC)
+    assert timedelta(seconds=50) < left <= timedelta(seconds=60)
     (listed,) = [h for h in await admin.webhooks() if h.id == hook.id]
-    assert listed.secret == rotated.secret
+    assert (listed.secret, listed.previous_secret_until) == (
+        rotated.secret,
+        rotated.previous_secret_until,
+    )
     assert await admin.rotate_secret(unique("wh"), overlap_s=60) is None
     assert await admin.delete_webhook(hook.id) is True
     assert await admin.rotate_secret(hook.id, overlap_s=60) is None
