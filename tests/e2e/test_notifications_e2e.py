@@ -4,8 +4,9 @@ A $1.00 monthly default with an 85 % warning; a user spends $0.50, then $0.90, t
 Exactly one `budget.warning` and one `budget.limit_reached` reach the registered endpoint,
 each with a signature the `standardwebhooks` library accepts (the first only on its fourth
 try: the receiver answers 500 three times), and the matching emails reach the user and
-every admin through a real SMTP server (the admins named in the directory just before, whatever partition their entries went to). Two limits replicas record against one database,
-and one of them is SIGKILLed between the warning and the limit: nothing changes.
+every admin through a real SMTP server (admins named in the directory just before, whatever
+partition their entries went to). Two limits replicas record against one database, and one of
+them is SIGKILLed between the warning and the limit: nothing changes.
 """
 
 from __future__ import annotations
